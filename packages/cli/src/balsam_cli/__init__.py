@@ -1,0 +1,3 @@
+"""balsam-cli."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,63 @@
+"""The ``balsam`` entry point: a click group assembled from the installed plugins."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import pluggy
+
+from balsam.errors import BalsamError
+from balsam.plugins import plugin_manager
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class BalsamGroup(click.Group):
+    """Turns any BalsamError into a one-line message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BalsamError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def build_cli(pm: pluggy.PluginManager) -> click.Group:
+    """Collect every plugin's commands; a name taken twice is an error naming both plugins."""
+
+    @click.group(cls=BalsamGroup, context_settings=CONTEXT)
+    @click.version_option(package_name="balsam-cli", prog_name="balsam")
+    def cli() -> None:
+        """Balsam: a multi-user HPC workflow manager.
+
+        Activate a project with 'source balsamactivate PROJECT', then add apps and tasks and
+        run launchers inside batch jobs.
+        """
+
+    owners: dict[str, str] = {}
+    for impl in pm.hook.register_commands.get_hookimpls():
+        plugin_name = impl.plugin_name
+
+        def register(command: click.Command, _plugin: str = plugin_name) -> None:
+            name = command.name or ""
+            if name in owners:
+                message = (f"command {name!r} from plugin {_plugin!r} clashes with plugin "
+                           f"{owners[name]!r}")
+                raise BalsamError(message)
+            owners[name] = _plugin
+            cli.add_command(command)
+
+        impl.function(register=register)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli = build_cli(plugin_manager())
+    except BalsamError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli.main(args=argv, prog_name="balsam")

@@ -1,0 +1,137 @@
+"""Hook specifications for balsam plugins.
+
+Implement a hook with ``from balsam import hookimpl`` and declare the module in your package's
+``[project.entry-points.balsam]`` table; the plugin manager finds it when the package is installed.
+
+Ordering: never rely on install order (entry points load in filesystem order). Use
+``tryfirst``/``trylast``, or ``wrapper=True`` to run around the other implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from balsam.models import Task
+    from balsam.project import Project
+    from balsam.resources import Resources
+
+hookspec = pluggy.HookspecMarker("balsam")
+hookimpl = pluggy.HookimplMarker("balsam")
+
+
+# --- Site lifecycle ---------------------------------------------------------------------------
+
+
+@hookspec
+def on_init(project: Project, options: dict[str, Any]) -> None:
+    """Set up a freshly created project directory.
+
+    Called by ``balsam init`` after the directory skeleton exists. pgserver creates the cluster
+    (or records the external DSN) and applies migrations; perms applies group ownership and modes.
+
+    :param project: the new project (its ``server-info`` may still be empty).
+    :param options: the ``balsam init`` options (``dsn``, ``group``, ...) and ``migrations``, the
+        plugin packages whose migrations to apply after core's (see ``migration_packages``).
+
+    All implementations are called; return values are ignored. An exception stops the remaining
+    implementations and propagates to the caller, which removes the half-made directory.
+    """
+
+
+@hookspec
+def migration_packages() -> list[str] | None:
+    """Name the import packages whose ``sql/migrations/*.sql`` this plugin adds to the schema.
+
+    :returns: import package names (for example ``["balsam_pgserver"]``), or None.
+
+    All implementations are called; results are concatenated. Core's own migrations always run
+    first; plugin tables should be prefixed with the plugin's name.
+
+    .. versionadded:: 0.1
+    """
+
+
+# --- Users -------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_add_user(project: Project, username: str, role: str) -> None:
+    """Authorise a collaborator on the project.
+
+    :param project: the project (its server is running).
+    :param username: the OS user name, already checked to be a valid SQL identifier.
+    :param role: ``"member"`` (read and write tasks) or ``"viewer"`` (read only).
+
+    All implementations are called; return values are ignored. pgserver creates the database role;
+    perms warns if the OS user is not in the project's group.
+    """
+
+
+# --- Activation --------------------------------------------------------------------------------
+
+
+@hookspec
+def on_activate(project: Project, user: str) -> dict[str, str] | None:
+    """Prepare a shell (or a launcher) to use the project.
+
+    :param project: the project being activated.
+    :param user: the OS user activating it.
+    :returns: environment variables to export, or None.
+
+    All implementations are called; the returned mappings are merged in call order. pgserver starts
+    the server when the caller owns the project (and checks it otherwise); perms checks modes.
+    """
+
+
+@hookspec
+def describe_project(project: Project) -> dict[str, Any] | None:
+    """Contribute lines to ``balsam which`` (server address, state, group, ...).
+
+    :param project: the project being described.
+    :returns: a mapping of label to value, or None.
+
+    All implementations are called; the mappings are merged.
+
+    .. versionadded:: 0.1
+    """
+
+
+# --- Scheduling --------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def select_tasks(
+    candidates: Sequence[Task], resources: Resources, launcher: dict[str, Any]
+) -> list[Task] | None:
+    """Choose which of the candidate tasks to start now on the free resources.
+
+    :param candidates: runnable tasks, already locked for this launcher (``FOR UPDATE SKIP LOCKED``).
+    :param resources: the launcher's free nodes (read only: do not allocate here).
+    :param launcher: the launcher's settings (``job_mode``, ``wf_filter``, ``id``, ...).
+    :returns: the tasks to start, a subset of ``candidates``, in start order.
+
+    Stops at the first non-None result. The launcher's default policy is ``trylast``, so a site
+    plugin overrides it. Core claims exactly the returned tasks in the same transaction, so a
+    policy can reorder or skip tasks but never break exactly-once execution. Tasks that do not fit
+    the free resources are dropped by the launcher.
+    """
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def register_commands(register: Callable[[click.Command], None]) -> None:
+    """Add click commands to the ``balsam`` CLI.
+
+    :param register: call it once per command or group. A name already taken by another plugin
+        is an error naming both plugins.
+
+    All implementations are called; return values are ignored.
+    """

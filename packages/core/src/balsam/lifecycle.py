@@ -1,0 +1,61 @@
+"""Creating and activating projects: the plain functions behind ``balsam init`` and
+``balsamactivate``, calling every plugin through its hooks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from balsam.errors import AlreadyExists, InvalidInput
+from balsam.migrate import plugin_packages
+from balsam.project import SUBDIRS, Project, current_user, new_info, remember_project
+
+
+def init_project(root: Path, options: dict[str, Any], pm: pluggy.PluginManager) -> Project:
+    """Create the project skeleton, then let every plugin set it up (``on_init``).
+
+    Refuses a non-empty directory. On failure, whatever this call created is removed.
+    """
+    root = root.expanduser().absolute()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        message = f"{root} already exists and is not empty"
+        raise AlreadyExists(message)
+    if not root.parent.is_dir():
+        message = f"parent directory {root.parent} does not exist"
+        raise InvalidInput(message)
+    created = not root.exists()
+    old_umask = os.umask(0o007)
+    try:
+        root.mkdir(exist_ok=True)
+        for sub in SUBDIRS:
+            (root / sub).mkdir()
+        project = Project(root, new_info(current_user(), dsn=options.get("dsn"),
+                                          group=options.get("group")))
+        project.save_info()
+        options = {**options, "migrations": plugin_packages(pm)}
+        pm.hook.on_init(project=project, options=options)
+    except BaseException:
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for child in root.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
+    finally:
+        os.umask(old_umask)
+    remember_project(project)
+    return project
+
+
+def activate(project: Project, pm: pluggy.PluginManager) -> dict[str, str]:
+    """Run every plugin's ``on_activate`` and return the environment to export."""
+    os.umask(project.umask)
+    env = {"BALSAM_DB_PATH": str(project.root), "BALSAM_PROJECT": project.name}
+    for result in reversed(pm.hook.on_activate(project=project, user=current_user())):
+        env.update(result or {})
+    remember_project(project)
+    return env

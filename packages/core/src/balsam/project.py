@@ -1,0 +1,252 @@
+"""A project directory: its layout, its ``server-info`` and how to reach its database.
+
+``server-info`` holds no absolute path, so a stopped project can be copied or moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg.conninfo import make_conninfo
+
+from balsam.errors import InvalidInput, ProjectNotFound
+
+SERVER_INFO = "server-info"
+DB_DIR = "balsamdb"
+SOCKET_DIR = ".pgsocket"
+SUBDIRS = ("data", "log", "qsubmit")
+#: sockaddr_un.sun_path is 108 bytes including the NUL.
+MAX_SOCKET_PATH = 107
+
+
+def current_user() -> str:
+    """The effective OS user name (not $USER, which runuser and sudo may leave stale)."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def user_home() -> Path:
+    """The effective user's home directory from the password database."""
+    return Path(pwd.getpwuid(os.geteuid()).pw_dir)
+
+
+def balsam_home() -> Path:
+    """``~/.balsam``: per-user credentials, job templates and the list of known projects."""
+    return Path(os.environ.get("BALSAM_HOME") or user_home() / ".balsam")
+
+
+@dataclass
+class Project:
+    root: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # --- locating ------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Project:
+        """The project at ``path``; ProjectNotFound if it has no readable ``server-info``."""
+        root = Path(path).expanduser().absolute()
+        info_path = root / SERVER_INFO
+        try:
+            info = json.loads(info_path.read_text())
+        except FileNotFoundError:
+            message = f"{root} is not a Balsam project (no {SERVER_INFO}); create one with balsam init"
+            raise ProjectNotFound(message) from None
+        except PermissionError:
+            message = f"cannot read {info_path}: permission denied (are you in the project's group?)"
+            raise ProjectNotFound(message) from None
+        except json.JSONDecodeError as exc:
+            message = f"{info_path} is corrupt: {exc}"
+            raise ProjectNotFound(message) from None
+        return cls(root=root, info=info)
+
+    @classmethod
+    def find(cls, name: str) -> Project:
+        """A project by path, or by a unique substring of a project this user has used before."""
+        path = Path(name).expanduser()
+        if path.exists():
+            return cls.load(path)
+        matches = sorted({p for p in known_projects() if name in str(p)})
+        if len(matches) == 1:
+            return cls.load(matches[0])
+        if not matches:
+            message = f"no Balsam project at {name!r} and none known by that name"
+            raise ProjectNotFound(message)
+        listing = ", ".join(str(m) for m in matches)
+        message = f"{name!r} matches several projects: {listing}"
+        raise ProjectNotFound(message)
+
+    @classmethod
+    def from_env(cls) -> Project:
+        """The active project (``BALSAM_DB_PATH``, set by balsamactivate)."""
+        path = os.environ.get("BALSAM_DB_PATH")
+        if not path:
+            message = "no active project: run 'source balsamactivate PROJECT' or set BALSAM_DB_PATH"
+            raise ProjectNotFound(message)
+        return cls.load(path)
+
+    # --- layout --------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def info_path(self) -> Path:
+        return self.root / SERVER_INFO
+
+    @property
+    def db_dir(self) -> Path:
+        return self.root / DB_DIR
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / SOCKET_DIR
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def qsubmit_dir(self) -> Path:
+        return self.root / "qsubmit"
+
+    @property
+    def owner(self) -> str:
+        return str(self.info.get("owner", ""))
+
+    @property
+    def embedded(self) -> bool:
+        """True for the project's own cluster, False for an external server (a DSN)."""
+        return not self.info.get("dsn")
+
+    @property
+    def umask(self) -> int:
+        """The umask every balsam tool applies for this project (group-writable by default)."""
+        return int(str(self.info.get("umask", "0007")), 8)
+
+    def save_info(self) -> None:
+        """Write ``server-info`` atomically (a half-written file would strand collaborators)."""
+        tmp = self.info_path.with_name(f".{SERVER_INFO}.{os.getpid()}")
+        tmp.write_text(json.dumps(self.info, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.info_path)
+
+    # --- database ------------------------------------------------------------------------------
+
+    def socket_path(self) -> Path:
+        return self.socket_dir / f".s.PGSQL.{self.info.get('port', 5432)}"
+
+    def uses_socket(self) -> bool:
+        """Whether this process reaches the embedded server through the project's socket."""
+        if os.environ.get("BALSAM_DB_TRANSPORT") == "tcp":
+            return False
+        return self.info.get("host") == socket.gethostname() and self.socket_path().exists()
+
+    def conninfo(self, **overrides: Any) -> str:
+        """Connection string for the effective user: the socket (peer auth) on the server's host,
+        TCP with the user's generated password elsewhere (compute nodes)."""
+        if not self.embedded:
+            return make_conninfo(str(self.info["dsn"]), **overrides)
+        params: dict[str, Any] = {
+            "dbname": self.info.get("dbname", "balsam"),
+            "port": self.info.get("port"),
+            "user": current_user(),
+            "application_name": "balsam",
+            "connect_timeout": 10,
+        }
+        if self.uses_socket():
+            params["host"] = str(self.socket_dir)
+        else:
+            params["host"] = os.environ.get("BALSAM_DB_HOST") or self.info.get("host")
+            password = read_password(self)
+            if password:
+                params["password"] = password
+        params.update(overrides)
+        return make_conninfo(**params)
+
+    def workdir(self, relative: str) -> Path:
+        """A task working directory: relative paths are inside the project."""
+        path = Path(relative)
+        return path if path.is_absolute() else self.root / path
+
+
+def new_info(owner: str, *, dsn: str | None = None, group: str | None = None) -> dict[str, Any]:
+    """The initial ``server-info`` of a project."""
+    return {
+        "version": 1,
+        "uuid": str(uuid.uuid4()),
+        "owner": owner,
+        "dbname": "balsam",
+        "dsn": dsn,
+        "host": None,
+        "port": None,
+        "group": group,
+        "umask": "0007",
+    }
+
+
+def check_socket_path(root: Path) -> None:
+    """Refuse a project path too long for a unix socket inside it."""
+    probe = root / SOCKET_DIR / ".s.PGSQL.65535.lock"
+    if len(str(probe).encode()) > MAX_SOCKET_PATH:
+        message = (f"project path {root} is too long for a unix socket inside it "
+                   f"(max {MAX_SOCKET_PATH - len(probe.name) - len(SOCKET_DIR) - 2} characters)")
+        raise InvalidInput(message)
+
+
+# --- per-user state -------------------------------------------------------------------------
+
+
+def credentials_path(project: Project) -> Path:
+    return balsam_home() / "credentials" / str(project.info.get("uuid"))
+
+
+def read_password(project: Project) -> str | None:
+    try:
+        return credentials_path(project).read_text().strip() or None
+    except (FileNotFoundError, PermissionError):
+        return None
+
+
+def write_password(project: Project, password: str) -> Path:
+    """Store the user's password in a file only they can read (0600 in a 0700 directory)."""
+    path = credentials_path(project)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def known_projects() -> list[Path]:
+    """Projects this user has initialised or activated (for ``balsamactivate SUBSTRING``)."""
+    try:
+        lines = (balsam_home() / "projects").read_text().splitlines()
+    except (FileNotFoundError, PermissionError):
+        return []
+    return [Path(ln) for ln in lines if ln.strip() and (Path(ln) / SERVER_INFO).exists()]
+
+
+def remember_project(project: Project) -> None:
+    """Add the project to the user's list of known projects (best effort)."""
+    home = balsam_home()
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        known = {str(p) for p in known_projects()}
+        if str(project.root) not in known:
+            with open(home / "projects", "a") as f:
+                f.write(f"{project.root}\n")
+    except OSError:
+        pass

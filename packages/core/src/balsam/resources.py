@@ -1,0 +1,1 @@
+"""Placeholder: filled by the launcher work (free nodes a select_tasks policy sees)."""

@@ -1,0 +1,3 @@
+"""balsam-launcher hook implementations."""
+
+from __future__ import annotations

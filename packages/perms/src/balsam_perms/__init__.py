@@ -1,0 +1,3 @@
+"""balsam-perms."""
+
+__version__ = "0.1.0"

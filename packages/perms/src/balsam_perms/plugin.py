@@ -1,0 +1,3 @@
+"""balsam-perms hook implementations."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""balsam-pgserver."""
+
+__version__ = "0.1.0"

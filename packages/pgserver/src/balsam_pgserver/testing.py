@@ -1,0 +1,139 @@
+"""pytest fixtures for balsam and its plugins: a real PostgreSQL cluster per session and a fresh
+database per test, cloned from a migrated template (pytest-postgresql's janitor).
+
+Enable with ``pytest_plugins = ["balsam_pgserver.testing"]``. When pytest runs as root, the
+cluster runs as the unprivileged user ``$BALSAM_TEST_PGUSER`` (default ``balsam-pgtest``),
+created if missing, because PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg.conninfo import make_conninfo
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from balsam.db import Connection, connect
+from balsam.lifecycle import init_project
+from balsam.migrate import plugin_packages, upgrade
+from balsam.plugins import get_plugin_manager
+from balsam.project import Project
+from balsam_pgserver import server
+
+TEST_HBA = "# test cluster: unix socket in a private directory only\nlocal all all trust\n"
+_counter = itertools.count()
+
+
+@dataclass
+class PgServer:
+    """A throwaway cluster listening on a unix socket only."""
+
+    sockdir: Path
+    datadir: Path
+    port: int = 5432
+    user: str = "postgres"
+    run_as: str | None = None
+
+    def dsn(self, dbname: str = "postgres", **extra: Any) -> str:
+        return make_conninfo(host=str(self.sockdir), port=self.port, user=self.user,
+                             dbname=dbname, **extra)
+
+    def restart(self) -> None:
+        """Stop and start again (fault injection: clients see their connections drop)."""
+        server.stop(self.datadir, run_as=self.run_as, mode="immediate")
+        self.start()
+
+    def start(self) -> None:
+        server.start(self.datadir, port=self.port, socket_dir=self.sockdir,
+                     logfile=self.sockdir / "log", listen="", run_as=self.run_as,
+                     settings=("max_connections=300", *server.FAST_SETTINGS))
+
+
+def ensure_os_user(name: str) -> None:
+    """Create an unprivileged OS user (root only); idempotent."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL cluster for the session (skipped if PostgreSQL is not installed)."""
+    try:
+        server.bindir()
+    except server.PostgresError as exc:
+        pytest.skip(str(exc))
+    run_as = None
+    base = Path(tempfile.mkdtemp(prefix="balsam-pg-"))
+    if os.geteuid() == 0:
+        run_as = os.environ.get("BALSAM_TEST_PGUSER", "balsam-pgtest")
+        ensure_os_user(run_as)
+        pw = pwd.getpwnam(run_as)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    os.chmod(base, 0o755)
+    pg = PgServer(sockdir=base, datadir=base / "data", run_as=run_as)
+    os.environ.setdefault("BALSAM_PG_FAST", "1")
+    server.initdb(pg.datadir, superuser=pg.user, run_as=run_as, hba=TEST_HBA)
+    pg.start()
+    try:
+        yield pg
+    finally:
+        try:
+            server.stop(pg.datadir, run_as=run_as, mode="immediate")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def db_template(pg_server: PgServer) -> str:
+    """Name of a template database migrated with core and every installed plugin."""
+    name = f"balsam_tmpl_{os.getpid()}"
+    janitor = DatabaseJanitor(user=pg_server.user, host=str(pg_server.sockdir),
+                              port=pg_server.port, dbname=name, as_template=True)
+    janitor.init()
+    with connect(pg_server.dsn(name)) as conn:
+        upgrade(conn, plugin_packages(get_plugin_manager()))
+    janitor.is_template()
+    return name
+
+
+@pytest.fixture
+def db_dsn(pg_server: PgServer, db_template: str) -> Iterator[str]:
+    """Conninfo of a fresh, fully migrated database, dropped after the test."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    janitor = DatabaseJanitor(user=pg_server.user, host=str(pg_server.sockdir),
+                              port=pg_server.port, dbname=name, template_dbname=db_template)
+    janitor.init()
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def db(db_dsn: str) -> Iterator[Connection]:
+    """An autocommit connection (rows as dicts) to a fresh database."""
+    with connect(db_dsn) as conn:
+        yield conn
+
+
+@pytest.fixture
+def project(tmp_path_factory: pytest.TempPathFactory, db_dsn: str,
+            monkeypatch: pytest.MonkeyPatch) -> Project:
+    """An activated project on the per-test database (external-DSN mode, no embedded cluster)."""
+    root = tmp_path_factory.mktemp("proj") / "project"
+    proj = init_project(root, {"dsn": db_dsn}, get_plugin_manager())
+    monkeypatch.setenv("BALSAM_DB_PATH", str(proj.root))
+    monkeypatch.setenv("BALSAM_HOME", str(root.parent / "home"))
+    return proj
