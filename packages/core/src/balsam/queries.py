@@ -21,8 +21,22 @@ def parse_queries(text: str) -> dict[str, str]:
 
 @cache
 def load_queries(package: str) -> dict[str, str]:
-    """The named queries of ``<package>/sql/queries.sql`` (cached per package)."""
-    return parse_queries(files(package).joinpath("sql", "queries.sql").read_text())
+    """The named queries of every ``<package>/sql/*.sql`` file (cached per package).
+
+    A name defined twice is a bug and raises ValueError naming both files.
+    """
+    queries: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    folder = files(package).joinpath("sql")
+    for f in sorted(folder.iterdir(), key=lambda f: f.name):
+        if not f.name.endswith(".sql"):
+            continue
+        for name, text in parse_queries(f.read_text()).items():
+            if name in queries:
+                message = f"query {name!r} defined in both {origin[name]} and {f.name} ({package})"
+                raise ValueError(message)
+            queries[name], origin[name] = text, f.name
+    return queries
 
 
 def query(package: str, name: str) -> str:
