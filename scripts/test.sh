@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command: install what the suite needs, lint, then run every test (pytest as root;
+# PostgreSQL clusters run as unprivileged users; multi-user tests create real UNIX users).
+#   usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+REPO="$(bash "$(dirname "${BASH_SOURCE[0]}")/setup.sh" --tests)"
+VENV="${BALSAM_VENV:-/opt/balsam/venv}"
+cd "$REPO"
+export PATH="$VENV/bin:$PATH"
+echo "[test] ruff check"
+ruff check --quiet .
+echo "[test] pytest"
+set +e
+pytest "$@"
+rc=$?
+set -e
+[ "$rc" = 5 ] && { echo "[test] no tests were collected" >&2; exit 1; }
+exit "$rc"

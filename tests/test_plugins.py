@@ -1,0 +1,84 @@
+"""Plugins: entry-point discovery, a third-party package extending the CLI, loud failures."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from balsam import hookimpl
+from balsam.errors import BalsamError, PluginLoadError
+from balsam.plugins import get_plugin_manager
+from balsam_cli.main import build_cli
+
+SHIPPED = {"cli", "pgserver", "perms", "launcher"}
+
+
+def test_entry_points_discovered():
+    pm = get_plugin_manager()
+    names = {name for name, _ in pm.list_name_plugin()}
+    assert SHIPPED | {"testplugin"} <= names
+
+
+def test_site_plugin_adds_a_command():
+    result = CliRunner().invoke(build_cli(get_plugin_manager()), ["hello", "bob"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "hello bob from balsam-testplugin"
+
+
+def test_plugins_command_lists_versions_and_hooks():
+    result = CliRunner().invoke(build_cli(get_plugin_manager()), ["plugins"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if "testplugin" in ln)
+    assert "balsam-testplugin" in line and "0.0.1" in line and "register_commands" in line
+
+
+def test_blocked_plugin_is_not_loaded(monkeypatch):
+    monkeypatch.setenv("BALSAM_DISABLED_PLUGINS", "testplugin")
+    cli = build_cli(get_plugin_manager())
+    assert "hello" not in cli.commands
+    assert "init" in cli.commands
+
+
+def test_broken_plugin_fails_loudly(tmp_path, monkeypatch):
+    dist = tmp_path / "balsam_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: balsam-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[balsam]\nbroken = balsam_broken_missing_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginLoadError, match=r"plugin 'broken' \(balsam-broken\) failed to load"):
+        get_plugin_manager()
+
+
+class _Clash:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @hookimpl
+    def register_commands(self, register):
+        register(click.Command("start", help="a second start"))
+
+
+def test_hook_register_commands():
+    pm = get_plugin_manager(autoload=False)
+    pm.register(_Clash("a"), name="site-a")
+    assert "start" in build_cli(pm).commands
+    pm.register(_Clash("b"), name="site-b")
+    with pytest.raises(BalsamError, match="command 'start' from plugin 'site-.' clashes with plugin"):
+        build_cli(pm)
+
+
+def test_hook_migration_packages():
+    from balsam.migrate import plugin_packages
+
+    pm = get_plugin_manager()
+    assert "balsam_pgserver" in plugin_packages(pm)
+
+    class Extra:
+        @hookimpl
+        def migration_packages(self):
+            return ["balsam_pgserver", "site_pkg"]
+
+    pm.register(Extra(), name="extra")
+    packages = plugin_packages(pm)
+    assert packages.count("balsam_pgserver") == 1 and "site_pkg" in packages
