@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 import pluggy
 
 from balsam.errors import BalsamError
+from balsam.lifecycle import apply_project_umask
 from balsam.plugins import plugin_manager
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -18,10 +20,14 @@ class BalsamGroup(click.Group):
     """Turns any BalsamError into a one-line message and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # The project's umask, not the shell's: collaborators' files stay group-writable.
+        ctx.meta["balsam.shell_umask"] = apply_project_umask()
         try:
             return super().invoke(ctx)
         except BalsamError as exc:
             raise click.ClickException(str(exc)) from exc
+        finally:
+            os.umask(ctx.meta["balsam.shell_umask"])
 
 
 def build_cli(pm: pluggy.PluginManager) -> click.Group:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from balsam.models import Task
     from balsam.project import Project
-    from balsam.resources import Resources
+    from balsam.resources import Node, Resources
 
 hookspec = pluggy.HookspecMarker("balsam")
 hookimpl = pluggy.HookimplMarker("balsam")
@@ -111,15 +111,20 @@ def select_tasks(
 ) -> list[Task] | None:
     """Choose which of the candidate tasks to start now on the free resources.
 
-    :param candidates: runnable tasks, already locked for this launcher (``FOR UPDATE SKIP LOCKED``).
-    :param resources: the launcher's free nodes (read only: do not allocate here).
-    :param launcher: the launcher's settings (``job_mode``, ``wf_filter``, ``id``, ...).
+    :param candidates: unclaimed tasks that need nodes (READY, STAGED_IN, PREPROCESSED,
+        RESTART_READY), locked for this launcher (``FOR NO KEY UPDATE SKIP LOCKED``), already
+        restricted to the launcher's workflow filter and to tasks that could fit its free nodes.
+    :param resources: a copy of the launcher's nodes (a :class:`balsam.resources.Resources`);
+        a policy may allocate on it to plan, the launcher's own state is not affected.
+    :param launcher: the launcher's settings (``id``, ``job_mode``, ``wf_filter``,
+        ``num_nodes``, ``hostname``, ``remaining_minutes``).
     :returns: the tasks to start, a subset of ``candidates``, in start order.
 
-    Stops at the first non-None result. The launcher's default policy is ``trylast``, so a site
-    plugin overrides it. Core claims exactly the returned tasks in the same transaction, so a
-    policy can reorder or skip tasks but never break exactly-once execution. Tasks that do not fit
-    the free resources are dropped by the launcher.
+    Stops at the first non-None result. The launcher's default policy is ``trylast`` (largest
+    ``num_nodes`` first, then longest ``wall_time_minutes``, packed first-fit), so a site plugin
+    overrides it. Core places the returned tasks first-fit in that order, drops those that do not
+    fit, and claims exactly the placed ones in the same transaction, so a policy can reorder or
+    skip tasks but never break exactly-once execution.
     """
 
 
@@ -134,4 +139,47 @@ def register_commands(register: Callable[[click.Command], None]) -> None:
         is an error naming both plugins.
 
     All implementations are called; return values are ignored.
+    """
+
+
+# --- Batch schedulers --------------------------------------------------------------------------
+
+
+@hookspec
+def register_schedulers() -> dict[str, type] | None:
+    """Name the batch schedulers this plugin provides (for ``submit-launch`` and ``service``).
+
+    :returns: a mapping of scheduler name (``"slurm"``) to a subclass of
+        ``balsam_launcher.schedulers.Scheduler``, or None.
+
+    All implementations are called; the mappings are merged so that the implementation called
+    first wins a name. The launcher's built-in schedulers (local, slurm, pbs, cobalt) are
+    ``trylast``, so a site plugin's scheduler of the same name replaces the built-in one.
+
+    .. versionadded:: 0.1
+    """
+
+
+# --- Launching ---------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def mpi_command(task: Task, command: list[str], nodes: list[Node], env: dict[str, str],
+                launcher: dict[str, Any]) -> list[str] | None:
+    """Build the command line that starts an MPI task on its nodes (mpirun, srun, aprun, ...).
+
+    :param task: the task to start (``num_nodes``, ``ranks_per_node``, ``threads_per_rank``,
+        ``threads_per_core``, ``cpu_affinity``).
+    :param command: the application's own argument list (executable and arguments).
+    :param nodes: the nodes the launcher gave the task (``host``; ``name`` is the scheduler's
+        name for the node, for example a Cray nid).
+    :param env: the task's own variables (``BALSAM_*`` and its ``environ_vars``). They are in the
+        process environment already; forward them to remote ranks if the MPI needs it.
+    :param launcher: the launcher's settings (``job_mode``, ``simulated``, ``scheduler``, ...).
+    :returns: the full argument list to execute, or None to defer to the next implementation.
+
+    Stops at the first non-None result. The launcher's default implementation is ``trylast``: srun
+    inside a Slurm allocation, aprun on a Cray, otherwise mpirun (Open MPI or MPICH flavour).
+
+    .. versionadded:: 0.1
     """

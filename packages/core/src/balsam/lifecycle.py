@@ -10,7 +10,7 @@ from typing import Any
 
 import pluggy
 
-from balsam.errors import AlreadyExists, InvalidInput
+from balsam.errors import AlreadyExists, BalsamError, InvalidInput
 from balsam.migrate import plugin_packages
 from balsam.project import SUBDIRS, Project, current_user, new_info, remember_project
 
@@ -59,3 +59,19 @@ def activate(project: Project, pm: pluggy.PluginManager) -> dict[str, str]:
         env.update(result or {})
     remember_project(project)
     return env
+
+
+def apply_project_umask() -> int:
+    """Apply the active project's umask to this process, whatever the shell's was, so files that
+    balsam and the tasks it starts create stay usable by the group; return the previous umask.
+
+    Without an active, readable project the umask is left alone.
+    """
+    previous = os.umask(0o077)
+    os.umask(previous)
+    try:
+        project = Project.from_env()
+    except BalsamError:
+        return previous
+    os.umask(project.umask)
+    return previous

@@ -70,7 +70,12 @@ class Project:
     def find(cls, name: str) -> Project:
         """A project by path, or by a unique substring of a project this user has used before."""
         path = Path(name).expanduser()
-        if path.exists():
+        try:
+            exists = path.exists()
+        except PermissionError:
+            message = f"cannot reach {path}: permission denied (are you in the project's group?)"
+            raise ProjectNotFound(message) from None
+        if exists:
             return cls.load(path)
         matches = sorted({p for p in known_projects() if name in str(p)})
         if len(matches) == 1:

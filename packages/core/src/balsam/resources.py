@@ -1,1 +1,135 @@
-"""Placeholder: filled by the launcher work (free nodes a select_tasks policy sees)."""
+"""A launcher's nodes and what runs on them: the free resources a ``select_tasks`` policy sees.
+
+In ``mpi`` mode a task takes ``num_nodes`` whole idle nodes; in ``serial`` mode a single-node task
+takes ``1/node_packing_count`` of one node, so up to ``node_packing_count`` tasks share a node.
+Shares are exact fractions: four quarter-node tasks fill a node, never 0.9999 of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from balsam.models import Task
+
+JOB_MODES = ("mpi", "serial")
+
+
+@dataclass
+class Node:
+    """One compute node (or one simulated node on a shared host)."""
+
+    index: int
+    host: str
+    #: The scheduler's name for the node when it differs from the host name (Cray nid numbers).
+    name: str = ""
+    busy: Fraction = Fraction(0)
+    tasks: dict[int, Fraction] = field(default_factory=dict)
+
+    @property
+    def free(self) -> Fraction:
+        return 1 - self.busy
+
+    @property
+    def idle(self) -> bool:
+        return self.busy == 0
+
+
+@dataclass
+class Resources:
+    """The nodes of one launcher and the share of each that running tasks hold."""
+
+    nodes: list[Node]
+    job_mode: str = "mpi"
+    #: True when several nodes are simulated on one host (``balsam launcher --nodes N``).
+    simulated: bool = False
+
+    @classmethod
+    def on_hosts(cls, hosts: Sequence[str], job_mode: str = "mpi", *,
+                 names: Sequence[str] = (), simulated: bool = False) -> Resources:
+        nodes = [Node(i, h, names[i] if i < len(names) else h) for i, h in enumerate(hosts)]
+        return cls(nodes, job_mode, simulated)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def idle_nodes(self) -> int:
+        return sum(1 for n in self.nodes if n.idle)
+
+    @property
+    def free_share(self) -> Fraction:
+        """Free node-equivalents (an idle node counts 1, a half-used node 1/2)."""
+        return sum((n.free for n in self.nodes), Fraction(0))
+
+    @property
+    def running(self) -> set[int]:
+        return {tid for n in self.nodes for tid in n.tasks}
+
+    def share(self, task: Task) -> Fraction:
+        """The fraction of each of its nodes a task occupies."""
+        if self.job_mode == "serial":
+            return Fraction(1, max(1, task.node_packing_count))
+        return Fraction(1)
+
+    def can_ever_run(self, task: Task) -> bool:
+        """Whether the task fits these nodes when they are all idle."""
+        if self.job_mode == "serial":
+            return task.num_nodes == 1 and task.ranks_per_node == 1
+        return task.num_nodes <= self.num_nodes
+
+    def find(self, task: Task) -> list[Node] | None:
+        """Nodes the task would get now (first fit), or None if it does not fit."""
+        if not self.can_ever_run(task):
+            return None
+        if self.job_mode == "serial":
+            share = self.share(task)
+            return next(([n] for n in self.nodes if n.free >= share), None)
+        idle = [n for n in self.nodes if n.idle]
+        return idle[: task.num_nodes] if len(idle) >= task.num_nodes else None
+
+    def nodes_of(self, task_id: int) -> list[Node]:
+        return [n for n in self.nodes if task_id in n.tasks]
+
+    # --- changing ------------------------------------------------------------------------------
+
+    def allocate(self, task: Task) -> list[Node] | None:
+        """Give the task its nodes now; None (and no change) if it does not fit."""
+        nodes = self.find(task)
+        if nodes is None or task.id is None:
+            return None
+        share = self.share(task)
+        for n in nodes:
+            n.busy += share
+            n.tasks[task.id] = share
+        return nodes
+
+    def release(self, task_id: int) -> None:
+        """Free whatever the task holds (nothing if it holds nothing)."""
+        for n in self.nodes:
+            share = n.tasks.pop(task_id, None)
+            if share is not None:
+                n.busy -= share
+
+    def copy(self) -> Resources:
+        """An independent copy a policy may allocate on freely."""
+        nodes = [Node(n.index, n.host, n.name, n.busy, dict(n.tasks)) for n in self.nodes]
+        return Resources(nodes, self.job_mode, self.simulated)
+
+    def pack(self, tasks: Iterable[Task]) -> list[tuple[Task, list[Node]]]:
+        """Place tasks in the given order on these resources, skipping those that do not fit.
+
+        Changes ``self``: call it on a :meth:`copy` to plan without committing.
+        """
+        placed = []
+        for task in tasks:
+            nodes = self.allocate(task)
+            if nodes is not None:
+                placed.append((task, nodes))
+        return placed

@@ -49,8 +49,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.STAGED_IN: frozenset({S.PREPROCESSED, S.FAILED}),
     S.PREPROCESSED: frozenset({S.RUNNING, S.FAILED}),
     S.RUNNING: frozenset({S.RUN_DONE, S.RUN_ERROR, S.RUN_TIMEOUT, S.RESTART_READY}),
-    S.RUN_DONE: frozenset({S.POSTPROCESSED, S.RUN_ERROR, S.FAILED}),
-    S.POSTPROCESSED: frozenset({S.JOB_FINISHED}),
+    # A post-processing script may ask for another run (legacy allowed it) or fail the task.
+    S.RUN_DONE: frozenset({S.POSTPROCESSED, S.RUN_ERROR, S.RESTART_READY, S.FAILED}),
+    S.POSTPROCESSED: frozenset({S.JOB_FINISHED, S.FAILED}),
     S.RUN_ERROR: frozenset({S.POSTPROCESSED, S.RESTART_READY, S.FAILED, S.READY}),
     S.RUN_TIMEOUT: frozenset({S.POSTPROCESSED, S.RESTART_READY, S.FAILED, S.READY}),
     S.RESTART_READY: frozenset({S.RUNNING, S.PREPROCESSED, S.FAILED}),

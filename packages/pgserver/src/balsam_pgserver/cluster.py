@@ -7,8 +7,10 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import click
 from psycopg import sql
 
 from balsam.db import connect, wrap_db_errors
@@ -16,7 +18,7 @@ from balsam.errors import PermissionDenied, ServerDown
 from balsam.migrate import upgrade
 from balsam.project import Project, check_socket_path, current_user
 from balsam.queries import query
-from balsam_pgserver import server
+from balsam_pgserver import auth, server
 
 #: Server settings of an embedded cluster (the port and socket directory are chosen per start).
 SETTINGS = ("max_connections=300", "unix_socket_permissions=0770")
@@ -73,7 +75,8 @@ def create(project: Project, packages: tuple[str, ...]) -> None:
     start(project)
     try:
         with connect(project.conninfo(dbname="postgres")) as conn, wrap_db_errors():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(project.info["dbname"])))
+            dbname = sql.Identifier(project.info["dbname"])
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(dbname))
         migrate(project, packages)
     finally:
         stop(project)
@@ -88,9 +91,11 @@ def migrate(project: Project, packages: tuple[str, ...]) -> list[str]:
 def start(project: Project) -> bool:
     """Start the server if it is down; True if this call started it."""
     require_owner(project, "start the server")
+    check_socket_path(project.root)
     with server_lock(project):
         if server.is_running(project.db_dir) and is_up(project):
             return False
+        forget_copied_pid(project)
         server.clear_stale_pid(project.db_dir)
         project.socket_dir.mkdir(exist_ok=True)
         os.chmod(project.socket_dir, 0o2750)
@@ -102,10 +107,45 @@ def start(project: Project) -> bool:
         return True
 
 
+def pidfile_origin(project: Project) -> str | None:
+    """Whose ``postmaster.pid`` the data directory holds: None (none), ``"here"``, ``"copy"`` (it
+    came along with a copy and names another directory's server) or ``"moved"`` (this directory's
+    server, still running from the path it had before a move)."""
+    try:
+        lines = (project.db_dir / "postmaster.pid").read_text().splitlines()
+        pid, recorded = int(lines[0]), Path(lines[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    if recorded.resolve() == project.db_dir.resolve():
+        return "here"
+    try:
+        if Path(f"/proc/{pid}/cwd").resolve() == project.db_dir.resolve():
+            return "moved"
+    except OSError:
+        pass
+    return "copy"
+
+
+def forget_copied_pid(project: Project) -> None:
+    """Remove a copied ``postmaster.pid``; refuse to start a second server on a moved one."""
+    origin = pidfile_origin(project)
+    if origin == "copy":
+        (project.db_dir / "postmaster.pid").unlink(missing_ok=True)
+        click.echo(f"warning: {project.root} was copied while its server was running: the last "
+                   f"changes may be missing (stop the server before copying)", err=True)
+    elif origin == "moved":
+        message = (f"the project was moved while its server was running: stop it first "
+                   f"(balsam server stop), then activate {project.root} again")
+        raise ServerDown(message)
+
+
 def stop(project: Project) -> bool:
     """Stop the server if it runs; True if this call stopped it."""
     require_owner(project, "stop the server")
     with server_lock(project):
+        if pidfile_origin(project) == "copy":
+            # Never signal the server of the directory this one was copied from.
+            (project.db_dir / "postmaster.pid").unlink(missing_ok=True)
         if not server.is_running(project.db_dir):
             return False
         server.stop(project.db_dir)
@@ -149,4 +189,5 @@ def activate(project: Project, user: str) -> dict[str, str]:
         message = (f"the database server of {project.root} is not running; only its owner "
                    f"({project.owner}) can start it, with: source balsamactivate {project.root}")
         raise ServerDown(message)
+    auth.ensure_credentials(project, user)
     return {}

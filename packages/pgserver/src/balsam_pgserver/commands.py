@@ -1,4 +1,5 @@
-"""``balsam server``: start, stop, status, connections, migrate; users are added by the owner."""
+"""``balsam server``: start, stop, status, connections, migrate; ``--add-user``, ``--drop-user``
+and ``--list-users`` for the owner."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from rich.table import Table
 from balsam.migrate import plugin_packages
 from balsam.plugins import plugin_manager
 from balsam.project import Project
-from balsam_pgserver import cluster
+from balsam_pgserver import cluster, roles
 
 
 def _project() -> Project:
@@ -17,11 +18,55 @@ def _project() -> Project:
 
 
 @click.group("server", invoke_without_command=True)
+@click.option("--add-user", "add_users", multiple=True, metavar="NAME",
+              help="Authorise a collaborator (owner only; repeatable).")
+@click.option("--role", type=click.Choice(roles.ROLES),
+              help="Role for --add-user: member (read and write; default) or viewer (read only).")
+@click.option("--drop-user", "drop_users", multiple=True, metavar="NAME",
+              help="Withdraw a collaborator's access and end their sessions (owner only).")
+@click.option("--list-users", is_flag=True, help="List who may use the project (owner only).")
 @click.pass_context
-def server(ctx: click.Context) -> None:
-    """Manage the project's database server (start and stop are for the owner only)."""
+def server(ctx: click.Context, add_users: tuple[str, ...], role: str | None,
+           drop_users: tuple[str, ...], list_users: bool) -> None:
+    """Manage the project's database server and who may use it.
+
+    Only the owner starts and stops the server and manages users. Without a subcommand or an
+    option, show the server's status.
+    """
+    managing = bool(add_users or drop_users or list_users)
+    if role and not add_users:
+        message = "--role goes with --add-user"
+        raise click.UsageError(message)
+    if managing and ctx.invoked_subcommand is not None:
+        message = "--add-user, --drop-user and --list-users take no subcommand"
+        raise click.UsageError(message)
     if ctx.invoked_subcommand is None:
-        ctx.invoke(status)
+        if managing:
+            _manage_users(add_users, role or "member", drop_users, list_users)
+        else:
+            ctx.invoke(status)
+
+
+def _manage_users(add_users: tuple[str, ...], role: str, drop_users: tuple[str, ...],
+                  list_users: bool) -> None:
+    for name in add_users + drop_users:
+        roles.validate_username(name)
+    project = _project()
+    roles.require_manager(project)
+    pm = plugin_manager()
+    for name in add_users:
+        pm.hook.on_add_user(project=project, username=name, role=role)
+        click.echo(f"{name} may now use the project as {role}; they activate it with: "
+                   f". balsamactivate {project.root}")
+    for name in drop_users:
+        ended = roles.drop_project_user(project, name)
+        sessions = f" ({ended} session(s) ended)" if ended else ""
+        click.echo(f"{name} may no longer use the project{sessions}")
+    if list_users:
+        table = Table("user", "role", "sessions")
+        for row in roles.project_users(project):
+            table.add_row(row["name"], row["role"], str(row["sessions"]))
+        Console().print(table)
 
 
 @server.command()

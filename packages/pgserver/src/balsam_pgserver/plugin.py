@@ -9,7 +9,7 @@ import click
 
 from balsam import hookimpl
 from balsam.project import Project
-from balsam_pgserver import cluster, commands
+from balsam_pgserver import cluster, commands, roles
 
 
 @hookimpl
@@ -20,6 +20,11 @@ def migration_packages() -> list[str]:
 @hookimpl(tryfirst=True)
 def on_init(project: Project, options: dict[str, Any]) -> None:
     cluster.create(project, tuple(options.get("migrations", ())))
+
+
+@hookimpl(tryfirst=True)
+def on_add_user(project: Project, username: str, role: str) -> None:
+    roles.add_project_user(project, username, role)
 
 
 @hookimpl(tryfirst=True)

@@ -1,0 +1,250 @@
+"""Launcher speed: no-op task throughput, node utilisation, and claim throughput.
+
+Everything runs against a throwaway cluster (as an unprivileged user when root) and a project in
+external-DSN mode, with real ``balsam launcher`` processes and real task processes:
+
+- no-op throughput: tasks running ``/bin/true``, through their whole life (claim, stage-in,
+  preprocess, run, postprocess, finish), for 1 and for 5 concurrent launchers; next to it the
+  rate at which this machine starts and reaps ``/bin/true`` at all (the process start-up
+  ceiling), measured the same way the launcher starts tasks;
+- utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``), busy
+  node-seconds (each task's RUNNING interval in task_events) over available node-seconds (each
+  launcher's nodes from its registration to its end);
+- claim throughput: 1, 5 and 20 processes claiming through ``balsam.claim.claim_for_run``
+  (lock, policy, mark) until a pool of tasks is exhausted, one task or 32 tasks per claim.
+
+Quick mode shrinks every size (5 x 40 nodes running 2-second tasks, and so on).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from balsam import claim
+from balsam.db import Connection, connect
+from balsam.lifecycle import init_project
+from balsam.migrate import plugin_packages, upgrade
+from balsam.plugins import get_plugin_manager
+from balsam.queries import parse_queries
+from balsam.resources import Resources
+from balsam_launcher import policy
+from balsam_launcher import testing as lt
+from balsam_pgserver import server
+
+HERE = Path(__file__).resolve().parent
+PG_USER = "balsam-pgtest"
+SQL = parse_queries((HERE / "bench_launcher.sql").read_text())
+
+
+@contextmanager
+def throwaway_project() -> Iterator[tuple[str, Path]]:
+    """A cluster on a unix socket in a temporary directory, a migrated database and a project
+    using it; yields (conninfo, project root)."""
+    run_as = None
+    base = Path(tempfile.mkdtemp(prefix="balsam-bench-launcher-"))
+    if os.geteuid() == 0:
+        run_as = PG_USER
+        try:
+            pwd.getpwnam(PG_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
+                           check=True)
+        pw = pwd.getpwnam(PG_USER)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    os.chmod(base, 0o755)
+    datadir = base / "data"
+    server.initdb(datadir, superuser="postgres", run_as=run_as, hba="local all all trust\n")
+    server.start(datadir, port=5432, socket_dir=base, logfile=base / "log", listen="",
+                 run_as=run_as, settings=(*server.FAST_SETTINGS, "max_connections=300"))
+    dsn = f"host={base} port=5432 user=postgres dbname=bench"
+    try:
+        with connect(f"host={base} port=5432 user=postgres dbname=postgres") as conn:
+            conn.execute("CREATE DATABASE bench")
+        pm = get_plugin_manager()
+        with connect(dsn) as conn:
+            upgrade(conn, plugin_packages(pm))
+        work = Path(tempfile.mkdtemp(prefix="balsam-bench-project-"))
+        project = init_project(work / "project", {"dsn": dsn}, pm)
+        try:
+            yield dsn, project.root
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        try:
+            server.stop(datadir, run_as=run_as, mode="immediate")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _reset(conn: Connection) -> None:
+    conn.execute(SQL["reset"])
+
+
+def _run_launchers(root: Path, conn: Connection, count: int, args: list[str],
+                   total: int, timeout: float) -> float:
+    """Start ``count`` launchers, wait until ``total`` tasks finished; returns the wall time."""
+    start = time.perf_counter()
+    procs = [lt.start_launcher(root, *args) for _ in range(count)]
+    try:
+        deadline = time.monotonic() + timeout
+        while conn.execute(SQL["finished"]).fetchone()["n"] < total:
+            if time.monotonic() > deadline or all(p.poll() is not None for p in procs):
+                message = f"launchers did not finish {total} tasks"
+                raise RuntimeError(message)
+            time.sleep(0.05)
+        for p in procs:
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                lt.kill_session(p)
+    return time.perf_counter() - start
+
+
+# --- no-op throughput ----------------------------------------------------------------------------
+
+
+def spawn_ceiling(count: int, parallel: int) -> float:
+    """Processes per second this machine starts and reaps, ``parallel`` at a time, started like
+    the launcher starts tasks (own process group, output to a file, a working directory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        running: list[subprocess.Popen[bytes]] = []
+        start = time.perf_counter()
+        for _ in range(count):
+            if len(running) >= parallel:
+                running.pop(0).wait()
+            with open(out, "ab") as f:
+                running.append(subprocess.Popen(["/bin/true"], cwd=tmp, stdout=f,
+                                                stderr=subprocess.STDOUT, process_group=0))
+        for p in running:
+            p.wait()
+        return count / (time.perf_counter() - start)
+
+
+def noop_throughput(dsn: str, root: Path, launchers: int, tasks: int) -> dict[str, float]:
+    with connect(dsn) as conn:
+        _reset(conn)
+        app = lt.add_app(conn, f"noop{launchers}", "/bin/true")
+        conn.execute(SQL["insert_tasks"], {"workflow": "noop", "app": app, "args": "",
+                                           "count": tasks})
+        wall = _run_launchers(root, conn, launchers,
+                              ["--job-mode", "serial", "--nodes", "16", "--consume-all"],
+                              tasks, timeout=600)
+        row = conn.execute(SQL["throughput"]).fetchone()
+    return {"finished": row["finished"], "db_rate": row["finished"] / float(row["seconds"]),
+            "wall_rate": tasks / wall}
+
+
+# --- utilisation ---------------------------------------------------------------------------------
+
+
+def utilisation(dsn: str, root: Path, launchers: int, nodes: int, seconds: float,
+                rounds: int) -> dict[str, float]:
+    tasks = launchers * nodes * rounds
+    with connect(dsn) as conn:
+        _reset(conn)
+        app = lt.add_app(conn, "sleep", "/bin/sleep")
+        conn.execute(SQL["insert_tasks"], {"workflow": "sleep", "app": app,
+                                           "args": str(seconds), "count": tasks})
+        conn.execute("VACUUM ANALYZE tasks")
+        _run_launchers(root, conn, launchers,
+                       ["--job-mode", "serial", "--nodes", str(nodes), "--consume-all",
+                        "--poll-interval", "1"], tasks, timeout=rounds * seconds * 10 + 300)
+        row = conn.execute(SQL["utilisation"]).fetchone()
+    busy, available = float(row["busy"]), float(row["available"])
+    return {"utilisation": busy / available, "busy": busy, "available": available,
+            "ideal_span": rounds * seconds, "span": float(row["span"])}
+
+
+# --- claim throughput ----------------------------------------------------------------------------
+
+
+def _claimer(dsn: str, batch: int, go: Any, results: Any) -> None:
+    with connect(dsn) as conn:
+        launcher = claim.register_launcher(conn, job_mode="mpi", num_nodes=batch)["id"]
+        resources = Resources.on_hosts(["node"] * batch)
+        go.wait()
+        claimed, start = 0, time.perf_counter()
+        while True:
+            placed = claim.claim_for_run(conn, launcher, resources, policy.largest_first,
+                                         limit=2 * batch + 16)
+            if not placed:
+                break
+            claimed += len(placed)
+        results.put((claimed, start, time.perf_counter()))
+
+
+def claim_throughput(dsn: str, claimers: int, batch: int, tasks: int) -> float:
+    with connect(dsn) as conn:
+        _reset(conn)
+        app = lt.add_app(conn, "claimed", "/bin/true")
+        conn.execute(SQL["insert_tasks"], {"workflow": "claim", "app": app, "args": "",
+                                           "count": tasks})
+        conn.execute("VACUUM ANALYZE tasks")
+    ctx = multiprocessing.get_context("fork")
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(dsn, batch, go, results))
+             for _ in range(claimers)]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # all connected and registered
+    go.set()
+    outcomes = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    total = sum(o[0] for o in outcomes)
+    if total != tasks:
+        message = f"claimed {total} of {tasks} tasks"
+        raise RuntimeError(message)
+    return total / (max(o[2] for o in outcomes) - min(o[1] for o in outcomes))
+
+
+# --- the benchmark -------------------------------------------------------------------------------
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, metric: str, value: float, unit: str) -> None:
+        print(name, metric, round(value, 4), unit, flush=True)
+        rows.append({"benchmark": name, "metric": metric, "value": round(value, 4),
+                     "unit": unit})
+
+    noop_tasks = 600 if quick else 5000
+    add("noop", "process start-up ceiling (16 at a time)", spawn_ceiling(2000, 16), "procs/s")
+    with throwaway_project() as (dsn, root):
+        for launchers in (1, 5):
+            result = noop_throughput(dsn, root, launchers, noop_tasks)
+            add("noop", f"{launchers} launcher(s), 16 nodes each", result["db_rate"], "tasks/s")
+            add("noop", f"{launchers} launcher(s), incl. start-up", result["wall_rate"],
+                "tasks/s")
+
+        nodes, seconds, rounds = (40, 2.0, 3) if quick else (800, 10.0, 6)
+        util = utilisation(dsn, root, 5, nodes, seconds, rounds)
+        label = f"5 launchers x {nodes} nodes, {seconds:g}s tasks x {rounds}"
+        add("utilisation", label, util["utilisation"] * 100, "%")
+        add("utilisation", f"{label}: span vs ideal {util['ideal_span']:g}s", util["span"], "s")
+
+        claim_tasks = 2000 if quick else 20000
+        for batch in (1, 32):
+            for claimers in (1, 5, 20):
+                rate = claim_throughput(dsn, claimers, batch, claim_tasks)
+                add("claim", f"{claimers} launcher(s), {batch} task(s) per claim", rate,
+                    "tasks/s")
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick=True):
+        print(r)

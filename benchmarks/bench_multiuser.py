@@ -1,0 +1,184 @@
+"""What sharing costs: connecting with peer vs scram-sha-256, the forged-owner triggers on bulk
+inserts by a member, and ``balsam perms check``/``fix`` over a large project tree.
+
+A throwaway cluster (run as an unprivileged user when root) listens on a private socket (peer
+authentication, the benchmark's OS user mapped to a member role through pg_ident.conf) and on
+127.0.0.1 (scram-sha-256 with a generated password), like a project's embedded server.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from psycopg import sql
+
+from balsam.db import connect
+from balsam.migrate import upgrade
+from balsam.project import Project, current_user, new_info
+from balsam_perms import policy
+from balsam_pgserver import roles, server
+
+PG_USER = "balsam-pgtest"
+MEMBER = "bench_member_user"
+
+
+def _row(metric: str, value: float, unit: str) -> dict[str, Any]:
+    return {"benchmark": "multiuser", "metric": metric, "value": round(value, 3), "unit": unit}
+
+
+@contextmanager
+def cluster() -> Iterator[dict[str, Any]]:
+    """A cluster with a migrated database ``bench`` and a member login role ``MEMBER``."""
+    run_as = None
+    base = Path(tempfile.mkdtemp(prefix="balsam-bench-multiuser-"))
+    if os.geteuid() == 0:
+        run_as = PG_USER
+        try:
+            pwd.getpwnam(PG_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
+                           check=True)
+        pw = pwd.getpwnam(PG_USER)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    os.chmod(base, 0o755)
+    datadir, port, me = base / "data", server.free_port(), current_user()
+    hba = ("local all all peer map=bench\n"
+           "host all all 127.0.0.1/32 scram-sha-256\n")
+    server.initdb(datadir, superuser="postgres", run_as=run_as, hba=hba)
+    ident = datadir / "pg_ident.conf"
+    ident.write_text(f"bench {me} postgres\nbench {me} {MEMBER}\nbench {PG_USER} postgres\n")
+    server.start(datadir, port=port, socket_dir=base, logfile=base / "log", listen="127.0.0.1",
+                 run_as=run_as, settings=server.FAST_SETTINGS)
+    password = secrets.token_urlsafe(32)
+    admin = f"host={base} port={port} user=postgres"
+    try:
+        with connect(f"{admin} dbname=postgres") as conn:
+            conn.execute("CREATE DATABASE bench")
+        with connect(f"{admin} dbname=bench") as conn:
+            upgrade(conn, ("balsam_pgserver",))
+            roles.add_user(conn, MEMBER, "member")
+            verifier = conn.pgconn.encrypt_password(password.encode(), MEMBER.encode(),
+                                                    b"scram-sha-256").decode()
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(MEMBER), sql.Literal(verifier)))
+        yield {
+            "admin": f"{admin} dbname=bench",
+            "peer": f"host={base} port={port} user={MEMBER} dbname=bench",
+            "scram": f"host=127.0.0.1 port={port} user={MEMBER} dbname=bench password={password}",
+        }
+    finally:
+        try:
+            server.stop(datadir, run_as=run_as, mode="immediate")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def connect_rate(conninfo: str, n: int) -> float:
+    """Connections opened, queried and closed per second."""
+    start = time.perf_counter()
+    for _ in range(n):
+        with connect(conninfo) as conn:
+            conn.execute("SELECT 1")
+    return n / (time.perf_counter() - start)
+
+
+INSERT = ("INSERT INTO tasks (name, workflow, app_id, state) "
+          "SELECT 't' || i, 'bench', %s, 'READY' FROM generate_series(1, %s) i")
+OWNER_TRIGGERS = {"apps": "apps_owner_insert", "tasks": "tasks_owner_insert",
+                  "task_events": "task_events_db_user_insert"}
+
+
+def insert_rate(conninfo: str, admin: str, n: int, triggers: bool) -> float:
+    """Tasks inserted per second by the member (each insert also records an event)."""
+    with connect(admin) as conn:
+        conn.execute("TRUNCATE tasks, task_events, apps RESTART IDENTITY CASCADE")
+        action = "ENABLE" if triggers else "DISABLE"
+        for table, trigger in OWNER_TRIGGERS.items():
+            conn.execute(sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
+                sql.Identifier(table), sql.SQL(action), sql.Identifier(trigger)))
+    with connect(conninfo) as conn:
+        app = conn.execute("INSERT INTO apps (name, executable) VALUES ('b', '/bin/true') "
+                           "RETURNING id").fetchone()["id"]
+        best = 0.0
+        for _ in range(3):
+            conn.execute("DELETE FROM tasks")
+            start = time.perf_counter()
+            conn.execute(INSERT, [app, n])
+            best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def make_tree(root: Path, files: int, gid: int) -> None:
+    """A project-shaped tree: ``files`` output files in 100 per working directory, all wrong."""
+    for i in range(0, files, 100):
+        workdir = root / "data" / "wf" / f"task_{i // 100}"
+        workdir.mkdir(parents=True)
+        for j in range(min(100, files - i)):
+            (workdir / f"out_{j}.txt").write_text("x")
+    (root / "balsamdb").mkdir(mode=0o700)
+    Project(root, new_info(current_user(), group=grp.getgrgid(gid).gr_name)).save_info()
+    for path in [root, *root.rglob("*")]:
+        if path.name != "balsamdb":
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def perms_rates(files: int) -> tuple[float, float, float]:
+    """Paths per second for check (all wrong), fix, and check (all right)."""
+    base = Path(tempfile.mkdtemp(prefix="balsam-bench-perms-"))
+    try:
+        gid = os.getegid()
+        make_tree(base / "proj", files, gid)
+        project = Project.load(base / "proj")
+        total = sum(1 for _ in project.root.rglob("*")) + 1
+        start = time.perf_counter()
+        wrong = len(policy.check(project))
+        t_check_bad = time.perf_counter() - start
+        start = time.perf_counter()
+        fixed, left = policy.fix(project)
+        t_fix = time.perf_counter() - start
+        start = time.perf_counter()
+        clean = policy.check(project)
+        t_check_ok = time.perf_counter() - start
+        assert wrong == len(fixed) and not left and not clean
+        return total / t_check_bad, total / t_fix, total / t_check_ok
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    connections = 50 if quick else 500
+    tasks = 20_000 if quick else 200_000
+    files = 5_000 if quick else 100_000
+    rows = []
+    with cluster() as dsn:
+        peer = connect_rate(dsn["peer"], connections)
+        scram = connect_rate(dsn["scram"], connections)
+        rows += [_row("connect peer (socket)", peer, "conn/s"),
+                 _row("connect scram-sha-256 (TCP)", scram, "conn/s"),
+                 _row("scram cost per connection", 1000 / scram - 1000 / peer, "ms")]
+        with_triggers = insert_rate(dsn["peer"], dsn["admin"], tasks, triggers=True)
+        without = insert_rate(dsn["peer"], dsn["admin"], tasks, triggers=False)
+        rows += [_row(f"member inserts {tasks} tasks, owner triggers", with_triggers, "tasks/s"),
+                 _row(f"member inserts {tasks} tasks, no triggers", without, "tasks/s"),
+                 _row("owner trigger overhead", 100 * (without / with_triggers - 1), "%")]
+    check_bad, fix, check_ok = perms_rates(files)
+    rows += [_row(f"perms check, {files} files all wrong", check_bad, "paths/s"),
+             _row(f"perms fix, {files} files", fix, "paths/s"),
+             _row(f"perms check, {files} files all right", check_ok, "paths/s")]
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick=True):
+        print(r)

@@ -1,0 +1,136 @@
+"""Report speed: every ``balsam report`` over a synthetic history of a million task events.
+
+A throwaway cluster (run as an unprivileged user when root) gets 5 batch jobs x 800 nodes and
+~126,000 tasks spread over a day, each with its full event history (8 events; 1 in 20 fails after
+7), generated in SQL. Each report is timed as the CLI runs it, cold (first run) and warm (best of
+the next three). Target: under a second each.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from balsam import analytics
+from balsam.db import Connection, connect
+from balsam.migrate import upgrade
+from balsam.queries import parse_queries
+from balsam_pgserver import server
+
+HERE = Path(__file__).resolve().parent
+PG_USER = "balsam-pgtest"
+HBA = "local all all trust\n"
+BASE = datetime(2024, 5, 1, tzinfo=UTC)
+SPAN_SECONDS = 86400
+LAUNCHERS, NODES = 5, 800
+EVENTS_PER_TASK = 7.95  # 19 lives of 8 events for each failed life of 7
+
+
+@cache
+def queries() -> dict[str, str]:
+    """The named queries of bench_reports.sql."""
+    return parse_queries((HERE / "bench_reports.sql").read_text())
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[str]:
+    """A unix-socket-only cluster in a temporary directory; yields the conninfo of its db."""
+    run_as = None
+    base = Path(tempfile.mkdtemp(prefix="balsam-bench-reports-"))
+    if os.geteuid() == 0:
+        run_as = PG_USER
+        try:
+            pwd.getpwnam(PG_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
+                           check=True)
+        pw = pwd.getpwnam(PG_USER)
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+    os.chmod(base, 0o755)
+    datadir = base / "data"
+    server.initdb(datadir, superuser="postgres", run_as=run_as, hba=HBA)
+    server.start(datadir, port=5432, socket_dir=base, logfile=base / "log", listen="",
+                 run_as=run_as, settings=server.FAST_SETTINGS)
+    try:
+        with connect(f"host={base} port=5432 user=postgres dbname=postgres") as conn:
+            conn.execute(queries()["create_database"])
+        yield f"host={base} port=5432 user=postgres dbname=bench"
+    finally:
+        try:
+            server.stop(datadir, run_as=run_as, mode="immediate")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def generate(conn: Connection, events: int) -> int:
+    """Fill a migrated database with about ``events`` task events; returns the exact count."""
+    sql = queries()
+    tasks = round(events / EVENTS_PER_TASK)
+    params = {"base": BASE, "span_seconds": SPAN_SECONDS, "launchers": LAUNCHERS,
+              "nodes": NODES, "tasks": tasks}
+    app = conn.execute(sql["insert_app"]).fetchone()["id"]
+    conn.execute(sql["insert_batch_jobs"], params)
+    conn.execute(sql["insert_launchers"])
+    conn.execute(sql["insert_tasks"], {**params, "app": app})
+    conn.execute(sql["clear_events"])
+    conn.execute(sql["insert_events"], params)
+    conn.execute(sql["analyze"])
+    return conn.execute(sql["count_events"]).fetchone()["n"]
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
+    """(first run, best of the next ``repeat``) in seconds."""
+    times = []
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times[0], min(times[1:])
+
+
+def run(quick: bool) -> list[dict]:
+    events = 1_000_000
+    repeat = 1 if quick else 3
+    rows: list[dict] = []
+    with throwaway_cluster() as dsn, connect(dsn) as conn:
+        upgrade(conn)
+        start = time.perf_counter()
+        n = generate(conn, events)
+        rows.append({"benchmark": "reports", "metric": "history generated (events)",
+                     "value": float(n), "unit": "events"})
+        rows.append({"benchmark": "reports", "metric": "generation time",
+                     "value": time.perf_counter() - start, "unit": "s"})
+        reports: dict[str, Callable[[], Any]] = {
+            "utilization": lambda: analytics.utilization(conn),
+            "utilization --by user": lambda: analytics.utilization(conn, by="user"),
+            "utilization --by workflow": lambda: analytics.utilization(conn, by="workflow"),
+            "throughput --by workflow": lambda: analytics.throughput(conn, by="workflow"),
+            "throughput --by batch-job": lambda: analytics.throughput(conn, by="batch-job"),
+            "errors --by user": lambda: analytics.errors(conn, by="user"),
+            "summary --by user": lambda: analytics.summary(conn, by="user"),
+        }
+        for name, fn in reports.items():
+            cold, warm = timed(fn, repeat)
+            rows.append({"benchmark": "reports", "metric": f"{name} (cold)", "value": cold,
+                         "unit": "s"})
+            rows.append({"benchmark": "reports", "metric": f"{name} (warm)", "value": warm,
+                         "unit": "s"})
+        report = analytics.utilization(conn)
+        rows.append({"benchmark": "reports", "metric": "utilisation of the synthetic history",
+                     "value": 100 * (report.utilization or 0.0), "unit": "%"})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run(quick=True):
+        print(f"{row['metric']:<40} {row['value']:>14,.3f} {row['unit']}")

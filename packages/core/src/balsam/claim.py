@@ -1,0 +1,227 @@
+"""Exactly-once claiming: launchers, heartbeats, reaping the dead and claim-checked updates.
+
+A task belongs to the launcher in ``tasks.launcher_id``. Claims lock candidates with
+``FOR NO KEY UPDATE SKIP LOCKED`` (concurrent launchers never wait for each other and never get the
+same task), let a policy choose, and mark exactly the chosen ones in the same transaction. Every
+later update of a task checks the claim, so a launcher presumed dead cannot overwrite a task that
+was claimed since by another.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from balsam.db import Connection
+from balsam.errors import ClaimLost
+from balsam.models import Task
+from balsam.queries import query
+from balsam.resources import Node, Resources
+from balsam.states import RUNNABLE, State
+
+#: Runnable states that need nodes (stage-in and preprocess happen once the nodes are held).
+RUN_STATES: frozenset[State] = frozenset(
+    {State.READY, State.STAGED_IN, State.PREPROCESSED, State.RESTART_READY})
+#: Runnable states whose run is over: post-processing and error or timeout handling.
+POST_STATES: frozenset[State] = RUNNABLE - RUN_STATES
+
+#: Any larger wall time means "no limit" in the claim queries.
+NO_LIMIT_MINUTES = 2**31 - 1
+
+Policy = Callable[[list[Task], Resources], Sequence[Task] | None]
+
+
+def q(name: str) -> str:
+    return query("balsam", name)
+
+
+@dataclass(frozen=True)
+class WorkflowFilter:
+    """Which workflows a launcher serves: all, one exactly, or any containing a substring."""
+
+    value: str = ""
+    substring: bool = False
+
+    def params(self) -> dict[str, str | None]:
+        if not self.value:
+            return {"workflow": None, "workflow_part": None}
+        if self.substring:
+            return {"workflow": None, "workflow_part": self.value}
+        return {"workflow": self.value, "workflow_part": None}
+
+
+# --- launchers ---------------------------------------------------------------------------------
+
+
+def register_launcher(conn: Connection, *, job_mode: str, num_nodes: int, wf_filter: str = "",
+                      batch_job_id: int | None = None, heartbeat_timeout: float = 60.0,
+                      hostname: str | None = None, pid: int | None = None) -> dict[str, Any]:
+    """Insert this launcher's row (its heartbeat starts now) and return it."""
+    row = conn.execute(q("register_launcher"), {
+        "batch_job_id": batch_job_id, "hostname": hostname or socket.gethostname(),
+        "pid": pid or os.getpid(), "job_mode": job_mode, "wf_filter": wf_filter,
+        "num_nodes": num_nodes, "heartbeat_timeout": heartbeat_timeout,
+    }).fetchone()
+    assert row is not None
+    return row
+
+
+def heartbeat(conn: Connection, launcher: int) -> None:
+    """Prove this launcher is alive; ClaimLost if it has been presumed dead (or has ended)."""
+    if conn.execute(q("heartbeat"), {"launcher": launcher}).fetchone() is None:
+        message = f"launcher {launcher} was presumed dead: its tasks belong to others now"
+        raise ClaimLost(message)
+
+
+def end_launcher(conn: Connection, launcher: int, reason: str) -> list[dict[str, Any]]:
+    """Release every task the launcher still holds and mark it ended; returns the released."""
+    with conn.transaction():
+        released = conn.execute(q("release_all_tasks"), {"launcher": launcher}).fetchall()
+        conn.execute(q("end_launcher"), {"launcher": launcher, "reason": reason})
+    return released
+
+
+def reap_dead(conn: Connection) -> dict[str, Any]:
+    """End launchers whose heartbeat is older than their timeout and recover their tasks.
+
+    RUNNING tasks become RESTART_READY (or RUN_TIMEOUT when they have a timeout handler or no
+    automatic retry); tasks in other states are simply unclaimed. Safe to call from anywhere,
+    any number of times at once.
+    """
+    with conn.transaction():
+        dead = [r["id"] for r in conn.execute(q("mark_dead_launchers"), {}).fetchall()]
+        recovered = []
+        if dead:
+            recovered = conn.execute(q("recover_tasks"), {"launchers": dead}).fetchall()
+    return {"launchers": dead, "tasks": recovered}
+
+
+# --- claiming ----------------------------------------------------------------------------------
+
+
+def _lock_live(conn: Connection, launcher: int) -> None:
+    if conn.execute(q("lock_live_launcher"), {"launcher": launcher}).fetchone() is None:
+        message = f"launcher {launcher} has ended or was presumed dead: it cannot claim tasks"
+        raise ClaimLost(message)
+
+
+def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy: Policy, *,
+                  wf_filter: WorkflowFilter = WorkflowFilter(), limit: int = 64,
+                  max_wall_minutes: float | None = None) -> list[tuple[Task, list[Node]]]:
+    """Claim tasks to start now on the free ``resources`` (which this call does not change).
+
+    Locks up to ``limit`` unclaimed candidates, asks ``policy`` which to start (in start order),
+    places them first-fit on a copy of the free nodes, and claims exactly those that fit, all in
+    one transaction. Returns ``(task, nodes)`` pairs: allocate them in this order on the real
+    resources to get the same nodes.
+    """
+    max_nodes = resources.idle_nodes if resources.job_mode == "mpi" else (
+        1 if any(n.free > 0 for n in resources.nodes) else 0)
+    if max_nodes == 0 or limit <= 0:
+        return []
+    max_wall = NO_LIMIT_MINUTES if max_wall_minutes is None else int(max(0, max_wall_minutes))
+    with conn.transaction():
+        _lock_live(conn, launcher)
+        rows = conn.execute(q("lock_run_candidates"), {
+            **wf_filter.params(), "max_nodes": max_nodes, "limit": limit,
+            "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
+        }).fetchall()
+        if not rows:
+            return []
+        candidates = [Task.from_row(r) for r in rows]
+        chosen = policy(list(candidates), resources.copy()) or []
+        by_id = {t.id: t for t in candidates}
+        unique = list({t.id: by_id[t.id] for t in chosen if t.id in by_id}.values())
+        placed = resources.copy().pack(unique)
+        if not placed:
+            return []
+        ids = [t.id for t, _ in placed]
+        claimed = {r["id"] for r in conn.execute(q("claim_tasks"),
+                                                 {"launcher": launcher, "ids": ids})}
+    return [(t, nodes) for t, nodes in placed if t.id in claimed]
+
+
+def claim_for_post(conn: Connection, launcher: int, *, limit: int,
+                   wf_filter: WorkflowFilter = WorkflowFilter()) -> list[Task]:
+    """Claim up to ``limit`` unclaimed tasks whose run is over (post-processing, error and
+    timeout handling); no nodes are needed."""
+    if limit <= 0:
+        return []
+    with conn.transaction():
+        _lock_live(conn, launcher)
+        rows = conn.execute(q("lock_post_candidates"),
+                            {**wf_filter.params(), "limit": limit}).fetchall()
+        if not rows:
+            return []
+        claimed = {r["id"] for r in conn.execute(
+            q("claim_tasks"), {"launcher": launcher, "ids": [r["id"] for r in rows]})}
+    return [Task.from_row(r) for r in rows if r["id"] in claimed]
+
+
+# --- claim-checked updates ---------------------------------------------------------------------
+
+
+def move(conn: Connection, launcher: int, from_state: State, to_state: State,
+         messages: dict[int, str]) -> set[int]:
+    """Move the launcher's tasks ``from_state -> to_state`` (one message each).
+
+    Returns the ids moved. A task missing from the result is no longer this launcher's, or is no
+    longer in ``from_state`` (a user killed it): the caller must drop it. See :func:`require`.
+    """
+    if not messages:
+        return set()
+    ids = list(messages)
+    rows = conn.execute(q("move_tasks"), {
+        "launcher": launcher, "from_state": from_state.value, "to_state": to_state.value,
+        "ids": ids, "messages": [messages[i] for i in ids],
+    }).fetchall()
+    return {r["id"] for r in rows}
+
+
+def mark_running(conn: Connection, launcher: int, messages: dict[int, str]) -> set[int]:
+    """Claim-checked PREPROCESSED/RESTART_READY -> RUNNING, counting one attempt per run."""
+    if not messages:
+        return set()
+    ids = list(messages)
+    rows = conn.execute(q("mark_running"), {
+        "launcher": launcher, "ids": ids, "messages": [messages[i] for i in ids],
+    }).fetchall()
+    return {r["id"] for r in rows}
+
+
+def release(conn: Connection, launcher: int, ids: Iterable[int]) -> set[int]:
+    """Give up the claim on tasks (their state is left as it is); returns those released."""
+    ids = list(ids)
+    if not ids:
+        return set()
+    return {r["id"] for r in conn.execute(q("release_tasks"), {"launcher": launcher, "ids": ids})}
+
+
+def require(done: set[int], wanted: Iterable[int], launcher: int) -> None:
+    """Raise ClaimLost naming the tasks of ``wanted`` that an update did not reach."""
+    lost = sorted(set(wanted) - done)
+    if lost:
+        shown = ", ".join(str(i) for i in lost[:10]) + (" ..." if len(lost) > 10 else "")
+        message = f"launcher {launcher} no longer holds task(s) {shown}"
+        raise ClaimLost(message)
+
+
+def owned(conn: Connection, launcher: int) -> dict[int, State]:
+    """The tasks the database says this launcher holds, with their states."""
+    rows = conn.execute(q("owned_tasks"), {"launcher": launcher}).fetchall()
+    return {r["id"]: State(r["state"]) for r in rows}
+
+
+def work_remaining(conn: Connection, launcher: int, resources: Resources, *,
+                   wf_filter: WorkflowFilter = WorkflowFilter(),
+                   max_wall_minutes: float | None = None) -> bool:
+    """Whether this launcher may still get work (see the ``work_remaining`` query)."""
+    max_wall = NO_LIMIT_MINUTES if max_wall_minutes is None else int(max(0, max_wall_minutes))
+    row = conn.execute(q("work_remaining"), {
+        **wf_filter.params(), "launcher": launcher, "max_nodes": resources.num_nodes,
+        "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
+    }).fetchone()
+    return bool(row and row["remaining"])

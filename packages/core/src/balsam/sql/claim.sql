@@ -1,0 +1,173 @@
+-- Claiming, heartbeats and recovery (balsam.claim). Every update a launcher makes to a task
+-- checks "launcher_id = %(launcher)s", so a launcher presumed dead cannot touch a task claimed
+-- since by another.
+
+-- name: register_launcher
+INSERT INTO launchers (batch_job_id, hostname, pid, job_mode, wf_filter, num_nodes,
+                       heartbeat_timeout)
+VALUES (%(batch_job_id)s, %(hostname)s, %(pid)s, %(job_mode)s, %(wf_filter)s, %(num_nodes)s,
+        make_interval(secs => %(heartbeat_timeout)s))
+RETURNING *;
+
+-- name: heartbeat
+-- Returns no row once the launcher has ended or been presumed dead.
+UPDATE launchers SET heartbeat_at = now()
+WHERE id = %(launcher)s AND ended_at IS NULL
+RETURNING id;
+
+-- name: end_launcher
+UPDATE launchers SET ended_at = now(), end_reason = %(reason)s
+WHERE id = %(launcher)s AND ended_at IS NULL
+RETURNING id;
+
+-- name: lock_live_launcher
+-- Held for the whole claim: a reaper's UPDATE of this row waits until the claim commits.
+SELECT id FROM launchers WHERE id = %(launcher)s AND ended_at IS NULL FOR SHARE;
+
+-- name: mark_dead_launchers
+-- Launchers silent for longer than their own timeout. A server restarted more recently than
+-- that does not count as silence: nobody could write a heartbeat while it was down.
+WITH stale AS (
+    SELECT id FROM launchers
+    WHERE ended_at IS NULL
+      AND heartbeat_at < now() - heartbeat_timeout
+      AND pg_postmaster_start_time() < now() - heartbeat_timeout
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE launchers l
+SET ended_at = now(),
+    end_reason = format('presumed dead: no heartbeat since %%s', l.heartbeat_at)
+FROM stale WHERE l.id = stale.id
+RETURNING l.id;
+
+-- name: recover_tasks
+-- Run after mark_dead_launchers, in the same transaction but a later statement, so that it sees
+-- every claim those launchers committed. One statement: a row a launcher moved meanwhile is
+-- re-read and still released.
+UPDATE tasks t
+SET state = CASE WHEN t.state <> 'RUNNING' THEN t.state
+                 WHEN t.auto_timeout_retry AND NOT t.post_timeout_handler THEN 'RESTART_READY'
+                 ELSE 'RUN_TIMEOUT' END,
+    state_message = CASE WHEN t.state = 'RUNNING'
+                         THEN format('launcher %%s presumed dead', t.launcher_id)
+                         ELSE t.state_message END,
+    launcher_id = NULL
+WHERE t.launcher_id = ANY(%(launchers)s::bigint[])
+RETURNING t.id, t.state;
+
+-- name: lock_run_candidates
+-- Unclaimed tasks that need nodes, best first for the default policy, locked for this claim.
+SELECT t.*
+FROM tasks t
+WHERE t.launcher_id IS NULL
+  AND t.state IN ('READY', 'STAGED_IN', 'PREPROCESSED', 'RESTART_READY')
+  AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+  AND (%(workflow_part)s::text IS NULL OR strpos(t.workflow, %(workflow_part)s::text) > 0)
+  AND t.num_nodes <= %(max_nodes)s
+  AND (NOT %(serial)s OR (t.num_nodes = 1 AND t.ranks_per_node = 1))
+  AND t.wall_time_minutes <= %(max_wall_minutes)s
+ORDER BY t.num_nodes DESC, t.wall_time_minutes DESC, t.id
+LIMIT %(limit)s
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: lock_post_candidates
+-- Unclaimed tasks whose run is over and which still need post-processing, oldest first.
+SELECT t.*
+FROM tasks t
+WHERE t.launcher_id IS NULL
+  AND t.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED')
+  AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+  AND (%(workflow_part)s::text IS NULL OR strpos(t.workflow, %(workflow_part)s::text) > 0)
+ORDER BY t.id
+LIMIT %(limit)s
+FOR NO KEY UPDATE SKIP LOCKED;
+
+-- name: claim_tasks
+UPDATE tasks SET launcher_id = %(launcher)s
+WHERE id = ANY(%(ids)s::bigint[]) AND launcher_id IS NULL
+RETURNING id;
+
+-- name: move_tasks
+-- Claim-checked batch transition with one message per task. Rows already in the target state
+-- match too, so a retry after a lost connection is harmless.
+UPDATE tasks t
+SET state = %(to_state)s, state_message = m.message
+FROM unnest(%(ids)s::bigint[], %(messages)s::text[]) AS m (id, message)
+WHERE t.id = m.id
+  AND t.launcher_id = %(launcher)s
+  AND t.state IN (%(from_state)s, %(to_state)s)
+RETURNING t.id;
+
+-- name: mark_running
+-- Claim-checked start of a run: counts the attempt once, even when retried.
+UPDATE tasks t
+SET state = 'RUNNING',
+    attempts = t.attempts + CASE WHEN t.state = 'RUNNING' THEN 0 ELSE 1 END,
+    state_message = m.message
+FROM unnest(%(ids)s::bigint[], %(messages)s::text[]) AS m (id, message)
+WHERE t.id = m.id
+  AND t.launcher_id = %(launcher)s
+  AND t.state IN ('PREPROCESSED', 'RESTART_READY', 'RUNNING')
+RETURNING t.id, t.attempts;
+
+-- name: release_tasks
+UPDATE tasks SET launcher_id = NULL
+WHERE id = ANY(%(ids)s::bigint[]) AND launcher_id = %(launcher)s
+RETURNING id;
+
+-- name: release_all_tasks
+-- A launcher ending gives back everything it holds; a task it never saw end is RUN_TIMEOUT.
+UPDATE tasks t
+SET state = CASE WHEN t.state = 'RUNNING' THEN 'RUN_TIMEOUT' ELSE t.state END,
+    state_message = CASE WHEN t.state = 'RUNNING'
+                         THEN format('launcher %%s ended while it ran', t.launcher_id)
+                         ELSE t.state_message END,
+    launcher_id = NULL
+WHERE t.launcher_id = %(launcher)s
+RETURNING t.id, t.state;
+
+-- name: owned_tasks
+SELECT id, state FROM tasks WHERE launcher_id = %(launcher)s;
+
+-- name: task_states
+SELECT id, state, launcher_id, state_message FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: apps_by_id
+SELECT * FROM apps WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: parents_of
+-- The parents of each task, for stage-in and BALSAM_PARENT_IDS.
+SELECT p.child_id, t.id, t.name, t.workflow, t.user_workdir
+FROM task_parents p JOIN tasks t ON t.id = p.parent_id
+WHERE p.child_id = ANY(%(ids)s::bigint[])
+ORDER BY p.child_id, t.id;
+
+-- name: work_remaining
+-- Whether a launcher with these limits may still get work: a task it could claim now, a task it
+-- holds, or a task awaiting an ancestor that is still live (runnable, claimed or running).
+WITH RECURSIVE matching AS (
+    SELECT t.id, t.state, t.launcher_id, t.num_nodes, t.ranks_per_node, t.wall_time_minutes
+    FROM tasks t
+    WHERE t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
+      AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+      AND (%(workflow_part)s::text IS NULL OR strpos(t.workflow, %(workflow_part)s::text) > 0)
+), ancestors (id) AS (
+    SELECT p.parent_id FROM task_parents p JOIN matching m ON m.id = p.child_id
+    WHERE m.state IN ('CREATED', 'AWAITING_PARENTS')
+    UNION
+    SELECT p.parent_id FROM task_parents p JOIN ancestors a ON a.id = p.child_id
+)
+SELECT EXISTS (
+           SELECT 1 FROM matching m
+           WHERE m.launcher_id = %(launcher)s
+              OR (m.launcher_id IS NULL
+                  AND m.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED'))
+              OR (m.launcher_id IS NULL
+                  AND m.state IN ('READY', 'STAGED_IN', 'PREPROCESSED', 'RESTART_READY')
+                  AND m.num_nodes <= %(max_nodes)s
+                  AND (NOT %(serial)s OR (m.num_nodes = 1 AND m.ranks_per_node = 1))
+                  AND m.wall_time_minutes <= %(max_wall_minutes)s))
+    OR EXISTS (
+           SELECT 1 FROM ancestors a JOIN tasks t ON t.id = a.id
+           WHERE t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED', 'CREATED',
+                                 'AWAITING_PARENTS')) AS remaining;

@@ -1,0 +1,208 @@
+-- Named queries of the Python API (balsam.api): apps, tasks, dependencies, states.
+-- Optional filters are "(%(x)s IS NULL OR ...)": each call is planned with its values, so the
+-- unused ones fold away and the indexes serve the rest.
+
+-- name: insert_app
+INSERT INTO apps (name, executable, description, preprocess, postprocess, envscript)
+VALUES (%(name)s, %(executable)s, %(description)s, %(preprocess)s, %(postprocess)s, %(envscript)s)
+RETURNING *;
+
+-- name: app_by_name
+SELECT * FROM apps WHERE name = %(name)s;
+
+-- name: app_by_id
+SELECT * FROM apps WHERE id = %(id)s;
+
+-- name: list_apps
+SELECT a.*, (SELECT count(*) FROM tasks t WHERE t.app_id = a.id) AS tasks
+FROM apps a ORDER BY a.name;
+
+-- name: update_app
+-- {column} is composed with psycopg.sql.Identifier from balsam.models.APP_FIELDS.
+UPDATE apps SET {column} = %(value)s WHERE id = %(id)s RETURNING *;
+
+-- name: delete_app
+DELETE FROM apps WHERE id = %(id)s;
+
+-- name: app_task_ids
+SELECT id FROM tasks WHERE app_id = %(app_id)s ORDER BY id;
+
+-- name: insert_task
+INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
+    wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
+    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
+    post_timeout_handler, auto_timeout_retry, state)
+VALUES (%(name)s, %(workflow)s, %(app_id)s, %(args)s, %(data)s, %(user_workdir)s,
+    %(description)s, %(wall_time_minutes)s, %(num_nodes)s, %(ranks_per_node)s,
+    %(threads_per_rank)s, %(threads_per_core)s, %(cpu_affinity)s, %(node_packing_count)s,
+    %(environ_vars)s, %(input_files)s, %(post_error_handler)s, %(post_timeout_handler)s,
+    %(auto_timeout_retry)s, %(state)s)
+RETURNING id;
+
+-- name: create_new_tasks_table
+-- Staging table of a bulk insert: COPY into it, then one INSERT ... SELECT fires the triggers once.
+CREATE TEMP TABLE balsam_new_tasks (
+    ord bigint NOT NULL,
+    name text NOT NULL,
+    workflow text NOT NULL,
+    app_id bigint NOT NULL,
+    args text NOT NULL,
+    data jsonb NOT NULL,
+    user_workdir text,
+    description text NOT NULL,
+    wall_time_minutes integer NOT NULL,
+    num_nodes integer NOT NULL,
+    ranks_per_node integer NOT NULL,
+    threads_per_rank integer NOT NULL,
+    threads_per_core integer NOT NULL,
+    cpu_affinity text NOT NULL,
+    node_packing_count integer NOT NULL,
+    environ_vars jsonb NOT NULL,
+    input_files text NOT NULL,
+    post_error_handler boolean NOT NULL,
+    post_timeout_handler boolean NOT NULL,
+    auto_timeout_retry boolean NOT NULL,
+    state text NOT NULL
+);
+
+-- name: copy_new_tasks
+COPY balsam_new_tasks (ord, name, workflow, app_id, args, data, user_workdir, description,
+    wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
+    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
+    post_timeout_handler, auto_timeout_retry, state) FROM STDIN;
+
+-- name: insert_new_tasks
+-- Identities are drawn in ORDER BY order, so the sorted ids match the staged rows one to one.
+INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
+    wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
+    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
+    post_timeout_handler, auto_timeout_retry, state)
+SELECT name, workflow, app_id, args, data, user_workdir, description,
+    wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
+    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
+    post_timeout_handler, auto_timeout_retry, state
+FROM balsam_new_tasks ORDER BY ord
+RETURNING id;
+
+-- name: drop_new_tasks_table
+DROP TABLE balsam_new_tasks;
+
+-- name: insert_edges
+-- Dependencies as two parallel arrays; an edge that already exists is kept as it is.
+INSERT INTO task_parents (parent_id, child_id)
+SELECT * FROM unnest(%(parents)s::bigint[], %(children)s::bigint[])
+ON CONFLICT DO NOTHING;
+
+-- name: delete_edge
+DELETE FROM task_parents WHERE parent_id = %(parent)s AND child_id = %(child)s;
+
+-- name: existing_ids
+SELECT id FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: task_by_id
+SELECT t.*, a.name AS app_name FROM tasks t JOIN apps a ON a.id = t.app_id WHERE t.id = %(id)s;
+
+-- name: lock_task
+SELECT t.*, a.name AS app_name FROM tasks t JOIN apps a ON a.id = t.app_id
+WHERE t.id = %(id)s FOR UPDATE OF t;
+
+-- name: select_tasks
+-- Tasks matching the filters in id order (a NULL limit means all).
+SELECT t.*, a.name AS app_name
+FROM tasks t JOIN apps a ON a.id = t.app_id
+WHERE (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
+  AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+  AND (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s::text[]))
+  AND (%(name)s::text IS NULL OR strpos(t.name, %(name)s::text) > 0)
+  AND (%(app_id)s::bigint IS NULL OR t.app_id = %(app_id)s::bigint)
+ORDER BY t.id
+LIMIT %(limit)s;
+
+-- name: select_task_ids
+SELECT t.id
+FROM tasks t
+WHERE (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
+  AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+  AND (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s::text[]))
+  AND (%(name)s::text IS NULL OR strpos(t.name, %(name)s::text) > 0)
+  AND (%(app_id)s::bigint IS NULL OR t.app_id = %(app_id)s::bigint)
+ORDER BY t.id;
+
+-- name: count_by_state
+SELECT t.state, count(*) AS count
+FROM tasks t
+WHERE (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
+  AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+  AND (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s::text[]))
+  AND (%(name)s::text IS NULL OR strpos(t.name, %(name)s::text) > 0)
+  AND (%(app_id)s::bigint IS NULL OR t.app_id = %(app_id)s::bigint)
+GROUP BY t.state;
+
+-- name: count_by_workflow
+SELECT t.workflow, t.state, count(*) AS count
+FROM tasks t GROUP BY t.workflow, t.state ORDER BY t.workflow, t.state;
+
+-- name: update_task
+-- {column} is composed with psycopg.sql.Identifier from balsam.models.TASK_FIELDS.
+UPDATE tasks SET {column} = %(value)s WHERE id = %(id)s;
+
+-- name: pin_workdir
+UPDATE tasks SET user_workdir = %(workdir)s WHERE id = %(id)s;
+
+-- name: set_app
+UPDATE tasks SET app_id = %(app_id)s WHERE id = %(id)s;
+
+-- name: set_state
+UPDATE tasks SET state = %(state)s, state_message = %(message)s
+WHERE id = ANY(%(ids)s::bigint[]) AND state <> %(state)s
+RETURNING id;
+
+-- name: kill_tasks
+-- USER_KILLED from any non-final state; the trigger notifies balsam_kill for each task.
+UPDATE tasks t SET state = 'USER_KILLED', state_message = %(message)s
+FROM task_states s
+WHERE s.state = t.state AND NOT s.final AND t.id = ANY(%(ids)s::bigint[])
+RETURNING t.id;
+
+-- name: delete_tasks
+DELETE FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: descendants
+-- The tasks below the given ones in the DAG (each once), not including them.
+WITH RECURSIVE down (id) AS (
+    SELECT child_id FROM task_parents WHERE parent_id = ANY(%(ids)s::bigint[])
+    UNION
+    SELECT p.child_id FROM task_parents p JOIN down d ON p.parent_id = d.id
+)
+SELECT id FROM down ORDER BY id;
+
+-- name: waiting_children_outside
+-- Children waiting for one of the given tasks that are not themselves among them.
+SELECT e.child_id, e.parent_id
+FROM task_parents e JOIN tasks c ON c.id = e.child_id
+WHERE e.parent_id = ANY(%(ids)s::bigint[]) AND NOT e.child_id = ANY(%(ids)s::bigint[])
+  AND c.state = 'AWAITING_PARENTS'
+ORDER BY e.child_id, e.parent_id
+LIMIT 5;
+
+-- name: unfinished_parents
+-- For each given child, its parents that have not finished (why it waits).
+SELECT e.child_id, p.id, p.state
+FROM task_parents e JOIN tasks p ON p.id = e.parent_id
+WHERE e.child_id = ANY(%(ids)s::bigint[]) AND p.state <> 'JOB_FINISHED'
+ORDER BY e.child_id, p.id;
+
+-- name: parent_ids
+SELECT parent_id AS id FROM task_parents WHERE child_id = %(id)s ORDER BY parent_id;
+
+-- name: child_ids
+SELECT child_id AS id FROM task_parents WHERE parent_id = %(id)s ORDER BY child_id;
+
+-- name: edges_among
+-- Dependencies touching the given tasks (for ls --tree).
+SELECT parent_id, child_id FROM task_parents
+WHERE parent_id = ANY(%(ids)s::bigint[]) OR child_id = ANY(%(ids)s::bigint[])
+ORDER BY parent_id, child_id;
+
+-- name: task_history
+SELECT * FROM task_events WHERE task_id = %(id)s ORDER BY id;

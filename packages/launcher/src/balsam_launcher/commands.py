@@ -1,0 +1,123 @@
+"""``balsam launcher`` (run tasks on this job's nodes) and ``balsam log`` (read their output)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from balsam import api
+from balsam.db import connect
+from balsam.errors import NotFound
+from balsam.plugins import plugin_manager
+from balsam.project import Project
+from balsam.states import FINAL, State
+from balsam_launcher import logs, steps
+from balsam_launcher.launcher import Launcher, Options
+
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+@click.command("launcher")
+@click.option("--job-mode", type=click.Choice(["mpi", "serial"]), default="mpi", show_default=True,
+              help="mpi: each task through the MPI launcher on whole nodes; serial: single-rank "
+                   "tasks started directly, node_packing_count of them per node.")
+@click.option("--wf-filter", default="", metavar="WORKFLOW",
+              help="Run only tasks of this workflow (exact match).")
+@click.option("--wf-substring", is_flag=True,
+              help="Legacy matching: --wf-filter selects every workflow containing it.")
+@click.option("--consume-all", is_flag=True,
+              help="Exit once no task this launcher could run is left (default: wait for more).")
+@click.option("--time-limit-minutes", type=_POSITIVE, metavar="MINUTES",
+              help="Stop after this long (running tasks become RUN_TIMEOUT); tasks whose "
+                   "wall_time_minutes exceeds the time left are not started.")
+@click.option("--nodes", type=click.IntRange(min=1), metavar="N",
+              help="Use N nodes: the first N of the allocation, or N simulated nodes when the "
+                   "allocation is this one host.")
+@click.option("--batch-job-id", type=click.IntRange(min=1), envvar="BALSAM_BATCH_JOB_ID",
+              metavar="ID",
+              help="The balsam batch job this launcher runs in (default $BALSAM_BATCH_JOB_ID).")
+@click.option("--heartbeat-timeout", type=_POSITIVE, default=60, show_default=True,
+              metavar="SECONDS", help="Others presume this launcher dead after this long "
+                                      "without a heartbeat and restart its tasks.")
+@click.option("--poll-interval", type=_POSITIVE, default=5, show_default=True, metavar="SECONDS",
+              help="Look for work this often even if no notification arrives.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N",
+              help="Run a task that exits non-zero (and has no error handler) up to this many "
+                   "more times before it is FAILED.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, metavar="N",
+              help="Threads for stage-in and pre- and post-processing scripts.")
+@click.option("--kill-grace", type=click.FloatRange(min=0), default=3, show_default=True,
+              metavar="SECONDS", help="Between SIGTERM and SIGKILL when stopping a task.")
+def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: bool,
+             time_limit_minutes: float | None, nodes: int | None, batch_job_id: int | None,
+             heartbeat_timeout: float, poll_interval: float, max_retries: int, workers: int,
+             kill_grace: float) -> None:
+    """Run the active project's tasks on this batch job's nodes.
+
+    Nodes come from Slurm, PBS or Cobalt, or the local host. SIGTERM or SIGINT (the scheduler
+    ending the job) stops running tasks, marks them RUN_TIMEOUT and exits cleanly. The log goes
+    to log/launcher_<id>.log in the project.
+    """
+    if wf_substring and not wf_filter:
+        message = "--wf-substring needs --wf-filter"
+        raise click.UsageError(message)
+    options = Options(job_mode=job_mode, wf_filter=wf_filter, wf_substring=wf_substring,
+                      consume_all=consume_all, time_limit_minutes=time_limit_minutes,
+                      nodes=nodes, batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
+                      poll_interval=poll_interval, max_retries=max_retries, workers=workers,
+                      kill_grace=kill_grace)
+    runner = Launcher(Project.from_env(), options, plugin_manager())
+    code = runner.run()
+    if runner.log_path is not None:
+        click.echo(f"launcher {runner.id} ended ({runner.stopping}); log: {runner.log_path}",
+                   err=True)
+    sys.exit(code)
+
+
+@click.command("log")
+@click.argument("task_id", type=click.IntRange(min=1), required=False)
+@click.option("--launcher", "launcher_id", type=click.IntRange(min=1), metavar="ID",
+              help="Show this launcher's log (default: the most recent launcher's).")
+@click.option("-n", "--lines", type=click.IntRange(min=0), metavar="N",
+              help="Only the last N lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing what is appended.")
+@click.option("--list", "list_logs", is_flag=True, help="List the launcher logs.")
+def log(task_id: int | None, launcher_id: int | None, lines: int | None, follow: bool,
+        list_logs: bool) -> None:
+    """Show a task's output (TASK_ID) or a launcher's log.
+
+    A task's stdout and stderr are in <name>.out in its working directory; with --follow the
+    output is followed until the task reaches a final state.
+    """
+    project = Project.from_env()
+    if list_logs:
+        for lid, path in logs.launcher_logs(project).items():
+            click.echo(f"{lid}\t{path}")
+        return
+    if task_id is not None and launcher_id is not None:
+        message = "give a TASK_ID or --launcher, not both"
+        raise click.UsageError(message)
+    if task_id is None:
+        path = logs.launcher_log(project, launcher_id)
+        done = None  # a launcher log is followed until Ctrl-C
+    else:
+        with connect(project) as conn:
+            task = api.get_task(task_id, conn=conn)
+        path = steps.output_path(project.workdir(task.workdir), task)
+        if not path.exists():
+            message = f"task {task_id} ({task.state}) has no output yet: no {path}"
+            raise NotFound(message)
+
+        def done() -> bool:  # type: ignore[misc]
+            with connect(project) as conn:
+                return State(api.get_task(task_id, conn=conn).state) in FINAL
+
+    for line in logs.last_lines(path, lines):
+        click.echo(line)
+    if follow:
+        try:
+            logs.follow(path, lambda chunk: click.echo(chunk, nl=False), until=done)
+        except KeyboardInterrupt:
+            pass

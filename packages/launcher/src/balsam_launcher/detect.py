@@ -1,0 +1,136 @@
+"""Which nodes a launcher has: from the batch scheduler's environment, or the local host."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from balsam.errors import InvalidInput
+from balsam.resources import JOB_MODES, Resources
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The nodes of the current batch job (or of the local host)."""
+
+    scheduler: str
+    hosts: tuple[str, ...]
+    #: The scheduler's names for the nodes when they differ from host names (Cobalt nids).
+    names: tuple[str, ...] = ()
+
+
+def detect(env: Mapping[str, str] | None = None) -> Allocation:
+    """Slurm (SLURM_JOB_NODELIST), PBS (PBS_NODEFILE), Cobalt (COBALT_PARTNAME), else local."""
+    env = os.environ if env is None else env
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if nodelist:
+        return Allocation("slurm", tuple(expand_hostlist(nodelist)))
+    if env.get("PBS_NODEFILE"):
+        return Allocation("pbs", tuple(read_nodefile(Path(env["PBS_NODEFILE"]))))
+    if env.get("COBALT_PARTNAME"):
+        nids = expand_ranges(env["COBALT_PARTNAME"])
+        return Allocation("cobalt", tuple(f"nid{n:05d}" for n in nids),
+                          tuple(str(n) for n in nids))
+    return Allocation("local", (socket.gethostname(),))
+
+
+def resources(job_mode: str, nodes: int | None = None,
+              env: Mapping[str, str] | None = None) -> tuple[Resources, Allocation]:
+    """The launcher's nodes: the allocation, its first ``nodes`` nodes, or ``nodes`` simulated
+    nodes when the allocation is a single host (one machine acting as N nodes)."""
+    if job_mode not in JOB_MODES:
+        message = f"invalid job mode {job_mode!r}; expected one of: {', '.join(JOB_MODES)}"
+        raise InvalidInput(message)
+    alloc = detect(env)
+    if not alloc.hosts:
+        message = f"the {alloc.scheduler} allocation lists no nodes"
+        raise InvalidInput(message)
+    count = len(alloc.hosts) if nodes is None else nodes
+    if count < 1:
+        message = f"--nodes must be at least 1, got {count}"
+        raise InvalidInput(message)
+    if count <= len(alloc.hosts):
+        res = Resources.on_hosts(alloc.hosts[:count], job_mode, names=alloc.names[:count])
+        return res, alloc
+    if len(alloc.hosts) == 1:
+        host = alloc.hosts[0]
+        names = [f"{host}:{i}" for i in range(count)]
+        return Resources.on_hosts([host] * count, job_mode, names=names, simulated=True), alloc
+    message = (f"--nodes {count} is more than the {len(alloc.hosts)} nodes of this "
+               f"{alloc.scheduler} allocation")
+    raise InvalidInput(message)
+
+
+_BRACKET = re.compile(r"\[([^\]]*)\]")
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """Expand a Slurm hostlist (``n[01-03,7],gpu2`` -> n01 n02 n03 n7 gpu2), keeping order."""
+    hosts: list[str] = []
+    for item in _split_top_level(text.strip()):
+        if item:
+            hosts.extend(_expand_one(item))
+    return list(dict.fromkeys(hosts))
+
+
+def _split_top_level(text: str) -> list[str]:
+    items, depth, current = [], 0, ""
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    if depth != 0:
+        message = f"malformed hostlist {text!r}: unbalanced brackets"
+        raise InvalidInput(message)
+    items.append(current)
+    return items
+
+
+def _expand_one(item: str) -> list[str]:
+    match = _BRACKET.search(item)
+    if not match:
+        return [item]
+    prefix, rest = item[: match.start()], item[match.end():]
+    tails = _expand_one(rest)
+    out = []
+    for part in match.group(1).split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            message = f"malformed hostlist range {part!r} in {item!r}"
+            raise InvalidInput(message)
+        width = len(lo)
+        for n in range(int(lo), int(hi or lo) + 1):
+            out.extend(f"{prefix}{n:0{width}d}{tail}" for tail in tails)
+    return out
+
+
+def expand_ranges(text: str) -> list[int]:
+    """Expand ``1-3,7`` (Cobalt's COBALT_PARTNAME) into node numbers."""
+    numbers: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            message = f"malformed node range {part!r} in {text!r}"
+            raise InvalidInput(message)
+        numbers.extend(range(int(lo), int(hi or lo) + 1))
+    return numbers
+
+
+def read_nodefile(path: Path) -> list[str]:
+    """Unique host names of a PBS node file (it lists a host once per core), in order."""
+    try:
+        lines = path.read_text().split()
+    except OSError as exc:
+        message = f"cannot read PBS_NODEFILE {path}: {exc.strerror}"
+        raise InvalidInput(message) from None
+    return list(dict.fromkeys(ln.strip() for ln in lines if ln.strip()))

@@ -1,0 +1,813 @@
+"""The launcher: one per batch job, it claims tasks, takes each through its life on the job's
+nodes, and records every step in the shared database, surviving server restarts.
+
+One thread owns the database connection and the processes; a small thread pool runs the slow,
+database-free steps (stage-in, pre- and post-processing scripts). The main loop sleeps in one
+``select`` on task pidfds (a task ended), the connection (NOTIFY: new work or a kill), a wake-up
+pipe (signals, finished scripts) and timers (heartbeat, polling fallback, kill deadlines). Only
+tasks whose situation changed are looked at, so a launcher of thousands of nodes stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import resource
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import psycopg
+
+from balsam import claim
+from balsam.db import Connection, connect, translate
+from balsam.errors import BalsamError, ClaimLost, InvalidInput
+from balsam.models import App, Task
+from balsam.project import Project, current_user
+from balsam.queries import query
+from balsam.resources import Node, Resources
+from balsam.states import State
+from balsam_launcher import detect, policy, steps
+from balsam_launcher.process import Run, spawn
+from balsam_launcher.transitions import after_script, next_step
+
+S = State
+log = logging.getLogger("balsam.launcher")
+
+#: Channels the launcher listens on: runnable work appeared, a user killed tasks.
+TASKS_CHANNEL, KILL_CHANNEL = "balsam_tasks", "balsam_kill"
+#: How often the launcher compares what it holds with the database (kills without NOTIFY).
+RECONCILE_SECONDS = 2.0
+
+
+@dataclass
+class Options:
+    """What ``balsam launcher`` was asked to do."""
+
+    job_mode: str = "mpi"
+    wf_filter: str = ""
+    wf_substring: bool = False
+    consume_all: bool = False
+    time_limit_minutes: float | None = None
+    nodes: int | None = None
+    batch_job_id: int | None = None
+    #: Others presume this launcher dead after this long without a heartbeat.
+    heartbeat_timeout: float = 60.0
+    #: Look for work this often even when no NOTIFY arrives.
+    poll_interval: float = 5.0
+    #: Extra runs of a task that exits non-zero and has no error handler.
+    max_retries: int = 0
+    #: Seconds between SIGTERM and SIGKILL when stopping a task.
+    kill_grace: float = 3.0
+    #: Threads for stage-in and pre- and post-processing scripts.
+    workers: int = 4
+    script_timeout: float = steps.SCRIPT_TIMEOUT
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.2, min(10.0, self.heartbeat_timeout / 4))
+
+
+@dataclass
+class Held:
+    """A task this launcher holds, and where it is in its life."""
+
+    task: Task
+    app: App
+    parents: list[steps.Parent]
+    nodes: list[Node] = field(default_factory=list)
+    run: Run | None = None
+    #: The next state change to write (to RUNNING: a run was started).
+    pending: tuple[State, str] | None = None
+    #: How the run ended; written once the RUNNING state is.
+    outcome: tuple[State, str] | None = None
+    #: A script ran: re-read the state, which the script may have changed from this one.
+    recheck: State | None = None
+    working: bool = False
+    #: Why the task is no longer ours to advance (killed, lost, done): its claim is given back.
+    dropped: str | None = None
+
+
+class Launcher:
+    """``Launcher(project, options, pm).run()`` returns the exit status."""
+
+    def __init__(self, project: Project, options: Options, pm: pluggy.PluginManager) -> None:
+        self.project = project
+        self.options = options
+        self.pm = pm
+        self.wf_filter = claim.WorkflowFilter(options.wf_filter, options.wf_substring)
+        self.resources, self.allocation = detect.resources(options.job_mode, options.nodes)
+        self.id = 0
+        self.conn: Connection | None = None
+        self.db_fd: int | None = None
+        self.held: dict[int, Held] = {}
+        self.runs: dict[int, Run] = {}
+        self.apps: dict[int, App] = {}
+        self.dirty: set[int] = set()  # to advance
+        self.pending: set[int] = set()  # with a state change to write
+        self.exited: set[int] = set()  # pidfd readable
+        self.to_release: set[int] = set()
+        self.stopping: str | None = None
+        self.dead = False
+        self.exit_code = 0
+        self.want_claim = self.want_post = True
+        self.max_packing = 1
+        self.results: queue.SimpleQueue[tuple[int, str, Future[Any]]] = queue.SimpleQueue()
+        self.cancel = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="step")
+        self.selector = selectors.DefaultSelector()
+        self.signals: list[int] = []
+        self.log_path: Path | None = None
+        now = time.monotonic()
+        self.deadline = (now + options.time_limit_minutes * 60
+                         if options.time_limit_minutes is not None else None)
+        self.next_heartbeat = self.next_reconcile = self.next_poll = now
+        self.next_done_check = self.next_reconnect = now
+        self.reconnect_delay = 0.2
+
+    # --- life ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Register, work until told to stop (or out of work with ``consume_all``), clean up."""
+        os.umask(self.project.umask)
+        _raise_fd_limit()
+        self.conn = connect(self.project)
+        self.id = self._register()
+        self._open_log()
+        self._setup_wakeups()
+        log.info("launcher %s started: %s mode, %d node(s) on %s (%s%s), filter %r", self.id,
+                 self.options.job_mode, self.resources.num_nodes, socket.gethostname(),
+                 self.allocation.scheduler, ", simulated" if self.resources.simulated else "",
+                 self.options.wf_filter)
+        try:
+            while not self._finished():
+                self._iterate()
+        except BaseException:
+            self.stopping = self.stopping or "crashed"
+            log.exception("launcher %s crashed", self.id)
+            raise
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def stop(self, reason: str) -> None:
+        """Stop claiming, stop running tasks (they become RUN_TIMEOUT) and scripts, then exit."""
+        if self.stopping is not None:
+            return
+        self.stopping = reason
+        log.info("launcher %s stopping: %s", self.id, reason)
+        self.cancel.set()
+        for run in self.runs.values():
+            run.stop("stop", self.options.kill_grace)
+
+    def _register(self) -> int:
+        try:
+            row = claim.register_launcher(
+                self._db(), job_mode=self.options.job_mode, num_nodes=self.resources.num_nodes,
+                wf_filter=self.options.wf_filter, batch_job_id=self.options.batch_job_id,
+                heartbeat_timeout=self.options.heartbeat_timeout)
+        except psycopg.errors.ForeignKeyViolation:
+            message = f"no batch job {self.options.batch_job_id} in this project"
+            raise InvalidInput(message) from None
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        return int(row["id"])
+
+    def _open_log(self) -> None:
+        self.log_path = self.project.log_dir / f"launcher_{self.id}.log"
+        handler = logging.FileHandler(self.log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+    def _setup_wakeups(self) -> None:
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self._listen()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"w")
+        except BlockingIOError:
+            pass
+
+    def _finished(self) -> bool:
+        return self.stopping is not None and not self.runs and not any(
+            h.working for h in self.held.values())
+
+    def _shutdown(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.cancel.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for run in self.runs.values():  # only after a crash: the loop waits for its runs
+            run.stop("stop", 0)
+            run.tick(time.monotonic())
+            run.popen.wait()
+            run.close()
+        if not self.dead:
+            self._record_end()
+        log.info("launcher %s ended: %s", self.id, self.stopping)
+        self._close_conn()
+        self.selector.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        for handler in list(log.handlers):
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                log.removeHandler(handler)
+
+    def _record_end(self) -> None:
+        """Write the last state changes, give back every claim and mark the launcher ended;
+        retried for a while if the server is down (the reaper recovers the tasks otherwise)."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self.conn is None:
+                    self.conn = connect(self.project)
+                try:
+                    self._progress()
+                finally:
+                    released = claim.end_launcher(self.conn, self.id, self.stopping or "ended")
+                break
+            except (psycopg.OperationalError, BalsamError) as exc:
+                if isinstance(exc, psycopg.OperationalError) and not _disconnected(self.conn, exc):
+                    log.error("cannot record the end: %s", _first_line(exc))
+                    return
+                self._close_conn()
+                if time.monotonic() > deadline:
+                    log.error("database unreachable (%s): leaving the tasks to the reaper",
+                              _first_line(exc))
+                    return
+                log.warning("cannot record the end yet: %s", _first_line(exc))
+                time.sleep(1)
+        if released:
+            log.info("released %d task(s) on exit", len(released))
+
+    # --- one turn of the loop ------------------------------------------------------------------
+
+    def _iterate(self) -> None:
+        for key, _ in self.selector.select(self._wait_time()):
+            if key.data == "wake":
+                _drain(self.wake_r)
+            elif isinstance(key.data, int):
+                self.exited.add(key.data)
+        now = time.monotonic()
+        self._check_signals()
+        if self.deadline is not None and now >= self.deadline:
+            self.stop("time limit reached")
+        self._collect_exits(now)
+        self._collect_work()
+        if self.conn is None and now >= self.next_reconnect:
+            self._reconnect(now)
+        if self.conn is not None:
+            try:
+                self._sync(now)
+            except psycopg.OperationalError as exc:
+                if not _disconnected(self.conn, exc):
+                    raise
+                self._db_lost(exc)
+            except ClaimLost as exc:
+                self._presumed_dead(exc)
+
+    def _wait_time(self) -> float:
+        if self.conn is not None and (self.pending or self.dirty or self.to_release or (
+                self.want_claim and self.stopping is None and self._capacity() > 0)):
+            return 0.0
+        now = time.monotonic()
+        times = [self.next_heartbeat, self.next_reconcile, self.next_poll]
+        if self.conn is None:
+            times.append(self.next_reconnect)
+        if self.deadline is not None:
+            times.append(self.deadline)
+        for run in self.runs.values():
+            if run.kill_at is not None:
+                times.append(run.kill_at)
+            if run.pidfd is None:
+                times.append(now + 0.1)
+        return max(0.0, min(times) - now)
+
+    def _check_signals(self) -> None:
+        while self.signals:
+            name = signal.Signals(self.signals.pop(0)).name
+            if self.stopping is None:
+                self.stop(f"received {name}")
+            else:  # a second signal: no more grace
+                for run in self.runs.values():
+                    run.kill_at = time.monotonic()
+
+    def _sync(self, now: float) -> None:
+        self._drain_notifies()
+        if now >= self.next_heartbeat:
+            self._heartbeat(now)
+        if now >= self.next_reconcile:
+            self._reconcile(now)
+        self._progress()
+        if self._claim(now):
+            self._progress()
+        if self.options.consume_all and self.stopping is None and not self.held \
+                and now >= self.next_done_check:
+            self.next_done_check = now + 0.5
+            if not claim.work_remaining(self._db(), self.id, self.resources,
+                                        wf_filter=self.wf_filter,
+                                        max_wall_minutes=self._remaining_minutes()):
+                self.stop("no work left")
+
+    # --- the database connection ---------------------------------------------------------------
+
+    def _db(self) -> Connection:
+        assert self.conn is not None
+        return self.conn
+
+    def _listen(self) -> None:
+        conn = self._db()
+        conn.execute(f"LISTEN {TASKS_CHANNEL}")
+        conn.execute(f"LISTEN {KILL_CHANNEL}")
+        self.db_fd = conn.fileno()
+        self.selector.register(self.db_fd, selectors.EVENT_READ, "db")
+
+    def _close_conn(self) -> None:
+        if self.db_fd is not None:
+            self.selector.unregister(self.db_fd)
+            self.db_fd = None
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg.Error:
+                pass
+            self.conn = None
+
+    def _db_lost(self, exc: Exception) -> None:
+        log.warning("database connection lost (%s): tasks keep running; reconnecting",
+                    _first_line(exc))
+        self._close_conn()
+        self.next_reconnect = time.monotonic()
+        self.reconnect_delay = 0.2
+
+    def _reconnect(self, now: float) -> None:
+        try:
+            self.conn = connect(self.project)
+            self._listen()
+        except (BalsamError, psycopg.Error) as exc:
+            self._close_conn()
+            self.next_reconnect = now + self.reconnect_delay
+            self.reconnect_delay = min(5.0, self.reconnect_delay * 2)
+            log.debug("reconnect failed: %s", _first_line(exc))
+            return
+        log.info("reconnected to the database")
+        self.want_claim = self.want_post = True
+        self.next_heartbeat = self.next_reconcile = now  # prove we live, check what we hold
+
+    def _drain_notifies(self) -> None:
+        for note in self._db().notifies(timeout=0):
+            if note.channel == TASKS_CHANNEL:
+                self.want_claim = self.want_post = True
+            elif note.channel == KILL_CHANNEL:
+                for word in note.payload.replace(",", " ").split():
+                    if word.isdigit() and int(word) in self.held:
+                        self._drop(self.held[int(word)], "user")
+
+    def _heartbeat(self, now: float) -> None:
+        conn = self._db()
+        claim.heartbeat(conn, self.id)
+        self.next_heartbeat = now + self.options.heartbeat_interval
+        reaped = claim.reap_dead(conn)
+        if reaped["launchers"]:
+            log.warning("reaped launcher(s) %s presumed dead: %d task(s) recovered",
+                        reaped["launchers"], len(reaped["tasks"]))
+            self.want_claim = self.want_post = True
+
+    def _reconcile(self, now: float) -> None:
+        """Compare what we hold with what the database says we hold: stop what was taken from
+        us or killed, and give back claims we do not know about (a claim committed just before a
+        connection dropped, whose answer we never got)."""
+        self.next_reconcile = now + RECONCILE_SECONDS
+        owned = claim.owned(self._db(), self.id)
+        for tid, held in list(self.held.items()):
+            if held.dropped:
+                continue
+            if tid not in owned:
+                self._drop(held, "lost")
+            elif owned[tid] == S.USER_KILLED:
+                self._drop(held, "user")
+        unknown = [tid for tid in owned if tid not in self.held]
+        if unknown:
+            claim.release(self._db(), self.id, unknown)
+            log.warning("released %d claim(s) this launcher did not know it held: %s",
+                        len(unknown), _ids(unknown))
+
+    def _presumed_dead(self, exc: ClaimLost) -> None:
+        log.error("%s", exc)
+        self.exit_code = 1
+        self.dead = True
+        self.stopping = self.stopping or "presumed dead"
+        self.cancel.set()
+        for held in self.held.values():
+            held.dropped = held.dropped or "lost"
+        for run in self.runs.values():
+            run.stop("lost", 0)
+
+    # --- claiming ------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """The launcher settings hooks see."""
+        return {
+            "id": self.id, "job_mode": self.options.job_mode, "wf_filter": self.options.wf_filter,
+            "num_nodes": self.resources.num_nodes, "hostname": socket.gethostname(),
+            "remaining_minutes": self._remaining_minutes(), "simulated": self.resources.simulated,
+            "scheduler": self.allocation.scheduler, "owner": current_user(),
+        }
+
+    def _remaining_minutes(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return max(0.0, (self.deadline - time.monotonic()) / 60)
+
+    def _policy(self, candidates: list[Task], resources: Resources) -> Sequence[Task]:
+        self.max_packing = max([self.max_packing, *(t.node_packing_count for t in candidates)])
+        try:
+            chosen = self.pm.hook.select_tasks(candidates=candidates, resources=resources,
+                                               launcher=self.info())
+        except Exception:
+            log.exception("a select_tasks plugin failed; using the default policy")
+            chosen = None
+        if chosen is None:
+            chosen = policy.largest_first(candidates, resources.copy())
+        return chosen
+
+    def _capacity(self) -> int:
+        """How many more tasks could start now, at most."""
+        if self.resources.job_mode == "mpi":
+            return self.resources.idle_nodes
+        return sum(int(n.free * self.max_packing) for n in self.resources.nodes)
+
+    def _claim(self, now: float) -> bool:
+        if self.stopping is not None:
+            return False
+        polled = now >= self.next_poll
+        if polled:
+            self.next_poll = now + self.options.poll_interval
+        got = False
+        capacity = self._capacity()
+        if capacity > 0 and (self.want_claim or polled):
+            placed = claim.claim_for_run(
+                self._db(), self.id, self.resources, self._policy, wf_filter=self.wf_filter,
+                limit=2 * capacity + 16, max_wall_minutes=self._remaining_minutes())
+            self.want_claim = bool(placed)
+            if placed:
+                self._adopt([t for t, _ in placed], with_nodes=True)
+                got = True
+        room = 4 * self.options.workers - sum(1 for h in self.held.values() if not h.nodes)
+        if room > 0 and (self.want_post or polled):
+            tasks = claim.claim_for_post(self._db(), self.id, limit=room, wf_filter=self.wf_filter)
+            self.want_post = bool(tasks)
+            if tasks:
+                self._adopt(tasks, with_nodes=False)
+                got = True
+        return got
+
+    def _adopt(self, tasks: list[Task], *, with_nodes: bool) -> None:
+        conn = self._db()
+        missing = sorted({t.app_id for t in tasks if t.app_id not in self.apps})
+        if missing:
+            for row in conn.execute(query("balsam", "apps_by_id"), {"ids": missing}):
+                self.apps[row["id"]] = App.from_row(row)
+        parents: dict[int, list[steps.Parent]] = defaultdict(list)
+        for row in conn.execute(query("balsam", "parents_of"), {"ids": [t.id for t in tasks]}):
+            workdir = self.project.workdir(Task.from_row(row).workdir)
+            parents[row["child_id"]].append(steps.Parent(row["id"], workdir))
+        for task in tasks:
+            assert task.id is not None and task.app_id is not None
+            held = Held(task, self.apps[task.app_id], parents[task.id])
+            self.held[task.id] = held
+            self.dirty.add(task.id)
+            if with_nodes:
+                nodes = self.resources.allocate(task)
+                if nodes is None:  # cannot happen: the claim planned on a copy of these nodes
+                    self._drop(held, "no room")
+                else:
+                    held.nodes = nodes
+        log.info("claimed %d task(s)%s: %s", len(tasks), "" if with_nodes else " to finish",
+                 _ids(t.id for t in tasks))
+
+    # --- advancing tasks -----------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        """Advance every changed task as far as it goes without waiting, writing each step."""
+        for _ in range(12):
+            self._recheck()
+            dirty, self.dirty = self.dirty, set()
+            for tid in dirty:
+                if tid in self.held:
+                    self._advance(self.held[tid])
+            if not self._flush():
+                break
+        self._release_dropped()
+
+    def _advance(self, held: Held) -> None:
+        if held.pending or held.working or held.dropped or held.recheck or held.run:
+            return
+        if held.outcome:  # the run is over: record how, once its start is recorded
+            if held.task.state == S.RUNNING:
+                self._set_pending(held, held.outcome)
+                held.outcome = None
+            return
+        if self.stopping is not None:
+            return
+        step = next_step(held.task, held.app, has_nodes=bool(held.nodes),
+                         has_parents=bool(held.parents), max_retries=self.options.max_retries)
+        if step is None:
+            return
+        kind, value = step
+        if kind == "move":
+            self._set_pending(held, value)
+        elif kind == "start":
+            self._start(held)
+        elif kind == "release":
+            self._drop(held, "done")
+        else:
+            self._submit(held, kind)
+
+    def _set_pending(self, held: Held, change: tuple[State, str]) -> None:
+        assert held.task.id is not None
+        held.pending = change
+        self.pending.add(held.task.id)
+
+    def _flush(self) -> bool:
+        """Write pending state changes, one statement per (from, to); True if any was written."""
+        groups: dict[tuple[State, State], dict[int, str]] = defaultdict(dict)
+        for tid in self.pending:
+            held = self.held[tid]
+            if held.pending:
+                groups[(held.task.state, held.pending[0])][tid] = held.pending[1]
+        self.pending = {tid for tid in self.pending if self.held[tid].pending}
+        if not groups:
+            return False
+        conn = self._db()
+        for (src, dst), messages in groups.items():
+            if dst == S.RUNNING:
+                done = claim.mark_running(conn, self.id, messages)
+            else:
+                done = claim.move(conn, self.id, src, dst, messages)
+            for tid in messages:
+                held = self.held[tid]
+                self.pending.discard(tid)
+                if tid in done:
+                    held.task.state, held.pending = dst, None
+                    held.task.attempts += dst == S.RUNNING
+                    self.dirty.add(tid)
+                else:
+                    self._drop(held, "lost")
+            if done:
+                log.info("%s -> %s: %s", src, dst, _ids(done))
+        return True
+
+    def _recheck(self) -> None:
+        """After a script ran: adopt the state it set, or apply the default if it set none."""
+        waiting = {tid: h for tid, h in self.held.items() if h.recheck and not h.dropped}
+        if not waiting:
+            return
+        rows = self._db().execute(query("balsam", "task_states"), {"ids": list(waiting)})
+        current = {r["id"]: r for r in rows}
+        for tid, held in waiting.items():
+            before, held.recheck = held.recheck, None
+            row = current.get(tid)
+            self.dirty.add(tid)
+            if row is None or row["launcher_id"] != self.id:
+                self._drop(held, "lost")
+            elif row["state"] == before:
+                self._set_pending(held, after_script(before))
+            else:
+                held.task.state = S(row["state"])
+                log.info("task %s: its script set %s", tid, row["state"])
+
+    def _drop(self, held: Held, reason: str) -> None:
+        """Stop advancing a task: stop its process, then give the claim back (if still ours)."""
+        if held.dropped:
+            return
+        assert held.task.id is not None
+        held.dropped, held.pending = reason, None
+        self.pending.discard(held.task.id)
+        if reason == "user":
+            log.info("task %s was killed by a user: stopping it", held.task.id)
+        elif reason == "lost":
+            log.warning("task %s is no longer held by this launcher: stopping it", held.task.id)
+        if held.run:
+            held.run.stop(reason, self.options.kill_grace)
+        elif not held.working:
+            self.to_release.add(held.task.id)
+
+    def _release_dropped(self) -> None:
+        if not self.to_release or self.dead:
+            return
+        ids = sorted(self.to_release)
+        claim.release(self._db(), self.id, ids)
+        self.to_release.clear()
+        for tid in ids:
+            self.held.pop(tid)
+            self._free_nodes(tid)
+
+    # --- processes -----------------------------------------------------------------------------
+
+    def _start(self, held: Held) -> None:
+        task = held.task
+        assert task.id is not None
+        workdir = self.project.workdir(task.workdir)
+        own_env = self._task_env(held)
+        hosts = ",".join(dict.fromkeys(n.name or n.host for n in held.nodes))
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            argv = steps.app_command(held.app, task)
+            if self.options.job_mode == "mpi":
+                argv = self.pm.hook.mpi_command(task=task, command=argv, nodes=held.nodes,
+                                                env=own_env, launcher=self.info())
+            if held.app.envscript:
+                argv = steps.with_envscript(held.app.envscript, argv)
+            run = spawn(task.id, argv, cwd=workdir, env={**os.environ, **own_env},
+                        output=steps.output_path(workdir, task))
+        except (OSError, InvalidInput) as exc:
+            detail = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError)
+                      and exc.strerror else str(exc))
+            held.outcome = (S.RUN_ERROR, f"cannot start: {detail}")
+            self._set_pending(held, (S.RUNNING, f"starting on {hosts}"))
+            self._free_nodes(task.id)
+            return
+        held.run = self.runs[task.id] = run
+        self._set_pending(held, (S.RUNNING, f"pid {run.pid} on {hosts}"))
+        if run.pidfd is not None:
+            self.selector.register(run.pidfd, selectors.EVENT_READ, task.id)
+
+    def _task_env(self, held: Held, **extra: str) -> dict[str, str]:
+        env = steps.task_env(held.task, project_root=self.project.root, launcher=self.id,
+                             job_mode=self.options.job_mode, num_nodes=self.resources.num_nodes,
+                             parents=held.parents)
+        env.update(extra)
+        return env
+
+    def _collect_exits(self, now: float) -> None:
+        watch = self.exited | {tid for tid, r in self.runs.items()
+                               if r.pidfd is None or r.kill_at is not None}
+        self.exited = set()
+        for tid in watch:
+            run = self.runs.get(tid)
+            if run is None:
+                continue
+            run.tick(now)
+            rc = run.poll()
+            if rc is not None:
+                self._ended(self.held[tid], run, rc, now)
+
+    def _ended(self, held: Held, run: Run, rc: int, now: float) -> None:
+        tid = run.task_id
+        if run.pidfd is not None:
+            self.selector.unregister(run.pidfd)
+        run.close()
+        del self.runs[tid]
+        held.run = None
+        self._free_nodes(tid)
+        if held.dropped:
+            self.to_release.add(tid)
+            return
+        elapsed = now - run.started
+        if run.stopping == "stop":
+            held.outcome = (S.RUN_TIMEOUT, f"stopped after {elapsed:.1f}s: {self.stopping}")
+        elif rc == 0:
+            held.outcome = (S.RUN_DONE, f"exit 0 after {elapsed:.1f}s")
+        else:
+            why = f"killed by {_signal_name(-rc)}" if rc < 0 else f"exit {rc}"
+            detail = steps.tail(run.output)
+            held.outcome = (S.RUN_ERROR, f"{why}: {detail}" if detail else why)
+        self.dirty.add(tid)
+
+    def _free_nodes(self, tid: int) -> None:
+        held = self.held.get(tid)
+        if held is not None and held.nodes:
+            self.resources.release(tid)
+            held.nodes = []
+            self.want_claim = True
+
+    # --- scripts and stage-in (worker threads) ---------------------------------------------------
+
+    def _submit(self, held: Held, kind: str) -> None:
+        task = held.task
+        assert task.id is not None
+        held.working = True
+        workdir = self.project.workdir(task.workdir)
+        fn: Callable[[], Any]
+        if kind == "stage_in":
+            def fn() -> Any:
+                return steps.stage_in(task, workdir, held.parents)
+        else:
+            command, header, extra = {
+                "preprocess": (held.app.preprocess, "preprocess", {}),
+                "postprocess": (held.app.postprocess, "postprocess", {}),
+                "error_handler": (held.app.postprocess, "error handler",
+                                  {"BALSAM_TASK_ERROR": "1", "BALSAM_JOB_ERROR": "TRUE"}),
+                "timeout_handler": (held.app.postprocess, "timeout handler",
+                                    {"BALSAM_TASK_TIMEOUT": "1", "BALSAM_JOB_TIMEOUT": "TRUE"}),
+            }[kind]
+            env = {**os.environ, **self._task_env(held, **extra)}
+            logfile = workdir / ("preprocess.log" if kind == "preprocess" else "postprocess.log")
+
+            def fn() -> Any:
+                return steps.run_script(command, cwd=workdir, env=env, log=logfile,
+                                        header=header, cancel=self.cancel,
+                                        timeout=self.options.script_timeout)
+        tid = task.id
+
+        def done(future: Future[Any]) -> None:
+            self.results.put((tid, kind, future))
+            self._wake()
+
+        self.pool.submit(fn).add_done_callback(done)
+
+    def _collect_work(self) -> None:
+        while True:
+            try:
+                tid, kind, future = self.results.get_nowait()
+            except queue.Empty:
+                return
+            held = self.held[tid]
+            held.working = False
+            self.dirty.add(tid)
+            if held.dropped:
+                self.to_release.add(tid)
+                continue
+            try:
+                result = future.result()
+            except InvalidInput as exc:
+                self._set_pending(held, (S.FAILED, str(exc)))
+                continue
+            except Exception as exc:  # a bug or an OS error in a step: fail the task, not us
+                log.exception("task %s: %s failed", tid, kind)
+                self._set_pending(held, (S.FAILED, f"{kind} failed: {exc}"))
+                continue
+            if kind == "stage_in":
+                self._set_pending(held, (S.STAGED_IN, result))
+            elif result.returncode is None:
+                self._drop(held, "stopped")
+            elif not result.ok:
+                self._set_pending(held, (S.FAILED, result.detail))
+            elif kind == "preprocess":
+                self._set_pending(held, (S.PREPROCESSED, result.detail))
+            else:
+                held.recheck = held.task.state
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def _raise_fd_limit() -> None:
+    """One pidfd per running task: lift the soft limit on open files to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = max(soft, 65536) if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _ids(ids: Iterable[Any]) -> str:
+    ordered = sorted(ids)
+    shown = ", ".join(str(i) for i in ordered[:20])
+    return shown + (f" ... ({len(ordered)} in all)" if len(ordered) > 20 else "")
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _disconnected(conn: Connection | None, exc: psycopg.OperationalError) -> bool:
+    """Whether an error means the connection is gone (not a failed statement)."""
+    if conn is None or conn.closed or conn.broken:
+        return True
+    return (exc.sqlstate or "").startswith(("08", "57P"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,33 @@
+-- Named queries of balsam_launcher.testing: apps and tasks for tests and benchmarks, in bulk.
+
+-- name: testing_add_app
+INSERT INTO apps (name, executable, preprocess, postprocess, envscript)
+VALUES (%(name)s, %(executable)s, %(preprocess)s, %(postprocess)s, %(envscript)s)
+RETURNING id;
+
+-- name: testing_add_tasks
+-- One task per element of a JSON array of objects; missing keys take the column defaults.
+INSERT INTO tasks (app_id, name, workflow, args, num_nodes, ranks_per_node, wall_time_minutes,
+                   node_packing_count, input_files, environ_vars, post_error_handler,
+                   post_timeout_handler, auto_timeout_retry, state)
+SELECT %(app_id)s, coalesce(e.doc->>'name', ''), coalesce(e.doc->>'workflow', ''),
+       coalesce(e.doc->>'args', ''), coalesce((e.doc->>'num_nodes')::int, 1),
+       coalesce((e.doc->>'ranks_per_node')::int, 1),
+       coalesce((e.doc->>'wall_time_minutes')::int, 1),
+       coalesce((e.doc->>'node_packing_count')::int, 1), coalesce(e.doc->>'input_files', ''),
+       coalesce(e.doc->'environ_vars', '{}'), coalesce((e.doc->>'post_error_handler')::bool, false),
+       coalesce((e.doc->>'post_timeout_handler')::bool, false),
+       coalesce((e.doc->>'auto_timeout_retry')::bool, true), coalesce(e.doc->>'state', 'READY')
+FROM jsonb_array_elements(%(tasks)s::jsonb) WITH ORDINALITY AS e (doc, n)
+ORDER BY e.n
+RETURNING id;
+
+-- name: testing_add_edges
+INSERT INTO task_parents (parent_id, child_id)
+SELECT * FROM unnest(%(parents)s::bigint[], %(children)s::bigint[]);
+
+-- name: testing_states
+SELECT id, state, attempts, launcher_id, state_message FROM tasks ORDER BY id;
+
+-- name: testing_events
+SELECT task_id, from_state, to_state, launcher_id, message, at FROM task_events ORDER BY id;

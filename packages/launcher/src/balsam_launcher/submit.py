@@ -1,0 +1,210 @@
+"""``balsam submit-launch``: render a job script from a template and submit it.
+
+Templates are Jinja2 (undefined variables are errors), looked up by the scheduler's template name
+in ``<project>/job-templates/``, then ``~/.balsam/job-templates/``, then the package's defaults.
+They see: ``job`` (the batch_jobs row: id, owner, scheduler, project, queue, num_nodes,
+wall_time_minutes, job_mode, wf_filter), ``scheduler``, ``project_dir``, ``script``, ``output``,
+``bin_dir``, ``activate`` (the balsamactivate script), ``umask`` (``0007``), ``walltime``
+(``HH:MM:SS``), ``launcher`` (the shell-quoted launcher command), ``launcher_args`` (its
+argument list) and the filter ``quote`` (shell quoting).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pluggy
+
+from balsam.db import Connection, connect, wrap_db_errors
+from balsam.errors import BalsamError, InvalidInput
+from balsam.project import Project, balsam_home
+from balsam_launcher import batch_jobs
+from balsam_launcher.schedulers import Scheduler, get_scheduler
+
+#: Account, queue and filter names go into scheduler directives: keep them to plain words.
+_NAME = re.compile(r"^[A-Za-z0-9_.@:+%=/-]*$")
+JOB_MODES = ("mpi", "serial")
+
+
+class TemplateError(BalsamError):
+    """The job template could not be rendered."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the user asked for (``submit-launch`` options or a service decision)."""
+
+    num_nodes: int
+    wall_time_minutes: int
+    job_mode: str = "mpi"
+    project: str = ""
+    queue: str = ""
+    wf_filter: str = ""
+
+    def validate(self) -> None:
+        """Refuse bad input before anything is written (one clear line)."""
+        if self.num_nodes < 1:
+            message = f"--nodes must be at least 1 (got {self.num_nodes})"
+            raise InvalidInput(message)
+        if self.wall_time_minutes < 1:
+            message = f"--time-minutes must be at least 1 (got {self.wall_time_minutes})"
+            raise InvalidInput(message)
+        if self.job_mode not in JOB_MODES:
+            message = f"--job-mode must be mpi or serial (got {self.job_mode!r})"
+            raise InvalidInput(message)
+        for option, value in (("--project", self.project), ("--queue", self.queue),
+                              ("--wf-filter", self.wf_filter)):
+            if not _NAME.match(value):
+                message = (f"{option} {value!r} has characters a batch scheduler would "
+                           "misread; use letters, digits and _ . - @ : + % = /")
+                raise InvalidInput(message)
+
+
+# --- templates --------------------------------------------------------------------------------
+
+
+def template_dirs(project: Project) -> list[Path]:
+    """Where job templates are looked up, first match wins (the package's own come last)."""
+    return [project.root / "job-templates", balsam_home() / "job-templates"]
+
+
+def environment(project: Project) -> jinja2.Environment:
+    """A Jinja2 environment over the template search path (StrictUndefined, no autoescape)."""
+    loader = jinja2.ChoiceLoader([
+        *(jinja2.FileSystemLoader(str(d)) for d in template_dirs(project)),
+        jinja2.PackageLoader("balsam_launcher", "templates"),
+    ])
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    env.filters["quote"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+def bin_dir() -> Path:
+    """The directory holding ``balsam`` and ``balsamactivate`` (this interpreter's scripts)."""
+    here = Path(sys.executable).parent
+    if (here / "balsamactivate").exists():
+        return here
+    found = shutil.which("balsamactivate")
+    return Path(found).parent if found else here
+
+
+def launcher_args(job: dict[str, Any]) -> list[str]:
+    """The launcher command line for a batch job: run everything it can until the time limit,
+    stopping a minute early to leave time for a clean exit."""
+    minutes = job["wall_time_minutes"]
+    args = ["balsam", "launcher", "--job-mode", job["job_mode"], "--consume-all",
+            "--time-limit-minutes", str(minutes - 1 if minutes > 1 else minutes),
+            "--batch-job-id", str(job["id"])]
+    if job["wf_filter"]:
+        args += ["--wf-filter", job["wf_filter"]]
+    return args
+
+
+def script_path(project: Project, job_id: int) -> Path:
+    return project.qsubmit_dir / f"qlaunch{job_id}.sh"
+
+
+def render(project: Project, scheduler: Scheduler, job: dict[str, Any],
+           template: str | None = None) -> str:
+    """The job script text for the batch job row ``job``."""
+    name = template or scheduler.template
+    script = script_path(project, job["id"])
+    minutes = job["wall_time_minutes"]
+    args = launcher_args(job)
+    context = {
+        "job": job,
+        "scheduler": scheduler.name,
+        "project_dir": str(project.root),
+        "script": str(script),
+        "output": str(script.with_suffix(".out")),
+        "bin_dir": str(bin_dir()),
+        "activate": str(bin_dir() / "balsamactivate"),
+        "umask": f"{project.umask:04o}",
+        "walltime": f"{minutes // 60:02d}:{minutes % 60:02d}:00",
+        "launcher": shlex.join(args),
+        "launcher_args": args,
+    }
+    try:
+        return environment(project).get_template(name).render(context)
+    except jinja2.TemplateNotFound:
+        searched = ", ".join(str(d) for d in template_dirs(project))
+        message = f"job template {name!r} not found in {searched} or the balsam-launcher package"
+        raise TemplateError(message) from None
+    except jinja2.TemplateError as exc:
+        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        message = f"job template {name!r}{where}: {exc.message or type(exc).__name__}"
+        raise TemplateError(message) from None
+
+
+def write_script(project: Project, job_id: int, text: str) -> Path:
+    """Write the script atomically, executable, group-accessible per the project's umask."""
+    path = script_path(project, job_id)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o777 & ~project.umask & ~0o002)
+    os.replace(tmp, path)
+    return path
+
+
+# --- submission -------------------------------------------------------------------------------
+
+
+def dry_run(project: Project, pm: pluggy.PluginManager, request: JobRequest, *,
+            scheduler: str | None = None, template: str | None = None) -> str:
+    """The script ``submit`` would write (for batch job id 0); nothing is written or queued."""
+    request.validate()
+    sched = get_scheduler(project, pm, scheduler)
+    job = {"id": 0, "owner": "", "scheduler": sched.name, **request.__dict__}
+    return render(project, sched, job, template)
+
+
+def submit(project: Project, pm: pluggy.PluginManager, request: JobRequest, *,
+           scheduler: str | None = None, template: str | None = None,
+           conn: Connection | None = None) -> dict[str, Any]:
+    """Record, render and submit one batch job; return its row.
+
+    Bad input, a broken template or a refusing scheduler leave nothing behind: the row and the
+    script are removed again. Once the scheduler has accepted the job, the row says so.
+    """
+    request.validate()
+    sched = get_scheduler(project, pm, scheduler)
+    own = conn is None
+    conn = conn or connect(project)
+    try:
+        with wrap_db_errors():
+            job = batch_jobs.create(conn, sched.name, request.__dict__)
+        path = None
+        try:
+            path = write_script(project, job["id"], render(project, sched, job, template))
+            rel = str(path.relative_to(project.root))
+            with wrap_db_errors():
+                batch_jobs.set_script(conn, job["id"], rel)
+            scheduler_id = sched.submit(path, job)
+        except BaseException:
+            with wrap_db_errors():
+                batch_jobs.delete(conn, job["id"])
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
+        try:
+            with wrap_db_errors():
+                job = batch_jobs.mark_submitted(conn, job["id"], scheduler_id)
+        except BalsamError as exc:
+            message = (f"{sched.name} accepted job {scheduler_id} (batch job {job['id']}) but "
+                       f"recording it failed: {exc}")
+            raise BalsamError(message) from exc
+        if job["state"] == "cancelled":  # cancelled while we were submitting it
+            sched.cancel(scheduler_id)
+        return job
+    finally:
+        if own:
+            conn.close()

@@ -1,0 +1,72 @@
+"""What a launcher does next with a task it holds: the legacy Balsam transitions as a pure
+function of the task, so that the rules read (and test) apart from the machinery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from balsam.models import App, Task
+from balsam.states import State
+
+S = State
+
+#: ``("move", (state, message))``, ``("start", None)``, ``("release", None)``, or a step run
+#: by a worker thread: ``("stage_in" | "preprocess" | "postprocess" | "error_handler" |
+#: "timeout_handler", None)``.
+Step = tuple[str, Any]
+
+#: Steps that run in a worker thread (stage-in and scripts).
+WORK = ("stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler")
+
+
+def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool,
+              max_retries: int) -> Step | None:
+    """The next step for a held task that is not running, or None to leave it alone.
+
+    Legacy rules: stage-in only with parents and ``input_files``; preprocess once (a restart
+    skips it); a run error goes to the app's postprocess script if ``post_error_handler``,
+    else is retried up to ``max_retries`` times, else FAILED; a timeout goes to the script if
+    ``post_timeout_handler``, else restarts if ``auto_timeout_retry``, else FAILED. Tasks in
+    a state with no launcher work left (final, or runnable but without nodes) are released.
+    """
+    state = task.state
+    if state == S.READY:
+        if task.input_files.strip() and has_parents:
+            return ("stage_in", None)
+        return ("move", (S.STAGED_IN, "nothing to stage in"))
+    if state == S.STAGED_IN:
+        if app.preprocess:
+            return ("preprocess", None)
+        return ("move", (S.PREPROCESSED, "no preprocess step"))
+    if state in (S.PREPROCESSED, S.RESTART_READY):
+        return ("start", None) if has_nodes else ("release", None)
+    if state == S.RUNNING:
+        return None
+    if state == S.RUN_DONE:
+        if app.postprocess:
+            return ("postprocess", None)
+        return ("move", (S.POSTPROCESSED, "no postprocess step"))
+    if state == S.POSTPROCESSED:
+        return ("move", (S.JOB_FINISHED, ""))
+    if state == S.RUN_ERROR:
+        if task.post_error_handler and app.postprocess:
+            return ("error_handler", None)
+        if task.attempts <= max_retries:
+            return ("move", (S.RESTART_READY, f"retry {task.attempts} of {max_retries}"))
+        return ("move", (S.FAILED, "the run failed and the task has no error handler"))
+    if state == S.RUN_TIMEOUT:
+        if task.post_timeout_handler and app.postprocess:
+            return ("timeout_handler", None)
+        if task.auto_timeout_retry:
+            return ("move", (S.RESTART_READY, "timed out: will restart"))
+        return ("move", (S.FAILED, "timed out, without automatic retry or timeout handler"))
+    return ("release", None)
+
+
+def after_script(state: State) -> tuple[State, str]:
+    """The move when a post-processing script exits 0 but leaves the state as it was: done for
+    a normal postprocess, FAILED for a handler (it was meant to decide)."""
+    if state == S.RUN_DONE:
+        return (S.POSTPROCESSED, "postprocess done")
+    kind = "error" if state == S.RUN_ERROR else "timeout"
+    return (S.FAILED, f"the {kind} handler exited 0 but left the task in {state}")

@@ -1,0 +1,105 @@
+"""The local scheduler runs job scripts as real background processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from balsam.project import Project
+from balsam_launcher.schedulers import SchedulerError
+from balsam_launcher.schedulers.local import LocalScheduler
+
+
+@pytest.fixture
+def sched(tmp_path):
+    (tmp_path / "qsubmit").mkdir()
+    return LocalScheduler(Project(tmp_path, {"owner": "x"}))
+
+
+def script(sched, name: str, body: str) -> Path:
+    path = sched.project.qsubmit_dir / f"{name}.sh"
+    path.write_text("#!/bin/bash\n" + body)
+    return path
+
+
+def wait_for(sched, sid, states, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = sched.status([sid]).get(sid)
+        if status and status.state in states:
+            return status
+        time.sleep(0.05)
+    pytest.fail(f"job {sid} never reached {states}: {sched.status([sid])}")
+
+
+def test_runs_in_background_and_finishes(sched):
+    path = script(sched, "ok", 'echo "cwd=$PWD"; sleep 0.5; echo done\n')
+    sid = sched.submit(path, {"wall_time_minutes": 5})
+    assert sid.isdigit()
+    assert wait_for(sched, sid, {"running"}).started_at is not None
+    status = wait_for(sched, sid, {"finished"})
+    assert status.ended_at >= status.started_at
+    out = path.with_suffix(".out").read_text()
+    assert f"cwd={sched.project.root}" in out and "done" in out
+    with pytest.raises(ChildProcessError):  # detached: never a zombie of the submitter
+        os.waitpid(int(sid), os.WNOHANG)
+
+
+def test_nonzero_exit_is_failed(sched):
+    sid = sched.submit(script(sched, "bad", "exit 3\n"), {"wall_time_minutes": 5})
+    status = wait_for(sched, sid, {"failed"})
+    assert status.message == "exit status 3"
+
+
+def test_unknown_id_is_missing(sched):
+    assert sched.status(["999999"]) == {}
+
+
+def test_cancel_sends_sigterm_to_the_script(sched):
+    body = ("trap 'echo got-term; exit 0' TERM\n"
+            "echo ready\nfor i in $(seq 100); do sleep 0.1; done\necho not-reached\n")
+    path = script(sched, "term", body)
+    sid = sched.submit(path, {"wall_time_minutes": 5})
+    deadline = time.monotonic() + 10
+    while "ready" not in path.with_suffix(".out").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sched.cancel(sid)
+    wait_for(sched, sid, {"finished"})  # the script trapped it and exited 0
+    out = path.with_suffix(".out").read_text()
+    assert "got-term" in out and "not-reached" not in out
+
+
+def test_force_cancel_kills_everything(sched):
+    path = script(sched, "stubborn", "trap '' TERM\nsleep 30 &\nwait\n")
+    sid = sched.submit(path, {"wall_time_minutes": 5})
+    wait_for(sched, sid, {"running"})
+    sched.cancel(sid, force=True)
+    status = wait_for(sched, sid, {"failed"})
+    assert "died" in status.message
+    sched.cancel(sid)  # cancelling an ended job is a no-op
+
+
+def test_wall_time_is_enforced(sched, monkeypatch):
+    path = script(sched, "long", "trap 'echo term; exit 5' TERM\nsleep 30 & wait\n")
+    sid = sched.submit(path, {"wall_time_minutes": 0.02})  # 1.2 s
+    status = wait_for(sched, sid, {"failed"}, timeout=20)
+    assert "wall time" in status.message
+    assert "term" in path.with_suffix(".out").read_text()
+
+
+def test_cancel_unknown_job_is_an_error(sched):
+    with pytest.raises(SchedulerError, match="no local job 12345"):
+        sched.cancel("12345")
+
+
+def test_other_hosts_jobs_are_reported_not_judged(sched):
+    sched.state_dir.mkdir()
+    (sched.state_dir / "4242.start").write_text(
+        '{"host": "elsewhere", "boot": 1, "started_at": "2026-01-01T00:00:00+00:00"}')
+    status = sched.status(["4242"])["4242"]
+    assert status.state == "running" and "elsewhere" in status.message
+    with pytest.raises(SchedulerError, match="cancel it there"):
+        sched.cancel("4242")

@@ -1,0 +1,128 @@
+"""``balsam service`` as a real process with the local scheduler."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.pg, pytest.mark.slow]
+
+BALSAM = str(Path(sys.executable).parent / "balsam")
+
+# Stands in for the launcher: holds its node(s) until told to stop, claims nothing.
+HOLD = """#!/bin/bash
+trap 'exit 0' TERM
+sleep 60 & wait
+"""
+
+
+def add_tasks(db, count, num_nodes=1, workflow=""):
+    app = db.execute("INSERT INTO apps (name, executable) VALUES ('a' || gen_random_uuid(), "
+                     "'true') RETURNING id").fetchone()["id"]
+    db.execute("INSERT INTO tasks (app_id, name, workflow, num_nodes, state) "
+               "SELECT %s, 't' || i, %s, %s, 'READY' FROM generate_series(1, %s) i",
+               (app, workflow, num_nodes, count))
+
+
+def jobs(db):
+    return db.execute("SELECT * FROM batch_jobs ORDER BY id").fetchall()
+
+
+def wait_until(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def start_service(*args):
+    env = dict(os.environ)
+    env.pop("BALSAM_SCHEDULER", None)
+    return subprocess.Popen([BALSAM, "service", "--interval", "0.3", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture
+def held(project):
+    (project.root / "job-templates").mkdir()
+    (project.root / "job-templates" / "local.sh").write_text(HOLD)
+    yield project
+    for path in (project.qsubmit_dir / ".local").glob("*.start"):
+        try:
+            os.killpg(int(path.stem), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_service_submits_for_work_within_policy_and_stops_on_sigterm(db, held):
+    proc = start_service("--max-queued", "2", "--max-nodes", "4", "--wall-time", "10",
+                         "--job-mode", "serial", "-q", "local")
+    try:
+        time.sleep(1.5)
+        assert jobs(db) == [], "no runnable work: nothing to submit"
+        add_tasks(db, 3)
+        first = wait_until(lambda: jobs(db), what="a first job")
+        assert [(j["num_nodes"], j["wall_time_minutes"], j["queue"], j["job_mode"])
+                for j in first] == [(3, 10, "local", "serial")]
+        time.sleep(1.5)
+        assert len(jobs(db)) == 1, "the waiting job already covers the work"
+        add_tasks(db, 5)
+        both = wait_until(lambda: len(jobs(db)) == 2 and jobs(db), what="a second job")
+        assert both[1]["num_nodes"] == 4  # 8 tasks - 3 covered, capped at --max-nodes
+        time.sleep(1.5)
+        assert len(jobs(db)) == 2, "--max-queued 2 reached"
+        assert all((held.root / j["script_path"]).exists() for j in both)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "service started" in out and "service stopped" in out
+    assert out.count("submitted batch job") == 2
+
+
+def test_one_service_per_queue_and_filter(db, held):
+    first = start_service("-q", "x")
+    try:
+        time.sleep(1.5)
+        second = subprocess.run([BALSAM, "service", "-q", "x", "--interval", "0.3"],
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert "a balsam service already runs for queue 'x'" in second.stderr
+        other = start_service("-q", "y")  # another queue is fine
+        time.sleep(1.0)
+        assert other.poll() is None
+        other.send_signal(signal.SIGTERM)
+        other.communicate(timeout=15)
+        assert other.returncode == 0
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=15)
+    assert first.returncode == 0
+
+
+def test_once_and_bad_policy(db, held):
+    add_tasks(db, 2, workflow="wf")
+    env = {k: v for k, v in os.environ.items() if k != "BALSAM_SCHEDULER"}
+    ok = subprocess.run([BALSAM, "service", "--once", "--wf-filter", "other"], env=env,
+                        capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and jobs(db) == []  # tasks of another workflow
+    ok = subprocess.run([BALSAM, "service", "--once", "--wf-filter", "wf", "--max-nodes", "4"],
+                        env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert [(j["num_nodes"], j["wf_filter"]) for j in jobs(db)] == [(2, "wf")]
+    bad = subprocess.run([BALSAM, "service", "--max-nodes", "0"], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == "Error: need 1 <= --min-nodes <= --max-nodes (got 1 and 0)"

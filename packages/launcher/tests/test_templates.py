@@ -1,0 +1,111 @@
+"""Job templates: the shipped defaults, the override order, strictness and quoting."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from balsam.errors import InvalidInput
+from balsam.plugins import get_plugin_manager
+from balsam.project import Project
+from balsam_launcher.schedulers import get_scheduler
+from balsam_launcher.submit import JobRequest, TemplateError, render
+
+JOB = {"id": 7, "owner": "alice", "scheduler": "", "project": "Proj1", "queue": "debug",
+       "num_nodes": 5, "wall_time_minutes": 15, "job_mode": "mpi", "wf_filter": "wf one"}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = tmp_path / "my project's dir"
+    (root / "qsubmit").mkdir(parents=True)
+    monkeypatch.setenv("BALSAM_HOME", str(tmp_path / "home"))
+    return Project(root, {"owner": "alice", "umask": "0027"})
+
+
+def rendered(project, scheduler, job=JOB, template=None):
+    sched = get_scheduler(project, get_plugin_manager(), scheduler)
+    return render(project, sched, {**job, "scheduler": scheduler}, template)
+
+
+def exec_line(text):
+    return shlex.split(next(ln for ln in text.splitlines() if ln.startswith("exec ")))[1:]
+
+
+@pytest.mark.parametrize("scheduler, directives", [
+    ("slurm", ["#SBATCH --nodes=5", "#SBATCH --time=15", "#SBATCH --partition=debug",
+               "#SBATCH --account=Proj1", "#SBATCH --job-name=balsam-7"]),
+    ("pbs", ["#PBS -l select=5", "#PBS -l walltime=00:15:00", "#PBS -q debug", "#PBS -A Proj1"]),
+    ("cobalt", ["#COBALT -n 5", "#COBALT -t 15", "#COBALT -q debug", "#COBALT -A Proj1"]),
+    ("local", []),
+])
+def test_default_templates(project, scheduler, directives):
+    text = rendered(project, scheduler)
+    lines = text.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for d in directives:
+        assert d in lines, d
+    assert "umask 0027" in lines
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    argv = exec_line(text)
+    assert argv[:2] == ["balsam", "launcher"]
+    assert argv[argv.index("--batch-job-id") + 1] == "7"
+    assert argv[argv.index("--job-mode") + 1] == "mpi"
+    assert argv[argv.index("--wf-filter") + 1] == "wf one"
+    assert argv[argv.index("--time-limit-minutes") + 1] == "14"
+    assert "--consume-all" in argv
+    source = shlex.split(next(ln for ln in lines if ln.startswith("source ")))
+    assert source[1].endswith("/balsamactivate") and source[2] == str(project.root)
+    if scheduler == "local":
+        assert argv[-2:] == ["--nodes", "5"]
+
+
+def test_no_queue_or_account_means_no_directive(project):
+    text = rendered(project, "slurm", {**JOB, "queue": "", "project": ""})
+    assert "--partition" not in text and "--account" not in text
+
+
+def test_project_template_beats_home_beats_package(project, tmp_path):
+    home = tmp_path / "home" / "job-templates"
+    home.mkdir(parents=True)
+    (home / "slurm.sh").write_text("home {{ job.id }}\n")
+    assert rendered(project, "slurm") == "home 7\n"
+    (project.root / "job-templates").mkdir()
+    (project.root / "job-templates" / "slurm.sh").write_text("project {{ job.num_nodes }}\n")
+    assert rendered(project, "slurm") == "project 5\n"
+    assert rendered(project, "pbs").startswith("#!/bin/bash\n#PBS")  # others untouched
+
+
+def test_undefined_variable_is_a_one_line_error(project):
+    (project.root / "job-templates").mkdir()
+    (project.root / "job-templates" / "local.sh").write_text("a\n{{ job.id }} {{ nodes }}\n")
+    with pytest.raises(TemplateError, match=r"^job template 'local.sh': 'nodes' is undefined$"):
+        rendered(project, "local")
+
+
+def test_syntax_error_names_the_line(project):
+    (project.root / "job-templates").mkdir()
+    (project.root / "job-templates" / "local.sh").write_text("a\nb\n{% if %}\n")
+    with pytest.raises(TemplateError, match=r"job template 'local.sh' \(line 3\)"):
+        rendered(project, "local")
+
+
+def test_missing_named_template(project):
+    with pytest.raises(TemplateError, match="job template 'nope.sh' not found"):
+        rendered(project, "local", template="nope.sh")
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"num_nodes": 0}, "--nodes must be at least 1"),
+    ({"wall_time_minutes": 0}, "--time-minutes must be at least 1"),
+    ({"job_mode": "threads"}, "--job-mode must be mpi or serial"),
+    ({"queue": "debug\n#SBATCH --uid=0"}, "--queue"),
+    ({"project": "a b"}, "--project"),
+    ({"wf_filter": "$(rm -rf ~)"}, "--wf-filter"),
+])
+def test_bad_requests_are_refused(fields, message):
+    request = JobRequest(**{"num_nodes": 1, "wall_time_minutes": 10, **fields})
+    with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+        request.validate()

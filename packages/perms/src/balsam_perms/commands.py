@@ -1,0 +1,65 @@
+"""``balsam perms check|fix``: report and repair group ownership and modes of the project."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from balsam.project import Project
+from balsam_perms import policy
+
+
+@click.group("perms")
+def perms() -> None:
+    """Check and repair the project's group permissions (and show the umask in force)."""
+
+
+@perms.command()
+def check() -> None:
+    """List every path with the wrong group or mode, and the umask in force; exit 1 if any."""
+    project = Project.from_env()
+    problems = policy.check(project)
+    for problem in problems:
+        click.echo(problem.describe(project.root))
+    bad_umask = policy.umask_problem(project)
+    if bad_umask:
+        click.echo(bad_umask)
+    _report_umask(project)
+    group = policy.project_group(project).gr_name
+    if problems or bad_umask:
+        message = f"{len(problems)} path(s) break the policy of group {group}: run balsam perms fix"
+        raise click.ClickException(message)
+    click.echo(f"all paths of {project.root} are shared with group {group}")
+
+
+@perms.command()
+def fix() -> None:
+    """Give every path the project's group and modes (paths you own; all of them as root)."""
+    project = Project.from_env()
+    fixed, left = policy.fix(project)
+    for problem in fixed:
+        click.echo(f"fixed {problem.describe(project.root)}")
+    for problem in left:
+        click.echo(f"left  {problem.describe(project.root)}")
+    _report_umask(project)
+    if left:
+        message = f"{len(left)} path(s) could not be fixed by you"
+        raise click.ClickException(message)
+    click.echo(f"{len(fixed)} path(s) fixed; all paths are shared with group "
+               f"{policy.project_group(project).gr_name}")
+
+
+def _report_umask(project: Project) -> None:
+    """The shell's umask (recorded by the CLI before it applied the project's) and the project's."""
+    ctx = click.get_current_context()
+    shell = ctx.meta.get("balsam.shell_umask")
+    if shell is None:
+        shell = os.umask(0o077)
+        os.umask(shell)
+    line = (f"umask in force: {shell:04o} in your shell; balsam applies the project's "
+            f"{project.umask:04o}")
+    if shell & 0o070:
+        line += (f" (other tools you run would create files the group cannot use: "
+                 f"add 'umask {project.umask:04o}' to your job templates and ~/.bashrc)")
+    click.echo(line)

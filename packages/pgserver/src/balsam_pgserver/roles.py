@@ -1,0 +1,161 @@
+"""Who may use a project's database: collaborators' login roles in its member or viewer role."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from psycopg import errors as pgerr
+from psycopg import sql
+
+from balsam.db import Connection, connect, wrap_db_errors
+from balsam.errors import BalsamError, InvalidInput, NotFound, PermissionDenied
+from balsam.project import Project, current_user
+from balsam.queries import query
+
+#: The project roles a collaborator can be given.
+ROLES = ("member", "viewer")
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def validate_username(name: str) -> str:
+    """Refuse anything but a plain lower-case SQL identifier, before any SQL is run."""
+    if not _IDENTIFIER.fullmatch(name) or name.startswith("pg_"):
+        message = (f"invalid user name {name!r}: expected a lower-case identifier (a-z, 0-9 and _, "
+                   f"not starting with a digit or pg_, at most 63 characters)")
+        raise InvalidInput(message)
+    return name
+
+
+def validate_role(role: str) -> str:
+    if role not in ROLES:
+        message = f"invalid role {role!r}: expected one of {', '.join(ROLES)}"
+        raise InvalidInput(message)
+    return role
+
+
+def require_manager(project: Project) -> None:
+    """Only the project owner adds, drops and lists users."""
+    user = current_user()
+    if user != project.owner:
+        message = f"only the project owner ({project.owner}) can manage users; you are {user}"
+        raise PermissionDenied(message)
+
+
+def project_roles(conn: Connection) -> dict[str, str]:
+    """``{"member": name, "viewer": name}`` of this database's roles."""
+    rows = conn.execute(query("balsam_pgserver", "project_roles")).fetchall()
+    roles = {r["kind"]: r["rolname"] for r in rows}
+    if set(roles) != set(ROLES):
+        message = ("this project's database has no member and viewer roles (its server user could "
+                   "not create roles when the project was initialised): grant access on that "
+                   "server by hand")
+        raise BalsamError(message)
+    return roles
+
+
+def memberships(conn: Connection, username: str) -> list[str]:
+    """The project roles (``member``, ``viewer``) ``username`` belongs to."""
+    rows = conn.execute(query("balsam_pgserver", "role_memberships"), {"name": username})
+    return [r["kind"] for r in rows]
+
+
+def add_user(conn: Connection, username: str, role: str = "member") -> str:
+    """Give ``username`` exactly ``role`` on this database, creating its login role if needed.
+
+    Returns ``"created"``, ``"changed"`` or ``"unchanged"``. Idempotent.
+    """
+    validate_username(username)
+    validate_role(role)
+    with wrap_db_errors(), conn.transaction():
+        roles = project_roles(conn)
+        info = conn.execute(query("balsam_pgserver", "role_info"), {"name": username}).fetchone()
+        user = sql.Identifier(username)
+        if info is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                user, sql.Identifier(roles[role])))
+            return "created"
+        if info["rolsuper"]:
+            message = f"{username} is a superuser of this server (the owner) and needs no role"
+            raise InvalidInput(message)
+        if not info["rolcanlogin"]:
+            message = f"{username} is a group role of this server, not a user"
+            raise InvalidInput(message)
+        current = memberships(conn, username)
+        if current == [role]:
+            return "unchanged"
+        for kind in current:
+            if kind != role:
+                conn.execute(sql.SQL("REVOKE {} FROM {}").format(
+                    sql.Identifier(roles[kind]), user))
+        if role not in current:
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(roles[role]), user))
+        return "changed"
+
+
+def drop_user(conn: Connection, username: str, *, drop_role: bool) -> int:
+    """Withdraw ``username``'s project roles; with ``drop_role`` (the embedded cluster, where
+    the login role serves this project only) drop the role and end its sessions.
+
+    Returns the number of sessions ended.
+    """
+    validate_username(username)
+    with wrap_db_errors():
+        with conn.transaction():
+            roles = project_roles(conn)
+            current = memberships(conn, username)
+            if not current:
+                message = f"{username} is not a user of this project"
+                raise NotFound(message)
+            for kind in current:
+                conn.execute(sql.SQL("REVOKE {} FROM {}").format(
+                    sql.Identifier(roles[kind]), sql.Identifier(username)))
+        if not drop_role:
+            return 0
+        row = conn.execute(query("balsam_pgserver", "terminate_sessions"),
+                           {"name": username}).fetchone()
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(username)))
+        except pgerr.DependentObjectsStillExist:
+            pass  # it owns something elsewhere: revoked above, which is what matters
+        return int(row["ended"]) if row else 0
+
+
+def list_users(conn: Connection) -> list[dict[str, Any]]:
+    """``name``, ``role`` (``superuser``, ``member`` or ``viewer``) and open ``sessions``."""
+    with wrap_db_errors():
+        project_roles(conn)
+        return conn.execute(query("balsam_pgserver", "project_users")).fetchall()
+
+
+# --- project-level entry points (owner only) ------------------------------------------------
+
+
+def add_project_user(project: Project, username: str, role: str) -> str:
+    validate_username(username)
+    validate_role(role)
+    require_manager(project)
+    with connect(project) as conn:
+        return add_user(conn, username, role)
+
+
+def drop_project_user(project: Project, username: str) -> int:
+    validate_username(username)
+    require_manager(project)
+    if username == project.owner:
+        message = f"{username} owns the project and cannot be dropped"
+        raise InvalidInput(message)
+    with connect(project) as conn:
+        return drop_user(conn, username, drop_role=project.embedded)
+
+
+def project_users(project: Project) -> list[dict[str, Any]]:
+    require_manager(project)
+    with connect(project) as conn:
+        rows = list_users(conn)
+    for row in rows:
+        if row["role"] == "superuser" and row["name"] == project.owner:
+            row["role"] = "owner"
+    return rows

@@ -1,0 +1,293 @@
+"""Multi-user collaboration with real UNIX users: alice owns the project, bob is a member, carol
+a viewer or nobody, dave is outside the group. Group modes, roles, authentication, the audit.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from balsam.project import Project
+
+pytestmark = [pytest.mark.pg, pytest.mark.multiuser]
+
+ACTIVATE = '. balsamactivate "$P" >/dev/null'
+
+#: Run SQL statements (argv[1], a JSON list) as the activated user; print each result as JSON.
+RUN_SQL = """
+import json, sys
+from balsam.db import connect, wrap_db_errors
+from balsam.errors import BalsamError
+from balsam.project import Project
+out = []
+with connect(Project.from_env()) as conn:
+    for statement in json.loads(sys.argv[1]):
+        try:
+            with wrap_db_errors():
+                cur = conn.execute(statement)
+                out.append(cur.fetchall() if cur.description else "ok")
+        except BalsamError as exc:
+            out.append(f"{type(exc).__name__}: {exc}")
+print(json.dumps(out, default=str))
+"""
+
+
+def init(run_as, where: Path, name: str = "my-balsam-project", *args: str) -> Path:
+    run_as("alice", ["balsam", "init", name, *args], cwd=where)
+    return where / name
+
+
+def sh(run_as, user: str, root: Path, script: str, check: bool = True, **env: str):
+    """Run a bash script as ``user`` with ``$P`` naming the project."""
+    return run_as(user, ["bash", "-c", script], cwd=root.parent, env={"P": str(root), **env},
+                  check=check)
+
+
+def sql_as(run_as, user: str, root: Path, *statements: str, **env: str) -> list:
+    proc = sh(run_as, user, root, f'{ACTIVATE} && python -c "$CODE" "$STATEMENTS"',
+              CODE=RUN_SQL, STATEMENTS=json.dumps(statements), **env)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def balsam(run_as, user: str, root: Path, *args: str, check: bool = True):
+    return run_as(user, ["balsam", *args], env={"BALSAM_DB_PATH": str(root)}, check=check)
+
+
+def modes(root: Path) -> dict[str, tuple[int, str]]:
+    """``relative path -> (mode, group)`` of every path outside balsamdb/."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("balsamdb/") or path.is_symlink() or path.is_socket():
+            continue
+        st = path.lstat()
+        found[rel] = (stat.S_IMODE(st.st_mode), grp.getgrgid(st.st_gid).gr_name)
+    return found
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def test_init_in_a_group_directory_shares_everything(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    found = modes(root)
+    assert found.pop("balsamdb")[0] == 0o700
+    assert found.pop(".pgsocket") == (0o2750, "balsamtest")
+    for rel, (mode, group) in found.items():
+        assert group == "balsamtest", rel
+        wanted = 0o2770 if (root / rel).is_dir() else 0o660
+        assert mode & wanted == wanted, f"{rel} {mode:o}"
+    assert found["."] == (0o2770, "balsamtest")
+    assert found["log/postgresql.log"] == (0o660, "balsamtest")  # the server wrote it 0600
+    info = Project.load(root).info
+    assert info["group"] == "balsamtest" and info["umask"] == "0007"
+    for user in ("alice", "bob"):
+        check = balsam(run_as, user, root, "perms", "check")
+        assert "shared with group balsamtest" in check.stdout
+
+
+def test_legacy_chmod_recipe_is_harmless(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    recipe = ("find my-balsam-project/ -type d -exec chmod g+rwx {} \\; && "
+              "find my-balsam-project/ -type f -exec chmod g+rw {} \\; && "
+              "find my-balsam-project/ -executable -type f -exec chmod g+x {} \\; && "
+              "chmod 700 my-balsam-project/balsamdb && umask g=rwx && "
+              f"{ACTIVATE} && balsam server --add-user bob && balsam perms check")
+    out = sh(run_as, "alice", root, recipe).stdout
+    assert "shared with group balsamtest" in out
+    assert sql_as(run_as, "bob", root, "SELECT current_user AS me") == [[{"me": "bob"}]]
+
+
+def test_init_with_group_option(run_as, unix_users):
+    private = Path(tempfile.mkdtemp(prefix="balsam-alice-"))
+    try:
+        os.chown(private, *_ids("alice"))
+        root = init(run_as, private, "grouped", "--group", unix_users.group)
+        assert grp.getgrgid(private.stat().st_gid).gr_name == "alice"
+        found = modes(root)
+        assert found["."] == (0o2770, "balsamtest") and found["data"] == (0o2770, "balsamtest")
+        assert found["server-info"] == (0o660, "balsamtest")
+        assert Project.load(root).info["group"] == "balsamtest"
+        for bad, message in (("nosuchgroup", "no such group 'nosuchgroup'"),
+                             (unix_users.outsider, "you (alice) are not in group dave")):
+            proc = run_as("alice", ["balsam", "init", "other", "--group", bad], cwd=private,
+                          check=False)
+            assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+            assert not (private / "other").exists()
+    finally:
+        shutil.rmtree(private)
+
+
+def _ids(user: str) -> tuple[int, int]:
+    pw = pwd.getpwnam(user)
+    return pw.pw_uid, pw.pw_gid
+
+
+def test_perms_fix_repairs_what_each_owner_may(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    sh(run_as, "bob", root, 'umask 077 && mkdir "$P/data/bobs" && touch "$P/data/bobs/out"')
+    sh(run_as, "alice", root, 'chmod 644 "$P/log/postgresql.log"')
+    check = balsam(run_as, "alice", root, "perms", "check", check=False)
+    assert check.returncode == 1
+    assert "data/bobs: mode 2700, needs 2770 (group rwx, setgid) (owner bob)" in check.stdout
+    assert "log/postgresql.log: mode 0644, needs 0660 (group rw) (owner alice)" in check.stdout
+    fix = balsam(run_as, "alice", root, "perms", "fix", check=False)
+    assert fix.returncode == 1 and "only bob can fix it" in fix.stdout
+    fix = balsam(run_as, "bob", root, "perms", "fix")
+    assert "fixed data/bobs/out" in fix.stdout
+    assert balsam(run_as, "alice", root, "perms", "check").returncode == 0
+
+
+# --- users and roles ---------------------------------------------------------------------------
+
+
+def test_owner_adds_a_member_who_works_and_an_outsider_is_refused(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    out = sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob").stdout
+    assert "bob may now use the project as member" in out
+    # carol is in the group but was not added.
+    carol = sh(run_as, "carol", root, ACTIVATE, check=False)
+    assert carol.returncode == 1
+    assert carol.stderr.strip().splitlines()[-1] == (
+        "Error: you (carol) are not authorised on this project; ask its owner alice to run: "
+        "balsam server --add-user carol")
+    # dave is not even in the group.
+    dave = run_as("dave", ["bash", "-c", ACTIVATE], env={"P": str(root)}, check=False)
+    assert dave.returncode == 1
+    assert dave.stderr.strip() == (f"Error: cannot reach {root}: permission denied (are you in "
+                                   f"the project's group?)")
+    # bob's first activation gave him a password only he can read.
+    sh(run_as, "bob", root, ACTIVATE)
+    uuid = Project.load(root).info["uuid"]
+    credentials = Path("/home/bob/.balsam/credentials")
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
+    assert stat.S_IMODE((credentials / uuid).stat().st_mode) == 0o600
+    results = sql_as(
+        run_as, "bob", root,
+        "INSERT INTO apps (name, executable) VALUES ('hello', '/bin/echo') RETURNING owner",
+        "INSERT INTO tasks (name, workflow, app_id, state) SELECT 't1', 'X', id, 'READY' "
+        "FROM apps RETURNING owner",
+        "UPDATE tasks SET args = 'world' WHERE name = 't1'",
+        "UPDATE tasks SET state = 'USER_KILLED' WHERE name = 't1'",
+        "CREATE TABLE mine (i int)",
+        "DROP TABLE tasks",
+        "CREATE ROLE carol LOGIN",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'alice'",
+    )
+    assert results[:4] == [[{"owner": "bob"}], [{"owner": "bob"}], "ok", "ok"]
+    assert all(r.startswith("PermissionDenied: permission denied") for r in results[4:]), results
+    # bob may not run the server or manage users.
+    for args, what in ((["server", "stop"], "stop the server"),
+                       (["server", "start"], "start the server"),
+                       (["server", "--add-user", "carol"], "manage users"),
+                       (["server", "--list-users"], "manage users"),
+                       (["server", "migrate"], "migrate the schema")):
+        proc = balsam(run_as, "bob", root, *args, check=False)
+        assert proc.returncode == 1, args
+        assert f"only the project owner (alice) can {what}; you are bob" in proc.stderr
+    pg_ctl = run_as("bob", ["/usr/lib/postgresql/15/bin/pg_ctl", "-D", str(root / "balsamdb"),
+                            "stop"], check=False)
+    assert pg_ctl.returncode != 0
+    # The audit trail names who did what; alice's change is recorded as hers.
+    sql_as(run_as, "alice", root, "UPDATE tasks SET state = 'READY' WHERE name = 't1'")
+    events = sql_as(run_as, "alice", root, "SELECT to_state, db_user FROM task_events ORDER BY id")
+    assert events == [[{"to_state": "READY", "db_user": "bob"},
+                       {"to_state": "USER_KILLED", "db_user": "bob"},
+                       {"to_state": "READY", "db_user": "alice"}]]
+
+
+def test_viewer_reads_and_dropped_users_are_cut_off(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob "
+                              "&& balsam server --add-user carol --role viewer")
+    sql_as(run_as, "bob", root,
+           "INSERT INTO apps (name, executable) VALUES ('hello', '/bin/echo')")
+    assert sql_as(run_as, "carol", root, "SELECT name, owner FROM apps",
+                  "INSERT INTO apps (name, executable) VALUES ('mine', '/bin/true')",
+                  "UPDATE apps SET description = 'x'") == [
+        [{"name": "hello", "owner": "bob"}],
+        "PermissionDenied: permission denied: permission denied for table apps",
+        "PermissionDenied: permission denied: permission denied for table apps"]
+    listed = balsam(run_as, "alice", root, "server", "--list-users").stdout
+    rows = [ln.split("│")[1:3] for ln in listed.splitlines() if "│" in ln]
+    assert [[c.strip() for c in r] for r in rows] == [["alice", "owner"], ["bob", "member"],
+                                                     ["carol", "viewer"]]
+    # Promote carol, then drop her: she is refused again, bob is untouched.
+    balsam(run_as, "alice", root, "server", "--add-user", "carol", "--role", "member")
+    assert sql_as(run_as, "carol", root, "UPDATE apps SET description = 'x'") == ["ok"]
+    dropped = balsam(run_as, "alice", root, "server", "--drop-user", "carol")
+    assert "carol may no longer use the project" in dropped.stdout
+    carol = sh(run_as, "carol", root, ACTIVATE, check=False)
+    assert carol.returncode == 1 and "not authorised" in carol.stderr
+    assert sql_as(run_as, "bob", root, "SELECT count(*) AS n FROM apps") == [[{"n": 1}]]
+    again = balsam(run_as, "alice", root, "server", "--drop-user", "carol", check=False)
+    assert again.returncode == 1 and "carol is not a user of this project" in again.stderr
+
+
+def test_invalid_user_names_are_refused_before_any_sql(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    sh(run_as, "alice", root, ACTIVATE)
+    count = "SELECT count(*) AS n FROM pg_roles"
+    before = sql_as(run_as, "alice", root, count)
+    for name in ("Bob", "bob; DROP TABLE tasks", 'x" SUPERUSER --', "1bob", "pg_read_all_data"):
+        proc = balsam(run_as, "alice", root, "server", "--add-user", name, check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"Error: invalid user name {name!r}"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert sql_as(run_as, "alice", root, count) == before
+    usage = balsam(run_as, "alice", root, "server", "--role", "viewer", check=False)
+    assert usage.returncode == 2 and "--role goes with --add-user" in usage.stderr
+
+
+def test_adding_a_user_outside_the_group_warns(run_as, shared_dir, unix_users):
+    root = init(run_as, shared_dir)
+    sh(run_as, "alice", root, ACTIVATE)
+    proc = balsam(run_as, "alice", root, "server", "--add-user", unix_users.outsider)
+    assert "warning: dave is not in the project's group balsamtest" in proc.stderr
+    assert "usermod -a -G balsamtest dave" in proc.stderr
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+def test_tcp_with_the_generated_password(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    hba = [ln.split() for ln in (root / "balsamdb/pg_hba.conf").read_text().splitlines()
+           if ln.strip() and not ln.startswith("#")]
+    assert {line[-1] for line in hba} == {"peer", "scram-sha-256"}
+    sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob")
+    tcp = {"BALSAM_DB_TRANSPORT": "tcp", "BALSAM_DB_HOST": "127.0.0.1"}
+    whoami = "SELECT current_user AS me, inet_client_addr()::text AS addr"
+    # bob's very first activation is over TCP: it sets his password through the socket first.
+    assert sql_as(run_as, "bob", root, whoami, **tcp) == [[{"me": "bob", "addr": "127.0.0.1/32"}]]
+    stored = Path(f"/home/bob/.balsam/credentials/{Project.load(root).info['uuid']}")
+    password = stored.read_text()
+    assert sql_as(run_as, "alice", root, whoami, **tcp)[0][0]["me"] == "alice"
+    verifier = sql_as(run_as, "alice", root,
+                      "SELECT rolpassword FROM pg_authid WHERE rolname = 'bob'")[0][0]
+    assert verifier["rolpassword"].startswith("SCRAM-SHA-256$")
+    # A second activation keeps the password; a wrong one is noticed and replaced.
+    sql_as(run_as, "bob", root, whoami, **tcp)
+    assert stored.read_text() == password
+    sh(run_as, "bob", root, 'echo wrong > "$F"', F=str(stored))
+    assert sql_as(run_as, "bob", root, whoami, **tcp)[0][0]["me"] == "bob"
+    assert stored.read_text() not in (password, "wrong\n")
+    # Without the socket (a compute node) a wrong password is a clear error, not a hang.
+    sh(run_as, "bob", root, 'echo wrong > "$F"', F=str(stored))
+    check = ("from balsam.project import Project; from balsam_pgserver import auth; "
+             "auth._check_tcp(Project.from_env(), 'bob')")
+    proc = sh(run_as, "bob", root, 'python -c "$CODE"', check=False, CODE=check,
+              BALSAM_DB_PATH=str(root), **tcp)
+    assert "NotAuthorised: your (bob) stored database password was refused" in proc.stderr
+    stored.unlink()
+    proc = sh(run_as, "bob", root, 'python -c "$CODE"', check=False, CODE=check,
+              BALSAM_DB_PATH=str(root), **tcp)
+    assert "have no database password for this project on this host yet" in proc.stderr
