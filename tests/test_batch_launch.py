@@ -79,7 +79,8 @@ def test_legacy_command_runs_the_tasks(cli, db, project):
     out = cli("submit-launch", "-A", "P", "-q", "Q", "-t", "15", "-n", "5", "--job-mode=mpi")
     assert out.startswith("Submitted batch job ")
     finals = testing.wait_until_final(db, ids, timeout=60)
-    assert {r["state"] for r in finals.values()} == {"JOB_FINISHED"}
+    assert {r["state"] for r in finals.values()} == {"JOB_FINISHED"}, [
+        (e["task_id"], e["to_state"], e["message"]) for e in testing.events(db)]
     assert testing.executions(counts) == {i: 1 for i in ids}
     job = wait_job(cli, db, {"finished"})  # --consume-all: the launcher exits, the job ends
     assert job["started_at"] and job["ended_at"] and job["num_nodes"] == 5
@@ -114,6 +115,28 @@ def kill_running_job(cli, db, project, *submit_args):
 
 def test_kill_marks_running_tasks_run_timeout(cli, db, project):
     kill_running_job(cli, db, project)
+
+
+def test_submission_recorded_late_is_not_lost(cli, db, project, monkeypatch):
+    """The scheduler accepts the job but the database dies before the row says so: the launcher
+    still reports under its batch job id, and the sync recovers the job's state from it."""
+    from balsam.errors import ServerDown
+    from balsam_launcher import batch_jobs
+
+    def lost(*args, **kwargs):
+        raise ServerDown("database connection lost: server closed the connection unexpectedly")
+
+    ids, counts = record_tasks(db, project, 2)
+    monkeypatch.setattr(batch_jobs, "mark_submitted", lost)
+    result = CliRunner().invoke(build_cli(get_plugin_manager()),
+                                ["submit-launch", "-t", "5", "-n", "1", "--job-mode", "serial"])
+    assert result.exit_code == 1
+    assert "Error: local accepted job" in result.output and "(batch job 1)" in result.output
+    assert batch_job(db)["state"] == "pending"
+    testing.wait_until_final(db, ids, timeout=60)
+    assert testing.executions(counts) == {i: 1 for i in ids}
+    job = wait_job(cli, db, {"finished"})
+    assert job["id"] == 1 and job["started_at"] and job["ended_at"]
 
 
 @pytest.fixture(params=["pbs", "cobalt"])

@@ -183,3 +183,19 @@ def test_scheduler_from_server_info(cli, db, project, monkeypatch, tmp_path):
     assert job["scheduler"] == "pbs" and job["scheduler_id"].endswith(".fakepbs")
     assert wait_state(cli, db, job["id"], {"queued"})["started_at"] is None
     cli("queue", "--kill", str(job["id"]))
+
+
+def test_force_kill(cli, db, project):
+    (project.root / "job-templates" / "local.sh").write_text(
+        "#!/bin/bash\ntrap '' TERM\nsleep 30 & wait\n")  # ignores a polite SIGTERM
+    cli("submit-launch", "-t", "5", "-n", "1")
+    [job] = rows(db)
+    wait_state(cli, db, job["id"], {"running"})
+    out = cli("queue", "--kill", str(job["id"]), "--force")
+    assert out.strip().endswith("cancelled (killed by postgres)")  # the database user
+    deadline = time.monotonic() + 10
+    row = rows(db)[0]
+    while row["ended_at"] is None and time.monotonic() < deadline:
+        cli("queue")
+        row = rows(db)[0]
+    assert row["state"] == "cancelled" and row["ended_at"] is not None

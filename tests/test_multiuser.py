@@ -11,13 +11,14 @@ import pwd
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from balsam.project import Project
 
-pytestmark = [pytest.mark.pg, pytest.mark.multiuser]
+pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
 ACTIVATE = '. balsamactivate "$P" >/dev/null'
 
@@ -291,3 +292,64 @@ def test_tcp_with_the_generated_password(run_as, shared_dir):
     proc = sh(run_as, "bob", root, 'python -c "$CODE"', check=False, CODE=check,
               BALSAM_DB_PATH=str(root), **tcp)
     assert "have no database password for this project on this host yet" in proc.stderr
+
+
+# --- umask -------------------------------------------------------------------------------------
+
+ADD_TASKS = """
+from balsam import api
+api.add_app("hello", "/bin/echo")
+api.add_task("hello", name="x1", workflow="X", args="from X")
+api.add_task("hello", name="y1", workflow="Y", args="from Y")
+"""
+STATES = "SELECT name, state, owner FROM tasks ORDER BY name"
+TEMPLATE = """#!/bin/bash
+# bob's own template, found in $BALSAM_HOME/job-templates (~/.balsam/job-templates by default)
+echo "bob's template ran"
+umask {{ umask }}
+export PATH={{ bin_dir | quote }}:"$PATH"
+cd {{ project_dir | quote }} || exit 1
+source {{ activate | quote }} {{ project_dir | quote }} || exit 1
+exec {{ launcher }} --nodes {{ job.num_nodes }}
+"""
+
+
+def test_bobs_launcher_leaves_files_alice_can_write(run_as, shared_dir):
+    root = init(run_as, shared_dir)
+    sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob")
+    home = shared_dir / "bob-balsam-home"  # bob's ~/.balsam for this test only
+    run_as("bob", ["mkdir", "-m", "700", "-p", str(home / "job-templates")])
+    run_as("bob", ["tee", str(home / "job-templates/local.sh")], input=TEMPLATE)
+    bob = {"BALSAM_HOME": str(home)}
+    # bob's shell umask would lock everyone else out; balsam applies the project's instead.
+    sh(run_as, "bob", root, f'umask 077 && {ACTIVATE} && python -c "$CODE" && '
+                            "balsam launcher --consume-all --wf-filter X --job-mode serial",
+       CODE=ADD_TASKS, **bob)
+    assert sql_as(run_as, "alice", root, STATES) == [[
+        {"name": "x1", "state": "JOB_FINISHED", "owner": "bob"},
+        {"name": "y1", "state": "READY", "owner": "bob"}]]
+    made = {rel: m for rel, m in modes(root).items() if rel.startswith(("data/X", "log/launch"))}
+    assert made and all(m == (0o2770 if (root / rel).is_dir() else 0o660, "balsamtest")
+                        for rel, m in made.items()), made
+    [workdir] = (root / "data/X").iterdir()
+    sh(run_as, "alice", root, 'umask g=rwx && echo "alice was here" >> "$W/x1.out" && '
+                              'touch "$W/alice.txt" && '
+                              'echo note >> "$P/log/launcher_1.log"', W=str(workdir))
+    assert "from X" in (workdir / "x1.out").read_text()
+    # The batch job: bob's template is used and the script sets the project's umask.
+    submit = sh(run_as, "bob", root, f"umask 077 && {ACTIVATE} && "
+                                     "balsam submit-launch -A P -q Q -t 15 -n 5 --job-mode=mpi "
+                                     "--wf-filter Y", **bob)
+    assert "Submitted batch job 1" in submit.stdout
+    script = (root / "qsubmit/qlaunch1.sh").read_text()
+    assert "bob's own template" in script and "\numask 0007\n" in script
+    deadline = time.monotonic() + 90
+    while sql_as(run_as, "alice", root, STATES)[0][1]["state"] != "JOB_FINISHED":
+        assert time.monotonic() < deadline, (root / "qsubmit/qlaunch1.out").read_text()
+        time.sleep(1)
+    assert "bob's template ran" in (root / "qsubmit/qlaunch1.out").read_text()
+    owners = sql_as(run_as, "alice", root, "SELECT DISTINCT owner FROM launchers",
+                    "SELECT DISTINCT owner FROM batch_jobs",
+                    "SELECT DISTINCT db_user FROM task_events")
+    assert owners == [[{"owner": "bob"}], [{"owner": "bob"}], [{"db_user": "bob"}]]
+    assert balsam(run_as, "alice", root, "perms", "check").returncode == 0

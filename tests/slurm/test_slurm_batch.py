@@ -35,8 +35,12 @@ print(json.dumps(ids))
 STATE = """
 import json
 from balsam.db import connect
+from balsam.plugins import get_plugin_manager
 from balsam.project import Project
-with connect(Project.from_env()) as db:
+from balsam_launcher.batch_jobs import sync
+project = Project.from_env()
+with connect(project) as db:
+    sync(db, project, get_plugin_manager())
     tasks = {r["id"]: r["state"] for r in db.execute("SELECT id, state FROM tasks")}
     jobs = db.execute("SELECT id, state, scheduler_id, started_at IS NOT NULL AS started, "
                       "ended_at IS NOT NULL AS ended, owner FROM batch_jobs ORDER BY id").fetchall()
@@ -55,8 +59,9 @@ def alice_project(slurm_cluster, run_as, shared_dir):
                       env={"P": str(root)}, cwd=root, check=check)
         return proc
 
-    def state():
-        return json.loads(alice('balsam queue >/dev/null && python -c "$1"', STATE).stdout)
+    def state():  # synced like balsam queue does, without a shell activation per poll
+        proc = run_as("alice", ["python", "-c", STATE], env={"BALSAM_DB_PATH": str(root)})
+        return json.loads(proc.stdout)
 
     alice.state = state
     alice.root = root

@@ -326,6 +326,17 @@ def test_default_window_covers_the_activity(history, db):
     assert analytics.utilization(db).busy_node_seconds == pytest.approx(2200)
 
 
+def test_default_ends_fall_back_when_the_activity_is_outside(history, db):
+    worked_example(history)
+    before = analytics.utilization(db, until=at(-600))
+    assert (before.window.since, before.window.until) == (at(-4200), at(-600))
+    assert before.busy_node_seconds == 0 and before.available_node_seconds == 0
+    after = analytics.throughput(db, since=at(2000))
+    assert after.window.since == at(2000) and after.window.until > datetime.now(UTC) - timedelta(
+        minutes=1)
+    assert after.total == 0
+
+
 def test_real_transitions_through_the_triggers(db, history):
     """A task moved through the state machine by UPDATEs: events come from the triggers."""
     launcher = db.execute(
@@ -525,6 +536,8 @@ def test_default_bin_and_fold_groups():
     folded = analytics.fold_groups({"a": [1, 1], "b": [5, 0], "c": [0, 1], "d": [2, 2]}, 3)
     assert folded == {"d": [2, 2], "b": [5, 0], "other": [1, 2]}
     assert analytics.fold_groups({"a": [1]}, 3) == {"a": [1]}
+    texts = [analytics.duration_text(s) for s in (1, 90, 1800, 7200, 86400 * 2, 604800, 0.5)]
+    assert texts == ["1s", "90s", "30min", "2h", "2d", "1w", "0.5s"]
 
 
 def test_to_plain_is_json_ready(history, db):

@@ -126,3 +126,56 @@ def test_once_and_bad_policy(db, held):
                          text=True, timeout=30)
     assert bad.returncode == 1
     assert bad.stderr.strip() == "Error: need 1 <= --min-nodes <= --max-nodes (got 1 and 0)"
+
+
+def test_service_with_real_launchers_until_the_work_is_done(db, project, tmp_path):
+    from balsam_launcher import testing
+
+    app = testing.record_app(db, tmp_path)
+    counts = tmp_path / "counts"
+    ids = testing.add_tasks(db, app, [{"name": f"t{i}", "args": f"0.3 {counts}"}
+                                      for i in range(6)])
+    proc = start_service("--max-queued", "1", "--max-nodes", "2", "--wall-time", "5",
+                         "--job-mode", "serial")
+    try:
+        testing.wait_until_final(db, ids, timeout=90)
+        assert testing.executions(counts) == {i: 1 for i in ids}
+        wait_until(lambda: all(j["state"] == "finished" for j in jobs(db)), timeout=60,
+                   what="every batch job finished")
+        submitted = len(jobs(db))
+        assert 1 <= submitted <= 6
+        assert all(j["num_nodes"] <= 2 for j in jobs(db))
+        time.sleep(1.5)
+        assert len(jobs(db)) == submitted, "no work left: nothing more submitted"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+
+
+def test_service_survives_a_database_restart(db_dsn, held, pg_server):
+    from balsam.db import connect
+
+    proc = start_service("--max-queued", "3", "--max-nodes", "1")
+    try:
+        with connect(db_dsn) as db:
+            add_tasks(db, 1)
+            wait_until(lambda: [j["state"] for j in jobs(db)] in (["submitted"], ["running"]),
+                       what="a first job")
+        time.sleep(0.5)  # the test cluster commits asynchronously: let the WAL reach disk
+        pg_server.restart()  # every connection drops, the service's too
+        time.sleep(1.0)
+        with connect(db_dsn) as db:
+            add_tasks(db, 1)
+            wait_until(lambda: len(jobs(db)) == 2, what="a job after the restart")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out
+    assert "retrying" in out or "round failed" in out

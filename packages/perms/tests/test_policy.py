@@ -11,14 +11,16 @@ import stat
 from pathlib import Path
 
 import click
+import pluggy
 import pytest
 from click.testing import CliRunner
 
-from balsam import hookimpl
+from balsam import hookimpl, hookspecs
 from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
 from balsam.project import Project, new_info
 from balsam_cli.main import build_cli
+from balsam_perms import plugin as perms_plugin
 from balsam_perms import policy
 
 pytestmark = pytest.mark.multiuser
@@ -179,3 +181,56 @@ def test_cli_applies_the_project_umask_whatever_the_shell_had(tree):
     assert mode(tree.root / "data/new/out.txt") == 0o660
     assert checked.exit_code == 0, checked.output
     assert "umask in force: 0077 in your shell; balsam applies the project's 0007" in checked.output
+
+
+# --- hooks -----------------------------------------------------------------------------------
+
+
+def _perms_only() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("balsam")
+    pm.add_hookspecs(hookspecs)
+    pm.register(perms_plugin, name="perms")
+    return pm
+
+
+class _MakesFiles:
+    """Another plugin's on_init, creating files with a careless mode."""
+
+    seen_gid: int | None = None
+
+    @hookimpl
+    def on_init(self, project, options):
+        _MakesFiles.seen_gid = project.root.stat().st_gid
+        (project.root / "extra").mkdir(mode=0o700)
+        (project.root / "extra/config.txt").write_text("x")
+        os.chmod(project.root / "extra/config.txt", 0o600)
+
+
+def test_hook_on_init(tmp_path, group):
+    pm = _perms_only()
+    pm.register(_MakesFiles(), name="makes-files")
+    root = tmp_path / "new"
+    root.mkdir()
+    project = Project(root, new_info("root"))
+    project.save_info()
+    pm.hook.on_init(project=project, options={"group": group.gr_name})
+    assert _MakesFiles.seen_gid == group.gr_gid, "the group is taken before other plugins run"
+    assert mode(root / "extra") == 0o2770 and mode(root / "extra/config.txt") == 0o660
+    info = Project.load(root).info
+    assert info["group"] == group.gr_name and info["umask"] == "0007"
+    assert policy.check(Project.load(root)) == []
+    with pytest.raises(InvalidInput, match="no such group"):
+        pm.hook.on_init(project=project, options={"group": "nosuchgroup"})
+
+
+def test_hook_on_activate(tree, capsys):
+    pm = _perms_only()
+    assert pm.hook.on_activate(project=tree, user="root") == []
+    assert capsys.readouterr().err == ""
+    os.chmod(tree.root / "log", 0o700)
+    os.chmod(tree.root / "data/wf", 0o700)  # deeper than activation looks: left to perms check
+    assert pm.hook.on_activate(project=tree, user="root") == []
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: log: mode 0700, needs 2770 (group rwx, setgid) (owner root)",
+                   "warning: collaborators may get 'Permission denied': run balsam perms check, "
+                   "then fix"]

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from rich.table import Table
 
 from balsam import analytics, plots
 from balsam.analytics import Errors, Summary, Throughput, Utilization
-from balsam.db import Connection, connect
+from balsam.db import connect
 from balsam.project import Project
 
 #: Group columns shown in time-series tables; the rest are added up as "other".
@@ -59,14 +58,9 @@ def _options(name: str, *, bins: bool = True) -> Callable[[Callable[..., Any]], 
     return decorate
 
 
-@contextmanager
-def _project_connection() -> Iterator[Connection]:
-    with connect(Project.from_env()) as conn:
-        yield conn
-
-
 def _window_args(since: str | None, until: str | None,
                  bin_width: str | None = None) -> dict[str, Any]:
+    """The parsed --since, --until and --bin (InvalidInput names a bad one)."""
     now = datetime.now().astimezone()
     args: dict[str, Any] = {
         "since": analytics.parse_time(since, now) if since else None,
@@ -77,8 +71,14 @@ def _window_args(since: str | None, until: str | None,
     return args
 
 
-def _output(report: Any, as_json: bool, plot: Path | None,
-            draw: Callable[[Any, Path], Path], show: Callable[[Any, Console], None]) -> None:
+def _run(compute: Callable[..., Any], draw: Callable[[Any, Path], Path],
+         show: Callable[[Any, Console], None], plot: Path | None, as_json: bool,
+         **options: Any) -> None:
+    """Compute a report on the active project, then print it (table or JSON) and draw it."""
+    if plot is not None:
+        plots.check_target(plot)  # before any work
+    with connect(Project.from_env()) as conn:
+        report = compute(conn, **options)
     if plot is not None:
         draw(report, plot)
     if as_json:
@@ -92,11 +92,6 @@ def _output(report: Any, as_json: bool, plot: Path | None,
 def _console() -> Console:
     """The terminal's width, or a wide page when writing to a file or pipe (no truncation)."""
     return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-def _check_plot(plot: Path | None) -> None:
-    if plot is not None:
-        plots.check_target(plot)
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -114,20 +109,9 @@ def _hours(node_seconds: float | None) -> str:
     return "-" if node_seconds is None else f"{node_seconds / 3600:,.2f}"
 
 
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
-def _label(key: str) -> str:
-    return key if key else "(none)"
-
-
 def _title(what: str, window: analytics.Window, bins: bool = True) -> str:
     text = f"{what}, {_time(window.since)} to {_time(window.until)}"
-    return f"{text}, bins of {_duration(window.bin_seconds)}" if bins else text
+    return f"{text}, bins of {analytics.duration_text(window.bin_seconds)}" if bins else text
 
 
 def _table(title: str, *headers: str, text: int = 1) -> Table:
@@ -154,7 +138,7 @@ def show_utilization(report: Utilization, console: Console) -> None:
     columns = _group_columns(
         {k: [b.busy_by.get(k, 0.0) / b.seconds for b in report.bins] for k in keys})
     table = _table(_title("Node utilisation", report.window), "from", "available nodes",
-                   "busy nodes", "utilisation", *(f"busy: {_label(k)}" for k in columns))
+                   "busy nodes", "utilisation", *(f"busy: {plots.label(k)}" for k in columns))
     for i, b in enumerate(report.bins):
         table.add_row(_time(b.start), f"{b.available_nodes:,.2f}", f"{b.busy_nodes:,.2f}",
                       _percent(b.utilization), *(f"{v[i]:,.2f}" for v in columns.values()))
@@ -166,7 +150,7 @@ def show_utilization(report: Utilization, console: Console) -> None:
         totals = _table(f"Per {report.by}", report.by, "busy node-hours",
                         "available node-hours", "utilisation")
         for g in report.groups:
-            totals.add_row(_label(g.key), _hours(g.busy_node_seconds),
+            totals.add_row(plots.label(g.key), _hours(g.busy_node_seconds),
                            _hours(g.available_node_seconds), _percent(g.utilization))
         console.print(totals)
 
@@ -176,7 +160,7 @@ def show_throughput(report: Throughput, console: Console) -> None:
     columns = _group_columns(
         {k: [float(b.by.get(k, 0)) for b in report.bins] for k in report.groups})
     table = _table(_title("Tasks finished", report.window), "from", "finished", "per hour",
-                   "cumulative", *(_label(k) for k in columns))
+                   "cumulative", *(plots.label(k) for k in columns))
     for i, (b, total) in enumerate(zip(report.bins, report.cumulative, strict=True)):
         table.add_row(_time(b.start), f"{b.count:,}", f"{b.per_hour:,.1f}", f"{total:,}",
                       *(f"{v[i]:,.0f}" for v in columns.values()))
@@ -192,13 +176,14 @@ def show_errors(report: Errors, console: Console) -> None:
     table = Table(*headers, title=_title("Errors", report.window, bins=False))
     for column in table.columns:
         column.no_wrap = column.header in ("state", "first", "last")
+        column.justify = "right" if column.header in ("events", "tasks") else "left"
     for g in report.groups:
         first_line = g.message.strip().splitlines()[0] if g.message.strip() else "(no message)"
         row = [g.state, f"{g.events:,}", f"{g.tasks:,}", _time(g.first_at), _time(g.last_at),
                first_line, ", ".join(map(str, g.task_ids)) + ("..." if g.tasks > len(g.task_ids)
                                                             else "")]
         if report.by:
-            row.insert(1, _label(g.key))
+            row.insert(1, plots.label(g.key))
         table.add_row(*row)
     console.print(table)
     counts = ", ".join(f"{s} {n:,}" for s, n in sorted(report.by_state.items()))
@@ -221,7 +206,7 @@ def show_summary(report: Summary, console: Console) -> None:
         groups = _table(f"Per {report.by}", report.by, "finished", "errors", "busy node-hours",
                         "available node-hours", "utilisation")
         for g in report.groups:
-            groups.add_row(_label(g.key), f"{g.tasks_finished:,}", f"{g.errors:,}",
+            groups.add_row(plots.label(g.key), f"{g.tasks_finished:,}", f"{g.errors:,}",
                            _hours(g.busy_node_seconds), _hours(g.available_node_seconds),
                            _percent(g.utilization))
         console.print(groups)
@@ -253,10 +238,8 @@ def report() -> None:
 def utilization(since: str | None, until: str | None, bin_width: str | None, by: str | None,
                 as_json: bool, plot: Path | None) -> None:
     """Busy nodes over time against available nodes."""
-    _check_plot(plot)
-    with _project_connection() as conn:
-        result = analytics.utilization(conn, by=by, **_window_args(since, until, bin_width))
-    _output(result, as_json, plot, plots.plot_utilization, show_utilization)
+    _run(analytics.utilization, plots.plot_utilization, show_utilization, plot, as_json,
+         by=by, **_window_args(since, until, bin_width))
 
 
 @report.command("throughput")
@@ -264,10 +247,8 @@ def utilization(since: str | None, until: str | None, bin_width: str | None, by:
 def throughput(since: str | None, until: str | None, bin_width: str | None, by: str | None,
                as_json: bool, plot: Path | None) -> None:
     """Tasks finished (JOB_FINISHED) over time."""
-    _check_plot(plot)
-    with _project_connection() as conn:
-        result = analytics.throughput(conn, by=by, **_window_args(since, until, bin_width))
-    _output(result, as_json, plot, plots.plot_throughput, show_throughput)
+    _run(analytics.throughput, plots.plot_throughput, show_throughput, plot, as_json,
+         by=by, **_window_args(since, until, bin_width))
 
 
 @report.command("errors")
@@ -275,10 +256,8 @@ def throughput(since: str | None, until: str | None, bin_width: str | None, by: 
 def errors(since: str | None, until: str | None, bin_width: str | None, by: str | None,
            as_json: bool, plot: Path | None) -> None:
     """Errors (RUN_ERROR, RUN_TIMEOUT, FAILED) grouped by message, and over time."""
-    _check_plot(plot)
-    with _project_connection() as conn:
-        result = analytics.errors(conn, by=by, **_window_args(since, until, bin_width))
-    _output(result, as_json, plot, plots.plot_errors, show_errors)
+    _run(analytics.errors, plots.plot_errors, show_errors, plot, as_json,
+         by=by, **_window_args(since, until, bin_width))
 
 
 @report.command("summary")
@@ -286,7 +265,5 @@ def errors(since: str | None, until: str | None, bin_width: str | None, by: str 
 def summary(since: str | None, until: str | None, by: str | None, as_json: bool,
             plot: Path | None) -> None:
     """Totals, per user (or --by), per batch job, and tasks per state now."""
-    _check_plot(plot)
-    with _project_connection() as conn:
-        result = analytics.summary(conn, by=by, **_window_args(since, until))
-    _output(result, as_json, plot, plots.plot_summary, show_summary)
+    _run(analytics.summary, plots.plot_summary, show_summary, plot, as_json,
+         by=by, **_window_args(since, until))

@@ -8,7 +8,8 @@ The figures rest on these definitions (the views of migration ``0005_analytics.s
 * **Busy node-seconds.** A task is busy from each event into RUNNING until its next event out of
   RUNNING (RUN_DONE, RUN_ERROR, RUN_TIMEOUT, RESTART_READY, USER_KILLED), on the launcher named by
   the event into RUNNING, clipped to that launcher's span: while no exit is recorded it stays busy
-  until the launcher's span ends, and never after it. It occupies ``num_nodes`` nodes, or
+  until the launcher's span ends (the window's end if the launcher is unknown), and never after
+  it, even if the reaper records the exit later. It occupies ``num_nodes`` nodes, or
   ``1/node_packing_count`` of a node when it has one node and a serial-mode launcher packs it.
 * **Utilisation** is busy / available node-seconds over a window ``[since, until)``; the *busy
   nodes* of a time bin are its busy node-seconds divided by its length, likewise available nodes.
@@ -16,8 +17,7 @@ The figures rest on these definitions (the views of migration ``0005_analytics.s
   RUN_TIMEOUT and FAILED, grouped by message.
 * **Groups** (``by``): ``user`` is the launcher's owner for utilisation (whose allocation it is)
   and the task's owner for throughput and errors; ``batch-job`` is the batch job of the launcher
-  (for an outcome, the launcher that recorded it, else the one of the task's last run);
-  ``workflow`` is the task's workflow. Available capacity belongs to no workflow, so ``by
+  (for an outcome, of the launcher that recorded the event); ``workflow`` is the task's workflow. Available capacity belongs to no workflow, so ``by
   workflow`` splits busy time only. The key ``""`` stands for "none" (no batch job, no workflow).
 
 Time bins have equal widths (the last may be cut short by ``until``) and are computed in SQL with
@@ -341,6 +341,14 @@ def fold_groups(series: dict[str, list[float]], limit: int) -> dict[str, list[fl
     return kept
 
 
+def duration_text(seconds: float) -> str:
+    """``1800`` as ``30min``, ``7200`` as ``2h``: the largest unit dividing it."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 # --- parsing ----------------------------------------------------------------------------------
 
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -427,16 +435,18 @@ def resolve_window(conn: Connection | None = None, since: datetime | None = None
         with _connection(conn) as c:
             span = _rows(c, "activity_span", {})[0]
         first, last, now = span["first_at"], span["last_at"], span["now"]
-    start = since or first or (until or last or now) - timedelta(hours=1)
     end = until or last or now
+    start = since or first or end - timedelta(hours=1)
+    if since is None and start >= end:  # all the activity is after the given until
+        start = end - timedelta(hours=1)
+    if until is None and end <= start:  # ... or before the given since
+        end = now
     width = bin_width.total_seconds() if bin_width else default_bin(
         max((end - start).total_seconds(), 1.0))
     if since is None:
         start = _floor(start, width)
     if until is None:
         end = min(_floor(end, width) + timedelta(seconds=width), now)
-        if end <= start:
-            end = now
     if start >= end:
         message = (f"the window is empty: since ({start.isoformat()}) must be before until "
                    f"({end.isoformat()})")
@@ -605,5 +615,5 @@ def summary(conn: Connection | None = None, *, since: datetime | None = None,
             failures[row["state"]] += row["count"]
             group.errors += row["count"]
     ranked = sorted(groups.values(), key=lambda g: (-g.busy_node_seconds, -g.tasks_finished, g.key))
-    return Summary(window, by, finished, failures, busy, available, ranked if by else [], jobs,
+    return Summary(whole, by, finished, failures, busy, available, ranked if by else [], jobs,
                    states)

@@ -102,8 +102,8 @@ def reap_dead(conn: Connection) -> dict[str, Any]:
 # --- claiming ----------------------------------------------------------------------------------
 
 
-def _lock_live(conn: Connection, launcher: int) -> None:
-    if conn.execute(q("lock_live_launcher"), {"launcher": launcher}).fetchone() is None:
+def _check_live(cursor: Any, launcher: int) -> None:
+    if cursor.fetchone() is None:
         message = f"launcher {launcher} has ended or was presumed dead: it cannot claim tasks"
         raise ClaimLost(message)
 
@@ -115,32 +115,34 @@ def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy:
 
     Locks up to ``limit`` unclaimed candidates, asks ``policy`` which to start (in start order),
     places them first-fit on a copy of the free nodes, and claims exactly those that fit, all in
-    one transaction. Returns ``(task, nodes)`` pairs: allocate them in this order on the real
-    resources to get the same nodes.
+    one transaction (two round trips: lock and read, then claim and commit). Returns
+    ``(task, nodes)`` pairs: allocate them in this order on the real resources to get the same
+    nodes. ClaimLost if the launcher has ended or was presumed dead.
     """
     max_nodes = resources.idle_nodes if resources.job_mode == "mpi" else (
-        1 if any(n.free > 0 for n in resources.nodes) else 0)
+        1 if resources.free_share > 0 else 0)
     if max_nodes == 0 or limit <= 0:
         return []
     max_wall = NO_LIMIT_MINUTES if max_wall_minutes is None else int(max(0, max_wall_minutes))
-    with conn.transaction():
-        _lock_live(conn, launcher)
-        rows = conn.execute(q("lock_run_candidates"), {
+    with conn.pipeline(), conn.transaction():
+        live = conn.execute(q("lock_live_launcher"), {"launcher": launcher})
+        found = conn.execute(q("lock_run_candidates"), {
             **wf_filter.params(), "max_nodes": max_nodes, "limit": limit,
             "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
-        }).fetchall()
-        if not rows:
+        })
+        _check_live(live, launcher)
+        candidates = [Task.from_row(r) for r in found.fetchall()]
+        if not candidates:
             return []
-        candidates = [Task.from_row(r) for r in rows]
         chosen = policy(list(candidates), resources.copy()) or []
         by_id = {t.id: t for t in candidates}
         unique = list({t.id: by_id[t.id] for t in chosen if t.id in by_id}.values())
         placed = resources.copy().pack(unique)
         if not placed:
             return []
-        ids = [t.id for t, _ in placed]
-        claimed = {r["id"] for r in conn.execute(q("claim_tasks"),
-                                                 {"launcher": launcher, "ids": ids})}
+        marked = conn.execute(q("claim_tasks"),
+                              {"launcher": launcher, "ids": [t.id for t, _ in placed]})
+    claimed = {r["id"] for r in marked.fetchall()}
     return [(t, nodes) for t, nodes in placed if t.id in claimed]
 
 
@@ -150,14 +152,16 @@ def claim_for_post(conn: Connection, launcher: int, *, limit: int,
     timeout handling); no nodes are needed."""
     if limit <= 0:
         return []
-    with conn.transaction():
-        _lock_live(conn, launcher)
-        rows = conn.execute(q("lock_post_candidates"),
-                            {**wf_filter.params(), "limit": limit}).fetchall()
+    with conn.pipeline(), conn.transaction():
+        live = conn.execute(q("lock_live_launcher"), {"launcher": launcher})
+        found = conn.execute(q("lock_post_candidates"), {**wf_filter.params(), "limit": limit})
+        _check_live(live, launcher)
+        rows = found.fetchall()
         if not rows:
             return []
-        claimed = {r["id"] for r in conn.execute(
-            q("claim_tasks"), {"launcher": launcher, "ids": [r["id"] for r in rows]})}
+        marked = conn.execute(q("claim_tasks"),
+                              {"launcher": launcher, "ids": [r["id"] for r in rows]})
+    claimed = {r["id"] for r in marked.fetchall()}
     return [Task.from_row(r) for r in rows if r["id"] in claimed]
 
 
@@ -179,6 +183,38 @@ def move(conn: Connection, launcher: int, from_state: State, to_state: State,
         "ids": ids, "messages": [messages[i] for i in ids],
     }).fetchall()
     return {r["id"] for r in rows}
+
+
+@dataclass(frozen=True)
+class Move:
+    """One batched, claim-checked transition: ``from_state -> to_state`` with a message each."""
+
+    from_state: State
+    to_state: State
+    messages: dict[int, str]
+
+
+def apply(conn: Connection, launcher: int, moves: Sequence[Move],
+          release_ids: Iterable[int] = ()) -> tuple[list[set[int]], set[int]]:
+    """Write ``moves`` in order, then release ``release_ids``, in one round trip (a pipeline;
+    each statement commits on its own). Moves into RUNNING count an attempt (:func:`mark_running`).
+
+    Returns the ids each move reached and the ids released; see :func:`move` for what a missing
+    id means.
+    """
+    release_ids = list(release_ids)
+    with conn.pipeline():
+        cursors = []
+        for m in moves:
+            ids = list(m.messages)
+            params = {"launcher": launcher, "ids": ids, "messages": [m.messages[i] for i in ids],
+                      "from_state": m.from_state.value, "to_state": m.to_state.value}
+            name = "mark_running" if m.to_state == State.RUNNING else "move_tasks"
+            cursors.append(conn.execute(q(name), params))
+        released = (conn.execute(q("release_tasks"), {"launcher": launcher, "ids": release_ids})
+                    if release_ids else None)
+    done = [{r["id"] for r in c.fetchall()} for c in cursors]
+    return done, ({r["id"] for r in released.fetchall()} if released else set())
 
 
 def mark_running(conn: Connection, launcher: int, messages: dict[int, str]) -> set[int]:

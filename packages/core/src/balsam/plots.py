@@ -16,6 +16,7 @@ from balsam.analytics import (
     Summary,
     Throughput,
     Utilization,
+    duration_text,
     fold_groups,
 )
 from balsam.errors import BalsamError, InvalidInput
@@ -48,10 +49,15 @@ def check_target(path: Path) -> None:
         message = f"cannot write the plot to {path}: it is a directory"
         raise InvalidInput(message)
     try:
-        import matplotlib  # noqa: F401
+        from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         message = "plots need matplotlib: pip install 'balsam-core[analytics]'"
         raise PlotError(message) from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        message = (f"cannot write the plot to {path}: name it with one of the extensions "
+                   f"{', '.join('.' + f for f in sorted(formats))}")
+        raise InvalidInput(message)
 
 
 def _figure(title: str, columns: int = 1) -> tuple[Figure, list[Axes]]:
@@ -122,7 +128,7 @@ def plot_utilization(report: Utilization, path: Path) -> Path:
     if starts:
         ax.step(edges, [*available, available[-1]], where="post", color="black",
                 linewidth=1.5, label="available")
-    ax.set_ylabel(f"nodes (mean per {_bin_text(report.window.bin_seconds)})")
+    ax.set_ylabel(f"nodes (mean per {duration_text(report.window.bin_seconds)})")
     ax.set_ylim(bottom=0)
     _time_axis(ax)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0),
@@ -152,7 +158,7 @@ def plot_throughput(report: Throughput, path: Path) -> Path:
     else:
         layers = {"finished": [float(b.count) for b in report.bins]}
     _bars(ax, report.bins, layers)
-    ax.set_ylabel(f"tasks finished per {_bin_text(report.window.bin_seconds)}")
+    ax.set_ylabel(f"tasks finished per {duration_text(report.window.bin_seconds)}")
     _integer_ticks(ax)
     total = ax.twinx()
     total.plot(_edges([b.start for b in report.bins], [b.end for b in report.bins]),
@@ -177,7 +183,7 @@ def plot_errors(report: Errors, path: Path) -> Path:
     keys = sorted({k for b in report.bins for k in b.by})
     series = {k: [float(b.by.get(k, 0)) for b in report.bins] for k in keys}
     _bars(ax, report.bins, fold_groups(series, MAX_GROUPS))
-    ax.set_ylabel(f"error events per {_bin_text(report.window.bin_seconds)}")
+    ax.set_ylabel(f"error events per {duration_text(report.window.bin_seconds)}")
     _integer_ticks(ax)
     _time_axis(ax)
     if keys:
@@ -218,10 +224,3 @@ def plot_summary(report: Summary, path: Path) -> Path:
     groups_ax.set_xlabel(f"busy node-hours per {BY_LABEL.get(report.by or '', 'group')}")
     groups_ax.margins(x=0.3)
     return _save(fig, path)
-
-
-def _bin_text(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"

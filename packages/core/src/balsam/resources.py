@@ -2,11 +2,14 @@
 
 In ``mpi`` mode a task takes ``num_nodes`` whole idle nodes; in ``serial`` mode a single-node task
 takes ``1/node_packing_count`` of one node, so up to ``node_packing_count`` tasks share a node.
-Shares are exact fractions: four quarter-node tasks fill a node, never 0.9999 of it.
+Shares are exact fractions: four quarter-node tasks fill a node, never 0.9999 of it. Placement is
+first fit in node order; the nodes with room are kept in a sorted index, so placing a task on a
+launcher of thousands of nodes does not scan the busy ones.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
     from balsam.models import Task
 
 JOB_MODES = ("mpi", "serial")
+ZERO, ONE = Fraction(0), Fraction(1)
 
 
 @dataclass
@@ -26,32 +30,43 @@ class Node:
     host: str
     #: The scheduler's name for the node when it differs from the host name (Cray nid numbers).
     name: str = ""
-    busy: Fraction = Fraction(0)
+    busy: Fraction = ZERO
     tasks: dict[int, Fraction] = field(default_factory=dict)
 
     @property
     def free(self) -> Fraction:
-        return 1 - self.busy
+        return ONE - self.busy
 
     @property
     def idle(self) -> bool:
         return self.busy == 0
 
 
-@dataclass
 class Resources:
     """The nodes of one launcher and the share of each that running tasks hold."""
 
-    nodes: list[Node]
-    job_mode: str = "mpi"
-    #: True when several nodes are simulated on one host (``balsam launcher --nodes N``).
-    simulated: bool = False
+    def __init__(self, nodes: list[Node], job_mode: str = "mpi", simulated: bool = False) -> None:
+        self.nodes = nodes
+        self.job_mode = job_mode
+        #: True when several nodes are simulated on one host (``balsam launcher --nodes N``).
+        self.simulated = simulated
+        self._open = [n.index for n in nodes if n.busy < 1]  # nodes with room, sorted
+        self._idle = sum(1 for n in nodes if n.idle)
+        self._free = sum((n.free for n in nodes), ZERO)
+        self._where: dict[int, list[Node]] = {}
+        for n in nodes:
+            for tid in n.tasks:
+                self._where.setdefault(tid, []).append(n)
 
     @classmethod
     def on_hosts(cls, hosts: Sequence[str], job_mode: str = "mpi", *,
                  names: Sequence[str] = (), simulated: bool = False) -> Resources:
         nodes = [Node(i, h, names[i] if i < len(names) else h) for i, h in enumerate(hosts)]
         return cls(nodes, job_mode, simulated)
+
+    def __repr__(self) -> str:
+        return (f"Resources({self.num_nodes} nodes, {self.job_mode}, idle={self._idle}, "
+                f"free={float(self._free):g})")
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -61,22 +76,22 @@ class Resources:
 
     @property
     def idle_nodes(self) -> int:
-        return sum(1 for n in self.nodes if n.idle)
+        return self._idle
 
     @property
     def free_share(self) -> Fraction:
         """Free node-equivalents (an idle node counts 1, a half-used node 1/2)."""
-        return sum((n.free for n in self.nodes), Fraction(0))
+        return self._free
 
     @property
     def running(self) -> set[int]:
-        return {tid for n in self.nodes for tid in n.tasks}
+        return set(self._where)
 
     def share(self, task: Task) -> Fraction:
         """The fraction of each of its nodes a task occupies."""
         if self.job_mode == "serial":
             return Fraction(1, max(1, task.node_packing_count))
-        return Fraction(1)
+        return ONE
 
     def can_ever_run(self, task: Task) -> bool:
         """Whether the task fits these nodes when they are all idle."""
@@ -90,32 +105,45 @@ class Resources:
             return None
         if self.job_mode == "serial":
             share = self.share(task)
-            return next(([n] for n in self.nodes if n.free >= share), None)
-        idle = [n for n in self.nodes if n.idle]
-        return idle[: task.num_nodes] if len(idle) >= task.num_nodes else None
+            for i in self._open:
+                if self.nodes[i].free >= share:
+                    return [self.nodes[i]]
+            return None
+        if self._idle < task.num_nodes:
+            return None
+        idle = (self.nodes[i] for i in self._open if self.nodes[i].idle)
+        return [next(idle) for _ in range(task.num_nodes)]
 
     def nodes_of(self, task_id: int) -> list[Node]:
-        return [n for n in self.nodes if task_id in n.tasks]
+        return list(self._where.get(task_id, ()))
 
     # --- changing ------------------------------------------------------------------------------
 
     def allocate(self, task: Task) -> list[Node] | None:
         """Give the task its nodes now; None (and no change) if it does not fit."""
         nodes = self.find(task)
-        if nodes is None or task.id is None:
+        if nodes is None or task.id is None or task.id in self._where:
             return None
         share = self.share(task)
         for n in nodes:
+            self._idle -= n.idle
             n.busy += share
             n.tasks[task.id] = share
+            self._free -= share
+            if n.busy >= 1:
+                del self._open[bisect.bisect_left(self._open, n.index)]
+        self._where[task.id] = nodes
         return nodes
 
     def release(self, task_id: int) -> None:
         """Free whatever the task holds (nothing if it holds nothing)."""
-        for n in self.nodes:
-            share = n.tasks.pop(task_id, None)
-            if share is not None:
-                n.busy -= share
+        for n in self._where.pop(task_id, ()):
+            share = n.tasks.pop(task_id)
+            if n.busy >= 1:
+                bisect.insort(self._open, n.index)
+            n.busy -= share
+            self._free += share
+            self._idle += n.idle
 
     def copy(self) -> Resources:
         """An independent copy a policy may allocate on freely."""

@@ -87,8 +87,10 @@ class Held:
     parents: list[steps.Parent]
     nodes: list[Node] = field(default_factory=list)
     run: Run | None = None
-    #: The next state change to write (to RUNNING: a run was started).
-    pending: tuple[State, str] | None = None
+    #: State changes to write, in order (to RUNNING: a run was started).
+    pending: list[tuple[State, str]] = field(default_factory=list)
+    #: Give the claim back once ``pending`` is written (nothing left to do).
+    release_after: bool = False
     #: How the run ended; written once the RUNNING state is.
     outcome: tuple[State, str] | None = None
     #: A script ran: re-read the state, which the script may have changed from this one.
@@ -127,6 +129,8 @@ class Launcher:
         self.pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="step")
         self.selector = selectors.DefaultSelector()
         self.signals: list[int] = []
+        self.wake_r = self.wake_w = self.old_wakeup_fd = -1
+        self.old_handlers: dict[int, Any] = {}
         self.log_path: Path | None = None
         now = time.monotonic()
         self.deadline = (now + options.time_limit_minutes * 60
@@ -144,12 +148,12 @@ class Launcher:
         self.conn = connect(self.project)
         self.id = self._register()
         self._open_log()
-        self._setup_wakeups()
         log.info("launcher %s started: %s mode, %d node(s) on %s (%s%s), filter %r", self.id,
                  self.options.job_mode, self.resources.num_nodes, socket.gethostname(),
                  self.allocation.scheduler, ", simulated" if self.resources.simulated else "",
                  self.options.wf_filter)
         try:
+            self._setup_wakeups()
             while not self._finished():
                 self._iterate()
         except BaseException:
@@ -193,9 +197,9 @@ class Launcher:
     def _setup_wakeups(self) -> None:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        self.old_wakeup_fd = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.old_handlers = {sig: signal.signal(sig, self._on_signal)
+                             for sig in (signal.SIGTERM, signal.SIGINT)}
         self._listen()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -212,7 +216,10 @@ class Launcher:
             h.working for h in self.held.values())
 
     def _shutdown(self) -> None:
-        signal.set_wakeup_fd(-1)
+        if self.wake_w >= 0:
+            signal.set_wakeup_fd(self.old_wakeup_fd)
+        for sig, handler in self.old_handlers.items():
+            signal.signal(sig, handler)
         self.cancel.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
         for run in self.runs.values():  # only after a crash: the loop waits for its runs
@@ -225,8 +232,9 @@ class Launcher:
         log.info("launcher %s ended: %s", self.id, self.stopping)
         self._close_conn()
         self.selector.close()
-        os.close(self.wake_r)
-        os.close(self.wake_w)
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                os.close(fd)
         for handler in list(log.handlers):
             if isinstance(handler, logging.FileHandler):
                 handler.close()
@@ -275,7 +283,7 @@ class Launcher:
         self._collect_work()
         if self.conn is None and now >= self.next_reconnect:
             self._reconnect(now)
-        if self.conn is not None:
+        if self.conn is not None and not self.dead:
             try:
                 self._sync(now)
             except psycopg.OperationalError as exc:
@@ -454,7 +462,7 @@ class Launcher:
         """How many more tasks could start now, at most."""
         if self.resources.job_mode == "mpi":
             return self.resources.idle_nodes
-        return sum(int(n.free * self.max_packing) for n in self.resources.nodes)
+        return int(self.resources.free_share * self.max_packing)
 
     def _claim(self, now: float) -> bool:
         if self.stopping is not None:
@@ -509,7 +517,7 @@ class Launcher:
 
     def _progress(self) -> None:
         """Advance every changed task as far as it goes without waiting, writing each step."""
-        for _ in range(12):
+        for _ in range(8):
             self._recheck()
             dirty, self.dirty = self.dirty, set()
             for tid in dirty:
@@ -517,65 +525,96 @@ class Launcher:
                     self._advance(self.held[tid])
             if not self._flush():
                 break
-        self._release_dropped()
 
     def _advance(self, held: Held) -> None:
         if held.pending or held.working or held.dropped or held.recheck or held.run:
             return
+        chain: list[tuple[State, str]] = []
         if held.outcome:  # the run is over: record how, once its start is recorded
-            if held.task.state == S.RUNNING:
-                self._set_pending(held, held.outcome)
-                held.outcome = None
+            if held.task.state != S.RUNNING:
+                return
+            chain, held.outcome = [held.outcome], None
+        elif self.stopping is not None:
             return
-        if self.stopping is not None:
-            return
-        step = next_step(held.task, held.app, has_nodes=bool(held.nodes),
-                         has_parents=bool(held.parents), max_retries=self.options.max_retries)
-        if step is None:
-            return
-        kind, value = step
-        if kind == "move":
-            self._set_pending(held, value)
-        elif kind == "start":
-            self._start(held)
-        elif kind == "release":
-            self._drop(held, "done")
-        else:
-            self._submit(held, kind)
+        self._plan(held, chain)
 
-    def _set_pending(self, held: Held, change: tuple[State, str]) -> None:
+    def _plan(self, held: Held, chain: list[tuple[State, str]]) -> None:
+        """Extend ``chain`` with every state change that needs no waiting (they are written
+        together); with none to write, take the next step (start, stage-in, a script, release)."""
+        state = chain[-1][0] if chain else held.task.state
+        step = None
+        if self.stopping is None:
+            for _ in range(8):
+                step = next_step(held.task, held.app, state=state, has_nodes=bool(held.nodes),
+                                 has_parents=bool(held.parents),
+                                 max_retries=self.options.max_retries)
+                if step is None or step[0] != "move":
+                    break
+                chain.append(step[1])
+                state = step[1][0]
         assert held.task.id is not None
-        held.pending = change
-        self.pending.add(held.task.id)
+        if chain:
+            held.pending = chain
+            held.release_after = step is not None and step[0] == "release"
+            self.pending.add(held.task.id)
+        elif step is not None:
+            kind = step[0]
+            if kind == "start":
+                self._start(held)
+            elif kind == "release":
+                self._drop(held, "done")
+            else:
+                self._submit(held, kind)
 
     def _flush(self) -> bool:
-        """Write pending state changes, one statement per (from, to); True if any was written."""
-        groups: dict[tuple[State, State], dict[int, str]] = defaultdict(dict)
+        """Write every pending chain of state changes and give back released tasks, in one
+        round trip: moves grouped by (position in chain, from, to). True if anything was sent."""
+        if not self.pending and not self.to_release:
+            return False
+        layers: list[dict[tuple[State, State], dict[int, str]]] = []
         for tid in self.pending:
             held = self.held[tid]
-            if held.pending:
-                groups[(held.task.state, held.pending[0])][tid] = held.pending[1]
-        self.pending = {tid for tid in self.pending if self.held[tid].pending}
-        if not groups:
-            return False
-        conn = self._db()
-        for (src, dst), messages in groups.items():
-            if dst == S.RUNNING:
-                done = claim.mark_running(conn, self.id, messages)
+            src = held.task.state
+            for i, (dst, message) in enumerate(held.pending):
+                if i == len(layers):
+                    layers.append(defaultdict(dict))
+                layers[i][(src, dst)][tid] = message
+                src = dst
+        moves = [claim.Move(src, dst, msgs) for layer in layers
+                 for (src, dst), msgs in layer.items()]
+        finishing = {tid for tid in self.pending if self.held[tid].release_after}
+        releasing = self.to_release | finishing
+        done, _ = claim.apply(self._db(), self.id, moves, releasing)
+        reached: dict[int, list[State]] = defaultdict(list)
+        for move, ids in zip(moves, done, strict=True):
+            for tid in ids:
+                reached[tid].append(move.to_state)
+            if ids:
+                log.info("%s -> %s: %s", move.from_state, move.to_state, _ids(ids))
+        pending, self.pending = self.pending, set()
+        for tid in pending:
+            held = self.held[tid]
+            wanted = [dst for dst, _ in held.pending]
+            got = reached.get(tid, [])
+            held.pending = []
+            if got:
+                held.task.state = got[-1]
+                held.task.attempts += S.RUNNING in got
+            if got != wanted:
+                finishing.discard(tid)
+                self._drop(held, "lost")
             else:
-                done = claim.move(conn, self.id, src, dst, messages)
-            for tid in messages:
-                held = self.held[tid]
-                self.pending.discard(tid)
-                if tid in done:
-                    held.task.state, held.pending = dst, None
-                    held.task.attempts += dst == S.RUNNING
-                    self.dirty.add(tid)
-                else:
-                    self._drop(held, "lost")
-            if done:
-                log.info("%s -> %s: %s", src, dst, _ids(done))
+                self.dirty.add(tid)
+        self.to_release -= releasing
+        for tid in releasing:
+            self._forget(tid)
         return True
+
+    def _forget(self, tid: int) -> None:
+        """The task's claim was given back: it is no longer ours at all."""
+        self._free_nodes(tid)
+        self.held.pop(tid, None)
+        self.dirty.discard(tid)
 
     def _recheck(self) -> None:
         """After a script ran: adopt the state it set, or apply the default if it set none."""
@@ -587,13 +626,13 @@ class Launcher:
         for tid, held in waiting.items():
             before, held.recheck = held.recheck, None
             row = current.get(tid)
-            self.dirty.add(tid)
             if row is None or row["launcher_id"] != self.id:
                 self._drop(held, "lost")
             elif row["state"] == before:
-                self._set_pending(held, after_script(before))
+                self._plan(held, [after_script(before)])
             else:
                 held.task.state = S(row["state"])
+                self.dirty.add(tid)
                 log.info("task %s: its script set %s", tid, row["state"])
 
     def _drop(self, held: Held, reason: str) -> None:
@@ -601,7 +640,7 @@ class Launcher:
         if held.dropped:
             return
         assert held.task.id is not None
-        held.dropped, held.pending = reason, None
+        held.dropped, held.pending = reason, []
         self.pending.discard(held.task.id)
         if reason == "user":
             log.info("task %s was killed by a user: stopping it", held.task.id)
@@ -611,16 +650,6 @@ class Launcher:
             held.run.stop(reason, self.options.kill_grace)
         elif not held.working:
             self.to_release.add(held.task.id)
-
-    def _release_dropped(self) -> None:
-        if not self.to_release or self.dead:
-            return
-        ids = sorted(self.to_release)
-        claim.release(self._db(), self.id, ids)
-        self.to_release.clear()
-        for tid in ids:
-            self.held.pop(tid)
-            self._free_nodes(tid)
 
     # --- processes -----------------------------------------------------------------------------
 
@@ -644,11 +673,11 @@ class Launcher:
             detail = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError)
                       and exc.strerror else str(exc))
             held.outcome = (S.RUN_ERROR, f"cannot start: {detail}")
-            self._set_pending(held, (S.RUNNING, f"starting on {hosts}"))
+            self._plan(held, [(S.RUNNING, f"starting on {hosts}")])
             self._free_nodes(task.id)
             return
         held.run = self.runs[task.id] = run
-        self._set_pending(held, (S.RUNNING, f"pid {run.pid} on {hosts}"))
+        self._plan(held, [(S.RUNNING, f"pid {run.pid} on {hosts}")])
         if run.pidfd is not None:
             self.selector.register(run.pidfd, selectors.EVENT_READ, task.id)
 
@@ -751,20 +780,20 @@ class Launcher:
             try:
                 result = future.result()
             except InvalidInput as exc:
-                self._set_pending(held, (S.FAILED, str(exc)))
+                self._plan(held, [(S.FAILED, str(exc))])
                 continue
             except Exception as exc:  # a bug or an OS error in a step: fail the task, not us
                 log.exception("task %s: %s failed", tid, kind)
-                self._set_pending(held, (S.FAILED, f"{kind} failed: {exc}"))
+                self._plan(held, [(S.FAILED, f"{kind} failed: {exc}")])
                 continue
             if kind == "stage_in":
-                self._set_pending(held, (S.STAGED_IN, result))
+                self._plan(held, [(S.STAGED_IN, result)])
             elif result.returncode is None:
                 self._drop(held, "stopped")
             elif not result.ok:
-                self._set_pending(held, (S.FAILED, result.detail))
+                self._plan(held, [(S.FAILED, result.detail)])
             elif kind == "preprocess":
-                self._set_pending(held, (S.PREPROCESSED, result.detail))
+                self._plan(held, [(S.PREPROCESSED, result.detail)])
             else:
                 held.recheck = held.task.state
 

@@ -19,9 +19,10 @@ Step = tuple[str, Any]
 WORK = ("stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler")
 
 
-def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool,
-              max_retries: int) -> Step | None:
-    """The next step for a held task that is not running, or None to leave it alone.
+def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_retries: int,
+              state: State | None = None) -> Step | None:
+    """The next step for a held task that is not running (in ``state``, by default its own), or
+    None to leave it alone.
 
     Legacy rules: stage-in only with parents and ``input_files``; preprocess once (a restart
     skips it); a run error goes to the app's postprocess script if ``post_error_handler``,
@@ -29,7 +30,7 @@ def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool,
     ``post_timeout_handler``, else restarts if ``auto_timeout_retry``, else FAILED. Tasks in
     a state with no launcher work left (final, or runnable but without nodes) are released.
     """
-    state = task.state
+    state = task.state if state is None else state
     if state == S.READY:
         if task.input_files.strip() and has_parents:
             return ("stage_in", None)

@@ -1,5 +1,6 @@
--- Analytics: the two definitions every utilisation report rests on, as views, and the indexes
--- that keep a report over a million events well under a second (see balsam.analytics).
+-- Analytics: the definitions every report rests on (available capacity, busy time, outcomes) as
+-- views, and the indexes that keep a report over a million events under a second (see
+-- balsam.analytics and benchmarks/bench_reports.py).
 
 -- Available capacity. A launcher offers num_nodes nodes from started_at until ended_at or, while
 -- it has not ended, until its last heartbeat: the last moment it is known to have been alive.

@@ -58,7 +58,9 @@ BEGIN
                                              'balsam_migrations', 'pgserver_roles'));
             EXECUTE format('GRANT INSERT ON task_events TO %I', role);
             EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO %I', role);
-            -- Tables of later migrations (plugins' own tables) are read-write for members.
+            -- Tables of later migrations (plugins' own tables) are read-write for members; a
+            -- migration adding a table or view they must not write revokes it from the role
+            -- named in pgserver_roles.
             EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA public '
                            'GRANT INSERT, UPDATE, DELETE ON TABLES TO %I', role);
             EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA public '

@@ -1,0 +1,76 @@
+"""MPI command lines: mpirun (Open MPI, MPICH), srun, aprun, and the mpi_command hook."""
+
+from __future__ import annotations
+
+import socket
+
+from balsam import hookimpl
+from balsam.models import Task
+from balsam.plugins import get_plugin_manager
+from balsam.resources import Resources
+from balsam_launcher import mpi
+
+TASK = Task(id=7, num_nodes=2, ranks_per_node=4, threads_per_rank=2, threads_per_core=1,
+            cpu_affinity="depth")
+CMD = ["./app", "--in", "x y"]
+ENV = {"BALSAM_TASK_ID": "7", "FOO": "bar baz"}
+
+
+def nodes(*hosts, names=()):
+    return Resources.on_hosts(list(hosts), "mpi", names=list(names)).nodes
+
+
+def test_openmpi_on_remote_hosts_forwards_env_and_places_ranks():
+    argv = mpi.mpirun(TASK, CMD, nodes("n1", "n2"), ENV, local=False, flavour="openmpi")
+    assert argv == ["mpirun", "-n", "8", "--npernode", "4", "--host", "n1:4,n2:4",
+                    "-x", "BALSAM_TASK_ID", "-x", "FOO", *CMD]
+
+
+def test_openmpi_on_simulated_nodes_oversubscribes_without_binding():
+    argv = mpi.mpirun(TASK, CMD, nodes("vm", "vm"), ENV, local=True, flavour="openmpi")
+    assert argv[:6] == ["mpirun", "-n", "8", "--oversubscribe", "--bind-to", "none"]
+    assert "--host" not in argv and argv[-3:] == CMD
+
+
+def test_mpich_hydra_flags():
+    argv = mpi.mpirun(TASK, CMD, nodes("n1", "n2"), ENV, local=False, flavour="mpich")
+    assert argv == ["mpirun", "-n", "8", "-ppn", "4", "-hosts", "n1,n2",
+                    "-genvlist", "BALSAM_TASK_ID,FOO", *CMD]
+
+
+def test_srun_inside_slurm():
+    argv = mpi.srun(TASK, CMD, nodes("n1", "n2"))
+    assert argv == ["srun", "--nodes", "2", "--ntasks", "8", "--ntasks-per-node", "4",
+                    "--nodelist", "n1,n2", "--export=ALL", "--cpus-per-task", "2", *CMD]
+
+
+def test_aprun_uses_nids_and_threads():
+    argv = mpi.aprun(TASK, CMD, nodes("nid00012", "nid00013", names=["12", "13"]), ENV)
+    assert argv[:13] == ["aprun", "-n", "8", "-N", "4", "-d", "2", "-j", "1", "-cc", "depth",
+                         "-L", "12,13"]
+    assert argv[13:17] == ["-e", "BALSAM_TASK_ID=7", "-e", "FOO=bar baz"]
+
+
+def test_default_choice_on_this_host_is_mpirun():
+    launcher = {"simulated": False, "scheduler": "local"}
+    argv = mpi.default_command(TASK, CMD, nodes(socket.gethostname()), ENV, launcher)
+    assert argv[0] == "mpirun" and argv[-3:] == CMD
+
+
+class SiteMpi:
+    @hookimpl
+    def mpi_command(self, task, command, nodes, env, launcher):
+        if launcher.get("site") != "special":
+            return None
+        return ["site-launch", "--ranks", str(task.num_nodes * task.ranks_per_node), *command]
+
+
+def test_hook_mpi_command():
+    pm = get_plugin_manager()
+    args = {"task": TASK, "command": CMD, "nodes": nodes("n1", "n2"), "env": ENV}
+    default = pm.hook.mpi_command(**args, launcher={"scheduler": "local"})
+    assert default[0] == "mpirun"  # the launcher's trylast default
+    pm.register(SiteMpi(), name="site-mpi")
+    assert pm.hook.mpi_command(**args, launcher={"site": "special"}) == [
+        "site-launch", "--ranks", "8", *CMD]
+    assert pm.hook.mpi_command(**args, launcher={"scheduler": "local"})[0] == "mpirun"
