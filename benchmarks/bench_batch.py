@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ def bench_sync(project: Project, count: int) -> list[dict[str, Any]]:
                 {"host": "bench", "boot": 0, "started_at": now}))
             (state_dir / f"{sid}.end").write_text(json.dumps(
                 {"returncode": 0, "ended_at": now, "reason": ""}))
-            job = batch_jobs.create(conn, "local", JobRequest(1, 5).__dict__)
+            job = batch_jobs.create(conn, "local", asdict(JobRequest(1, 5)))
             batch_jobs.mark_submitted(conn, job["id"], sid)
         start = time.perf_counter()
         changed = batch_jobs.sync(conn, project, pm)

@@ -1,6 +1,12 @@
 -- Synthetic history for bench_reports.py: batch jobs, launchers, tasks and their events.
 -- Parameters: base (timestamptz), span_seconds, launchers, nodes, tasks.
 
+-- name: durable_commits
+-- The throwaway cluster commits asynchronously (fast settings), and hint bits, hence the
+-- visibility map VACUUM sets for index-only scans, wait for the commit to reach the WAL: commit
+-- synchronously, as a real project does, so that the history is in its steady state.
+SET synchronous_commit = on;
+
 -- name: create_database
 CREATE DATABASE bench;
 

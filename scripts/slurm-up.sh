@@ -42,7 +42,8 @@ alive /run/munge/munged.pid || runuser -u munge -- /usr/sbin/munged
 if [ "$ACCT" = 1 ]; then
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
     if ! mariadb -e 'select 1' >/dev/null 2>&1; then
-        /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 >/var/log/slurm/mariadb.log 2>&1 &
+        /usr/sbin/mariadbd --user=mysql --bind-address=127.0.0.1 --pid-file=/run/mysqld/mysqld.pid \
+            >/var/log/slurm/mariadb.log 2>&1 &
         for _ in $(seq 1 100); do mariadb -e 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
     fi
     mariadb -e "create database if not exists slurm_acct_db;

@@ -248,6 +248,17 @@ def test_end_launcher_releases_and_times_out_what_ran(db, app):
         claim.heartbeat(db, me)
 
 
+def test_claims_a_launcher_forgot_are_recovered_like_a_dead_launchers(db, app):
+    me = register(db)
+    running = _running_on(db, app, me)
+    [ready] = lt.add_tasks(db, app, [{"name": "r"}])
+    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    rows = claim.recover_unknown(db, me, [running, ready])
+    assert {r["id"]: r["state"] for r in rows} == {running: "RESTART_READY", ready: "READY"}
+    assert claim.owned(db, me) == {}
+    assert "lost track of the run" in lt.states(db)[running]["state_message"]
+
+
 def test_work_remaining(db, app):
     me = register(db)
     wf = claim.WorkflowFilter("w")
@@ -303,8 +314,8 @@ class ClaimMachine(RuleBasedStateMachine):
                 claim.claim_for_run(conn, lid, nodes(capacity), policy.largest_first)
             return
         placed = claim.claim_for_run(conn, lid, nodes(capacity), policy.largest_first)
-        for task, _ in placed:
-            assert not any(task.id in h for h in self.held.values())
+        for task, _ in placed:  # never a task a living launcher holds
+            assert not any(task.id in self.held[other] for other in self.alive)
             self.held[lid].add(task.id)
 
     @rule(k=st.integers(0, 2))

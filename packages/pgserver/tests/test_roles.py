@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from psycopg import sql
 
 from balsam.db import connect, wrap_db_errors
@@ -248,3 +251,78 @@ def test_server_user_options(project, user_name):
     assert both.exit_code == 2 and "take no subcommand" in both.output
     status = CliRunner().invoke(cli, ["server"])
     assert status.exit_code == 0 and "external" in status.output
+
+
+# --- role management as a state machine ------------------------------------------------------
+
+
+class RoleMachine(RuleBasedStateMachine):
+    """Any sequence of add (as member or viewer) and drop leaves each user with exactly the role
+    the last call gave, and what they may do in the database follows."""
+
+    def __init__(self, db_dsn: str, names: list[str]) -> None:
+        super().__init__()
+        self.dsn, self.names = db_dsn, names
+        self.conn = connect(db_dsn)
+        for name in names:  # each example starts from no such users
+            self.conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        self.model: dict[str, str | None] = {}
+
+    @rule(i=st.integers(0, 2), role=st.sampled_from(roles.ROLES))
+    def add(self, i: int, role: str) -> None:
+        name = self.names[i]
+        outcome = roles.add_user(self.conn, name, role)
+        previous = self.model.get(name)
+        expected = ("unchanged" if previous == role
+                    else "changed" if name in self.model else "created")
+        assert outcome == expected
+        self.model[name] = role
+
+    @rule(i=st.integers(0, 2), drop_role=st.booleans())
+    def drop(self, i: int, drop_role: bool) -> None:
+        name = self.names[i]
+        if self.model.get(name) is None:
+            with pytest.raises(NotFound):
+                roles.drop_user(self.conn, name, drop_role=drop_role)
+            return
+        roles.drop_user(self.conn, name, drop_role=drop_role)
+        if drop_role:
+            del self.model[name]
+        else:
+            self.model[name] = None  # the login role stays, with no project role
+
+    @invariant()
+    def memberships_follow_the_model(self) -> None:
+        for name in self.names:
+            role = self.model.get(name)
+            assert roles.memberships(self.conn, name) == ([role] if role else [])
+        listed = {r["name"]: r["role"] for r in roles.list_users(self.conn)
+                  if r["name"] in self.names}
+        assert listed == {n: r for n, r in self.model.items() if r}
+
+    @invariant()
+    def rights_follow_the_model(self) -> None:
+        for name, role in self.model.items():
+            with as_user(self.dsn, name) as conn:
+                for statement, allowed in (("SELECT count(*) FROM tasks", role is not None),
+                                           ("DELETE FROM apps WHERE false", role == "member")):
+                    try:
+                        with wrap_db_errors():
+                            conn.execute(statement)
+                        assert allowed, (name, role, statement)
+                    except PermissionDenied:
+                        assert not allowed, (name, role, statement)
+
+    def teardown(self) -> None:
+        self.conn.close()
+
+
+def test_role_management_state_machine(db_dsn, user_name):
+    names = [user_name("sm") for _ in range(3)]
+
+    def machine() -> RoleMachine:
+        return RoleMachine(db_dsn, names)
+
+    run_state_machine_as_test(machine, settings=settings(
+        max_examples=15, stateful_step_count=8, deadline=None,
+        suppress_health_check=list(HealthCheck)))

@@ -255,7 +255,10 @@ def throughput(since: str | None, until: str | None, bin_width: str | None, by: 
 @_options("errors")
 def errors(since: str | None, until: str | None, bin_width: str | None, by: str | None,
            as_json: bool, plot: Path | None) -> None:
-    """Errors (RUN_ERROR, RUN_TIMEOUT, FAILED) grouped by message, and over time."""
+    """Errors grouped by message, and over time.
+
+    Errors are events into RUN_ERROR, RUN_TIMEOUT and FAILED.
+    """
     _run(analytics.errors, plots.plot_errors, show_errors, plot, as_json,
          by=by, **_window_args(since, until, bin_width))
 
@@ -264,6 +267,11 @@ def errors(since: str | None, until: str | None, bin_width: str | None, by: str 
 @_options("summary", bins=False)
 def summary(since: str | None, until: str | None, by: str | None, as_json: bool,
             plot: Path | None) -> None:
-    """Totals, per user (or --by), per batch job, and tasks per state now."""
+    """Totals, per group and per batch job.
+
+    Tasks finished, errors, busy and available node-hours and utilisation over the window, the
+    same per user (or --by), the utilisation of each batch job, and how many tasks are in each
+    state now.
+    """
     _run(analytics.summary, plots.plot_summary, show_summary, plot, as_json,
          by=by, **_window_args(since, until))

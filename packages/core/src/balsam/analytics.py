@@ -17,8 +17,9 @@ The figures rest on these definitions (the views of migration ``0005_analytics.s
   RUN_TIMEOUT and FAILED, grouped by message.
 * **Groups** (``by``): ``user`` is the launcher's owner for utilisation (whose allocation it is)
   and the task's owner for throughput and errors; ``batch-job`` is the batch job of the launcher
-  (for an outcome, of the launcher that recorded the event); ``workflow`` is the task's workflow. Available capacity belongs to no workflow, so ``by
-  workflow`` splits busy time only. The key ``""`` stands for "none" (no batch job, no workflow).
+  (for an outcome, of the launcher that recorded the event); ``workflow`` is the task's
+  workflow. Available capacity belongs to no workflow, so ``by workflow`` splits busy time only.
+  The key ``""`` stands for "none" (no batch job, no workflow).
 
 Time bins have equal widths (the last may be cut short by ``until``) and are computed in SQL with
 ``generate_series`` and ``date_bin``. Every function takes an open connection (or None for the

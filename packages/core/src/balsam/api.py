@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from balsam import dag
 from balsam.db import Connection, connect, wrap_db_errors
-from balsam.errors import AlreadyExists, InvalidInput, NotFound
+from balsam.errors import AlreadyExists, CycleError, InvalidInput, NotFound
 from balsam.models import (
     TASK_FIELDS,
     App,
@@ -40,9 +40,10 @@ from balsam.states import INITIAL, State, parse_state
 
 __all__ = [
     "add_app", "add_dependency", "add_task", "add_tasks", "children", "connection",
-    "count_by_state", "current_task", "get_app", "get_task", "get_tasks", "history", "kill",
-    "list_apps", "modify_app", "modify_task", "parents", "remove_app", "remove_dependency",
-    "remove_tasks", "set_state", "spawn_child", "task_ids", "waiting_reasons", "workdir",
+    "count_by_state", "count_by_workflow", "current_task", "descendants", "edges", "get_app",
+    "get_task", "get_tasks", "history", "kill", "list_apps", "modify_app", "modify_task",
+    "parents", "remove_app", "remove_dependency", "remove_tasks", "set_state", "spawn_child",
+    "task_ids", "waiting_reasons", "workdir",
 ]
 
 TaskRef = int | Task
@@ -298,6 +299,9 @@ def add_dependency(parent: TaskRef, child: TaskRef, *, conn: Connection | None =
     has finished). Refused if it closes a cycle or if the child has started."""
     conn = _conn(conn)
     parent_id, child_id = _task_id(parent), _task_id(child)
+    if parent_id == child_id:
+        message = f"task {child_id} cannot depend on itself"
+        raise CycleError(message)
     with wrap_db_errors(), conn.transaction():
         _check_exist(conn, [parent_id, child_id])
         conn.execute(_q("insert_edges"), {"parents": [parent_id], "children": [child_id]})
@@ -529,6 +533,13 @@ def remove_tasks(*, ids: Iterable[int] | None = None, workflow: str | None = Non
             found = sorted(set(found) | set(_descendants(conn, found)))
         _remove_ids(conn, found)
     return found
+
+
+def descendants(tasks: Iterable[TaskRef], *, conn: Connection | None = None) -> list[int]:
+    """Ids of every task below the given ones in the DAG (each once, not including them)."""
+    ids = sorted({_task_id(t) for t in tasks})
+    with wrap_db_errors():
+        return _descendants(_conn(conn), ids)
 
 
 def _descendants(conn: Connection, ids: Sequence[int]) -> list[int]:

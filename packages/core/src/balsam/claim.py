@@ -236,6 +236,15 @@ def release(conn: Connection, launcher: int, ids: Iterable[int]) -> set[int]:
     return {r["id"] for r in conn.execute(q("release_tasks"), {"launcher": launcher, "ids": ids})}
 
 
+def recover_unknown(conn: Connection, launcher: int, ids: Iterable[int]) -> list[dict[str, Any]]:
+    """Give back claims the launcher holds in the database but not in memory, as the reaper
+    would (a RUNNING one becomes RESTART_READY or RUN_TIMEOUT); returns the recovered rows."""
+    ids = list(ids)
+    if not ids:
+        return []
+    return conn.execute(q("recover_unknown"), {"launcher": launcher, "ids": ids}).fetchall()
+
+
 def require(done: set[int], wanted: Iterable[int], launcher: int) -> None:
     """Raise ClaimLost naming the tasks of ``wanted`` that an update did not reach."""
     lost = sorted(set(wanted) - done)

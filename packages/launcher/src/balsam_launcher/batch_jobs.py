@@ -134,9 +134,10 @@ def reconcile(row: dict[str, Any], status: JobStatus | None, launchers: Launcher
             new, message = RUNNING, ""  # the scheduler's view lags the launcher's
         if new in ENDED and not ended:
             ended = launchers.last_end or now
-    elif launchers.count:
-        new = RUNNING if launchers.alive else FINISHED
-        message, started, ended = "", None, None if launchers.alive else launchers.last_end
+    elif launchers.alive:
+        new, message, started, ended = RUNNING, "", None, None
+    elif launchers.count:  # forgotten by the scheduler, its launchers all done
+        new, message, started, ended = FINISHED, "", None, launchers.last_end
     elif row["scheduler_id"]:
         new = FAILED
         message = f"the scheduler no longer knows job {row['scheduler_id']} and no launcher ran"

@@ -38,6 +38,7 @@ from balsam.queries import query
 from balsam.resources import Node, Resources
 from balsam.states import State
 from balsam_launcher import detect, policy, steps
+from balsam_launcher.agent import AgentPool, AgentRun
 from balsam_launcher.process import Run, spawn
 from balsam_launcher.transitions import after_script, next_step
 
@@ -48,6 +49,8 @@ log = logging.getLogger("balsam.launcher")
 TASKS_CHANNEL, KILL_CHANNEL = "balsam_tasks", "balsam_kill"
 #: How often the launcher compares what it holds with the database (kills without NOTIFY).
 RECONCILE_SECONDS = 2.0
+#: ``always``: run serial-mode tasks through node agents even on this host (tests).
+AGENTS_VARIABLE = "BALSAM_LAUNCHER_AGENTS"
 
 
 @dataclass
@@ -132,6 +135,7 @@ class Launcher:
         self.wake_r = self.wake_w = self.old_wakeup_fd = -1
         self.old_handlers: dict[int, Any] = {}
         self.log_path: Path | None = None
+        self.agents: AgentPool | None = None
         now = time.monotonic()
         self.deadline = (now + options.time_limit_minutes * 60
                          if options.time_limit_minutes is not None else None)
@@ -145,8 +149,12 @@ class Launcher:
         """Register, work until told to stop (or out of work with ``consume_all``), clean up."""
         os.umask(self.project.umask)
         _raise_fd_limit()
-        self.conn = connect(self.project)
-        self.id = self._register()
+        self._connect()
+        try:
+            self.id = self._register()
+        except BaseException:
+            self._close_conn()
+            raise
         self._open_log()
         log.info("launcher %s started: %s mode, %d node(s) on %s (%s%s), filter %r", self.id,
                  self.options.job_mode, self.resources.num_nodes, socket.gethostname(),
@@ -154,6 +162,7 @@ class Launcher:
                  self.options.wf_filter)
         try:
             self._setup_wakeups()
+            self._start_agents()
             while not self._finished():
                 self._iterate()
         except BaseException:
@@ -225,8 +234,11 @@ class Launcher:
         for run in self.runs.values():  # only after a crash: the loop waits for its runs
             run.stop("stop", 0)
             run.tick(time.monotonic())
-            run.popen.wait()
+            if not run.remote:
+                run.popen.wait()
             run.close()
+        if self.agents is not None:
+            self.agents.close()
         if not self.dead:
             self._record_end()
         log.info("launcher %s ended: %s", self.id, self.stopping)
@@ -247,7 +259,7 @@ class Launcher:
         while True:
             try:
                 if self.conn is None:
-                    self.conn = connect(self.project)
+                    self._connect()
                 try:
                     self._progress()
                 finally:
@@ -275,6 +287,8 @@ class Launcher:
                 _drain(self.wake_r)
             elif isinstance(key.data, int):
                 self.exited.add(key.data)
+            elif isinstance(key.data, tuple):
+                self._agent_message(key.data[1])
         now = time.monotonic()
         self._check_signals()
         if self.deadline is not None and now >= self.deadline:
@@ -306,7 +320,7 @@ class Launcher:
         for run in self.runs.values():
             if run.kill_at is not None:
                 times.append(run.kill_at)
-            if run.pidfd is None:
+            if run.pidfd is None and not run.remote:
                 times.append(now + 0.1)
         return max(0.0, min(times) - now)
 
@@ -342,6 +356,12 @@ class Launcher:
         assert self.conn is not None
         return self.conn
 
+    def _connect(self) -> None:
+        self.conn = connect(self.project)
+        # Exactly-once rests on claims and results surviving a server crash once acknowledged,
+        # even on a server tuned to trade durability for speed.
+        self.conn.execute("SET synchronous_commit TO on")
+
     def _listen(self) -> None:
         conn = self._db()
         conn.execute(f"LISTEN {TASKS_CHANNEL}")
@@ -369,7 +389,7 @@ class Launcher:
 
     def _reconnect(self, now: float) -> None:
         try:
-            self.conn = connect(self.project)
+            self._connect()
             self._listen()
         except (BalsamError, psycopg.Error) as exc:
             self._close_conn()
@@ -415,9 +435,9 @@ class Launcher:
                 self._drop(held, "user")
         unknown = [tid for tid in owned if tid not in self.held]
         if unknown:
-            claim.release(self._db(), self.id, unknown)
-            log.warning("released %d claim(s) this launcher did not know it held: %s",
-                        len(unknown), _ids(unknown))
+            rows = claim.recover_unknown(self._db(), self.id, unknown)
+            log.warning("gave back %d claim(s) this launcher did not know it held: %s",
+                        len(rows), ", ".join(f"{r['id']} ({r['state']})" for r in rows))
 
     def _presumed_dead(self, exc: ClaimLost) -> None:
         log.error("%s", exc)
@@ -667,8 +687,14 @@ class Launcher:
                                                 env=own_env, launcher=self.info())
             if held.app.envscript:
                 argv = steps.with_envscript(held.app.envscript, argv)
-            run = spawn(task.id, argv, cwd=workdir, env={**os.environ, **own_env},
-                        output=steps.output_path(workdir, task))
+            output = steps.output_path(workdir, task)
+            agents = self.agents
+            if agents is not None and held.nodes[0].index in agents.served:
+                run: Run | AgentRun = agents.start(task.id, held.nodes[0], argv, workdir,
+                                                   own_env, output)
+            else:
+                run = spawn(task.id, argv, cwd=workdir, env={**os.environ, **own_env},
+                            output=output)
         except (OSError, InvalidInput) as exc:
             detail = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError)
                       and exc.strerror else str(exc))
@@ -676,10 +702,41 @@ class Launcher:
             self._plan(held, [(S.RUNNING, f"starting on {hosts}")])
             self._free_nodes(task.id)
             return
-        held.run = self.runs[task.id] = run
-        self._plan(held, [(S.RUNNING, f"pid {run.pid} on {hosts}")])
+        held.run = self.runs[task.id] = run  # type: ignore[assignment]
+        where = "through its node agent" if run.remote else f"pid {run.pid}"
+        self._plan(held, [(S.RUNNING, f"{where} on {hosts}")])
         if run.pidfd is not None:
             self.selector.register(run.pidfd, selectors.EVENT_READ, task.id)
+
+    def _start_agents(self) -> None:
+        """Serial mode on other hosts: one agent per such node, started by one MPI launch."""
+        if self.options.job_mode != "serial":
+            return
+        always = os.environ.get(AGENTS_VARIABLE) == "always"
+        here = socket.gethostname()
+        nodes = [n for n in self.resources.nodes
+                 if always or (n.host != here and not self.resources.simulated)]
+        if not nodes:
+            return
+        self.agents = AgentPool(nodes)
+        output = self.project.log_dir / f"agents_{self.id}.out"
+        self.agents.launch(self.pm.hook.mpi_command, self.info(), output)
+        for sock, agent in self.agents.sockets():
+            self.selector.register(sock, selectors.EVENT_READ, ("agent", agent))
+        log.info("%d node agent(s) started", len(nodes))
+
+    def _agent_message(self, agent: Any) -> None:
+        assert self.agents is not None
+        try:
+            self.exited.update(self.agents.receive(agent))
+        except BalsamError as exc:  # a node died: its tasks are lost, and so is this launcher
+            self.selector.unregister(agent.sock)
+            for run in list(self.agents.runs.values()):
+                if run.agent is agent:
+                    run.returncode, run.error = -9, str(exc)
+                    self.exited.add(run.task_id)
+            log.error("%s", exc)
+            self.stop(str(exc))
 
     def _task_env(self, held: Held, **extra: str) -> dict[str, str]:
         env = steps.task_env(held.task, project_root=self.project.root, launcher=self.id,
@@ -690,7 +747,7 @@ class Launcher:
 
     def _collect_exits(self, now: float) -> None:
         watch = self.exited | {tid for tid, r in self.runs.items()
-                               if r.pidfd is None or r.kill_at is not None}
+                               if (r.pidfd is None and not r.remote) or r.kill_at is not None}
         self.exited = set()
         for tid in watch:
             run = self.runs.get(tid)
@@ -715,6 +772,8 @@ class Launcher:
         elapsed = now - run.started
         if run.stopping == "stop":
             held.outcome = (S.RUN_TIMEOUT, f"stopped after {elapsed:.1f}s: {self.stopping}")
+        elif run.error:
+            held.outcome = (S.RUN_ERROR, f"cannot start: {run.error}")
         elif rc == 0:
             held.outcome = (S.RUN_DONE, f"exit 0 after {elapsed:.1f}s")
         else:

@@ -27,6 +27,9 @@ class Run:
     #: Why the launcher stops it (``user``, ``stop``, ``lost``), None while it runs freely.
     stopping: str | None = None
     kill_at: float | None = None
+    #: Started by a node agent (exits arrive as messages); see balsam_launcher.agent.
+    remote: bool = False
+    error: str = ""
 
     @property
     def pid(self) -> int:

@@ -122,12 +122,12 @@ class Service:
                     if conn is None or conn.closed:
                         conn = self._connect()
                     self.round(conn)
+                except AlreadyExists:
+                    raise  # another service holds this queue: not ours to retry
                 except ServerDown as exc:
                     log.warning("%s; retrying in %gs", exc, self.policy.interval)
                     conn = None
                 except BalsamError as exc:
-                    if isinstance(exc, AlreadyExists):
-                        raise
                     log.warning("round failed: %s", exc)
                 self.stop.wait(self.policy.interval)
         finally:

@@ -11,12 +11,13 @@ argument list) and the filter ``quote`` (shell quoting).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ def dry_run(project: Project, pm: pluggy.PluginManager, request: JobRequest, *,
     """The script ``submit`` would write (for batch job id 0); nothing is written or queued."""
     request.validate()
     sched = get_scheduler(project, pm, scheduler)
-    job = {"id": 0, "owner": "", "scheduler": sched.name, **request.__dict__}
+    job = {"id": 0, "owner": "", "scheduler": sched.name, **asdict(request)}
     return render(project, sched, job, template)
 
 
@@ -181,7 +182,7 @@ def submit(project: Project, pm: pluggy.PluginManager, request: JobRequest, *,
     conn = conn or connect(project)
     try:
         with wrap_db_errors():
-            job = batch_jobs.create(conn, sched.name, request.__dict__)
+            job = batch_jobs.create(conn, sched.name, asdict(request))
         path = None
         try:
             path = write_script(project, job["id"], render(project, sched, job, template))
@@ -190,8 +191,8 @@ def submit(project: Project, pm: pluggy.PluginManager, request: JobRequest, *,
                 batch_jobs.set_script(conn, job["id"], rel)
             scheduler_id = sched.submit(path, job)
         except BaseException:
-            with wrap_db_errors():
-                batch_jobs.delete(conn, job["id"])
+            with contextlib.suppress(BalsamError), wrap_db_errors():
+                batch_jobs.delete(conn, job["id"])  # best effort: keep the first error
             if path is not None:
                 path.unlink(missing_ok=True)
             raise

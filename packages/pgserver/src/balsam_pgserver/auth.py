@@ -11,7 +11,6 @@ from psycopg import sql
 
 from balsam.errors import PermissionDenied, ServerDown
 from balsam.project import Project, read_password, write_password
-from balsam.queries import query
 
 #: libpq/server phrases meaning "this user may not use this database" (server messages are in
 #: English: the cluster is initialised with the C.UTF-8 locale).
@@ -63,13 +62,13 @@ def ensure_credentials(project: Project, user: str) -> bool:
 def set_password(conn: psycopg.Connection, project: Project, user: str) -> None:
     """Give the connected user a new random password and store it (0600).
 
-    Only the SCRAM verifier reaches the server, so the password never appears in its logs. An
-    advisory lock serialises two shells activating at once, so the file and the server agree.
+    Only the SCRAM verifier reaches the server, so the password never appears in its logs. The
+    file is written before the change commits: a second shell activating at once waits on the
+    role's row until then, so the last writer of the file is also the last to set the password.
     """
     password = secrets.token_urlsafe(32)
     verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256")
     with conn.transaction():
-        conn.execute(query("balsam_pgserver", "lock_password"))
         conn.execute(sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(
             sql.Literal(verifier.decode())))
         write_password(project, password)

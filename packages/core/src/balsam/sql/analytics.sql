@@ -15,7 +15,8 @@ SELECT least((SELECT min(at) FROM task_events),
 -- name: utilization_series
 -- Busy and available node-seconds per time bin and group. Each interval becomes two steps
 -- (+nodes at its start, -nodes at its end); a bin's node-seconds are the level reached before the
--- bin times the bin's length, plus each step inside the bin times the time left in the bin. Busy
+-- bin times the bin's length, plus each step inside the bin times the time left in the bin:
+-- sum(step * (stop - at)) = (stop - since) * sum(step) - sum(step * (at - since)). Busy
 -- time is grouped by the launcher's owner (user), the task's workflow or the launcher's batch job;
 -- available time by the launcher's owner or batch job (never by workflow: key '').
 -- One row per bin and group; a bin without any group has a NULL key.
@@ -44,15 +45,12 @@ steps AS (
     UNION ALL SELECT key, e, 0, -nodes FROM available
 ),
 binned AS (
-    SELECT s.key, b.start, sum(s.busy) AS busy_step, sum(s.available) AS available_step,
-           sum(s.busy * b.remaining) AS busy_part, sum(s.available * b.remaining) AS available_part
-    FROM steps s
-    CROSS JOIN LATERAL (
-        SELECT d AS start,
-               date_part('epoch', least(d + make_interval(secs => %(bin_seconds)s),
-                                        %(until)s::timestamptz) - s.at) AS remaining
-        FROM date_bin(make_interval(secs => %(bin_seconds)s), s.at, %(since)s::timestamptz) AS d
-    ) b
+    SELECT key, date_bin(make_interval(secs => %(bin_seconds)s), at, %(since)s::timestamptz)
+               AS start,
+           sum(busy) AS busy_step, sum(available) AS available_step,
+           sum(busy * date_part('epoch', at - %(since)s::timestamptz)) AS busy_moment,
+           sum(available * date_part('epoch', at - %(since)s::timestamptz)) AS available_moment
+    FROM steps
     GROUP BY 1, 2
 ),
 bins AS (
@@ -65,9 +63,11 @@ bins AS (
 levels AS (
     SELECT k.key, b.start,
            coalesce(sum(d.busy_step) OVER w, 0) * date_part('epoch', b.stop - b.start)
-               + coalesce(d.busy_part, 0) AS busy_node_seconds,
+               + coalesce(d.busy_step * date_part('epoch', b.stop - %(since)s::timestamptz)
+                          - d.busy_moment, 0) AS busy_node_seconds,
            coalesce(sum(d.available_step) OVER w, 0) * date_part('epoch', b.stop - b.start)
-               + coalesce(d.available_part, 0) AS available_node_seconds
+               + coalesce(d.available_step * date_part('epoch', b.stop - %(since)s::timestamptz)
+                          - d.available_moment, 0) AS available_node_seconds
     FROM bins b
     CROSS JOIN (SELECT DISTINCT key FROM binned) k
     LEFT JOIN binned d ON d.key = k.key AND d.start = b.start

@@ -55,6 +55,20 @@ SET state = CASE WHEN t.state <> 'RUNNING' THEN t.state
 WHERE t.launcher_id = ANY(%(launchers)s::bigint[])
 RETURNING t.id, t.state;
 
+-- name: recover_unknown
+-- Claims this launcher holds but does not know about (their commit was acknowledged but lost,
+-- or never acknowledged): handled like a dead launcher's.
+UPDATE tasks t
+SET state = CASE WHEN t.state <> 'RUNNING' THEN t.state
+                 WHEN t.auto_timeout_retry AND NOT t.post_timeout_handler THEN 'RESTART_READY'
+                 ELSE 'RUN_TIMEOUT' END,
+    state_message = CASE WHEN t.state = 'RUNNING'
+                         THEN format('launcher %%s lost track of the run', t.launcher_id)
+                         ELSE t.state_message END,
+    launcher_id = NULL
+WHERE t.launcher_id = %(launcher)s AND t.id = ANY(%(ids)s::bigint[])
+RETURNING t.id, t.state;
+
 -- name: lock_run_candidates
 -- Unclaimed tasks that need nodes, best first for the default policy, locked for this claim.
 SELECT t.*

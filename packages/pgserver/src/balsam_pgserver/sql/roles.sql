@@ -37,6 +37,3 @@ ORDER BY u.rolsuper DESC, u.rolname;
 SELECT count(pg_terminate_backend(pid)) AS ended
 FROM pg_stat_activity WHERE usename = %(name)s;
 
--- name: lock_password
--- Serialise password changes of the connected user (two shells activating at once).
-SELECT pg_advisory_xact_lock(hashtext('balsam_password'), hashtext(current_user));

@@ -38,12 +38,13 @@ SELECT i.* FROM (
 WHERE i.ended_at IS NULL OR i.started_at < i.ended_at;
 
 -- Outcomes: events into JOB_FINISHED, RUN_ERROR, RUN_TIMEOUT or FAILED, with the task's owner and
--- workflow and the batch job of the launcher that recorded the event (NULL if none).
+-- workflow and the batch job of the launcher that recorded the event (NULL if none). Every event
+-- has its task (a foreign key); the left joins let the planner skip a table no column needs.
 CREATE VIEW task_outcome_events AS
 SELECT e.id, e.task_id, e.to_state AS state, e.at, e.message, t.owner, t.workflow, e.launcher_id,
        l.batch_job_id
 FROM task_events e
-JOIN tasks t ON t.id = e.task_id
+LEFT JOIN tasks t ON t.id = e.task_id
 LEFT JOIN launchers l ON l.id = e.launcher_id
 WHERE e.to_state IN ('JOB_FINISHED', 'RUN_ERROR', 'RUN_TIMEOUT', 'FAILED');
 

@@ -1,0 +1,259 @@
+"""A task's whole life in a launcher: stage-in, preprocess once, the run (envscript, environment,
+working directory, output file), postprocess, error and timeout handling, retries, MPI mode,
+the umask and the log; plus ``balsam log`` and the launcher's command-line checks."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from balsam.db import connect
+from balsam.plugins import get_plugin_manager
+from balsam_cli.main import build_cli
+from balsam_launcher import steps
+from balsam_launcher import testing as lt
+from balsam_launcher.launcher import Launcher, Options
+
+pytestmark = pytest.mark.pg
+
+
+def run_launcher(project, **options) -> Launcher:
+    """Run a launcher in this process until it runs out of work (five minutes at most)."""
+    settings = {"job_mode": "serial", "nodes": 4, "consume_all": True, "time_limit_minutes": 5,
+                "poll_interval": 0.2, **options}
+    launcher = Launcher(project, Options(**settings), get_plugin_manager())
+    launcher.exit_code = launcher.run()
+    return launcher
+
+
+def history(db, tid) -> list[str]:
+    return [e["to_state"] for e in lt.events(db) if e["task_id"] == tid]
+
+
+def script(path: Path, text: str) -> str:
+    path.write_text("#!/bin/sh\n" + text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def workdir(project, db, tid) -> Path:
+    row = db.execute("SELECT id, name, workflow, user_workdir FROM tasks WHERE id = %s",
+                     [tid]).fetchone()
+    return project.root / "data" / (row["workflow"] or "_") / f"{row['name']}_{tid}"
+
+
+PRODUCE = """echo "data from $BALSAM_TASK_ID" > result.dat
+echo produced
+"""
+CONSUME = """echo "task=$BALSAM_TASK_ID db=$BALSAM_DB_PATH parents=$BALSAM_PARENT_IDS"
+echo "greeting=$GREETING envscript=$FROM_ENVSCRIPT args=$*"
+cat result.dat
+"""
+
+
+def test_full_life_with_stage_in_scripts_envscript_and_environment(project, tmp_path):
+    with connect(project) as db:
+        produce = script(tmp_path / "produce.sh", PRODUCE)
+        producer = lt.add_app(db, "producer", f"/bin/sh {produce}")
+        pre = script(tmp_path / "pre.sh", 'echo "pre $BALSAM_TASK_ID" >> pre.txt\n')
+        post = script(tmp_path / "post.sh", 'echo "post $BALSAM_TASK_ID" > post.txt\n')
+        env = tmp_path / "env.sh"
+        env.write_text("export FROM_ENVSCRIPT='sourced it'\n")
+        consume = script(tmp_path / "consume.sh", CONSUME)
+        consumer = lt.add_app(db, "consumer", f"/bin/sh {consume}", preprocess=pre,
+                              postprocess=post, envscript=str(env))
+        [parent] = lt.add_tasks(db, producer, [{"name": "parent", "workflow": "wf"}])
+        [child] = lt.add_tasks(db, consumer, [{
+            "name": "child", "workflow": "wf", "args": "one 'two three'",
+            "input_files": "*.dat", "state": "AWAITING_PARENTS",
+            "environ_vars": {"GREETING": "hi there"}}])
+        lt.add_edges(db, [(parent, child)])
+        launcher = run_launcher(project)
+        assert launcher.exit_code == 0 and launcher.stopping == "no work left"
+        assert history(db, child) == ["AWAITING_PARENTS", "READY", "STAGED_IN", "PREPROCESSED",
+                                      "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED"]
+        events = [e for e in lt.events(db) if e["task_id"] == child][2:]
+        assert {e["launcher_id"] for e in events} == {launcher.id}
+        assert all(r["launcher_id"] is None for r in lt.states(db).values())
+        cwd = workdir(project, db, child)
+        linked = cwd / "result.dat"
+        assert linked.is_symlink() and linked.resolve() == workdir(project, db, parent) / \
+            "result.dat"
+        out = (cwd / "child.out").read_text().splitlines()
+        assert out[0] == f"task={child} db={project.root} parents=[{parent}]"
+        assert out[1] == "greeting=hi there envscript=sourced it args=one two three"
+        assert out[2] == f"data from {parent}"
+        assert (cwd / "pre.txt").read_text() == f"pre {child}\n"
+        assert (cwd / "post.txt").read_text() == f"post {child}\n"
+        assert "preprocess" in (cwd / "preprocess.log").read_text()
+        # the project's umask (0007): what the launcher and its tasks create is group-writable
+        assert stat.S_IMODE((cwd / "child.out").stat().st_mode) == 0o660
+        assert stat.S_IMODE(cwd.stat().st_mode) & 0o777 == 0o770
+        log = (project.log_dir / f"launcher_{launcher.id}.log").read_text()
+        assert f"launcher {launcher.id} started: serial mode, 4 node(s)" in log
+        assert "no work left" in log
+
+
+def test_run_error_fails_or_is_retried(project, tmp_path):
+    with connect(project) as db:
+        app = lt.add_app(db, "fail", f"/bin/sh {script(tmp_path / 'f.sh', 'echo oops; exit 3')}")
+        [once] = lt.add_tasks(db, app, [{"name": "once"}])
+        run_launcher(project)
+        row = lt.states(db)[once]
+        assert history(db, once)[-3:] == ["RUNNING", "RUN_ERROR", "FAILED"]
+        error = next(e for e in lt.events(db) if e["task_id"] == once
+                     and e["to_state"] == "RUN_ERROR")
+        assert error["message"] == "exit 3: oops"
+        assert row["attempts"] == 1
+        [retried] = lt.add_tasks(db, app, [{"name": "retried"}])
+        run_launcher(project, max_retries=2)
+        assert history(db, retried).count("RUN_ERROR") == 3
+        assert lt.states(db)[retried]["attempts"] == 3
+        assert lt.states(db)[retried]["state"] == "FAILED"
+        missing = lt.add_app(db, "missing", "/no/such/program")
+        [broken] = lt.add_tasks(db, missing, [{"name": "broken"}])
+        run_launcher(project)
+        assert "cannot start: No such file or directory" in next(
+            e["message"] for e in lt.events(db) if e["task_id"] == broken
+            and e["to_state"] == "RUN_ERROR")
+        assert lt.states(db)[broken]["state"] == "FAILED"
+
+
+#: A post-processing command that sets the task's state through balsam.api, with the handler
+#: flags (BALSAM_TASK_ERROR / BALSAM_TASK_TIMEOUT) as the message.
+SET_STATE = ('{py} -c "import os, sys; from balsam import api; e = os.environ.get; '
+             "api.set_state([int(e('BALSAM_TASK_ID'))], sys.argv[1], "
+             "message=e('BALSAM_TASK_ERROR', '') + e('BALSAM_TASK_TIMEOUT', ''))\" {state}")
+
+
+def test_error_handler_decides(project, tmp_path):
+    py = Path(sys.executable)
+    fail = f"/bin/sh {script(tmp_path / 'f.sh', 'exit 1')}"
+    with connect(project) as db:
+        handled = lt.add_app(db, "handled", fail,
+                             postprocess=SET_STATE.format(py=py, state="POSTPROCESSED"))
+        idle = lt.add_app(db, "idle", fail, postprocess="/bin/true")
+        crashing = lt.add_app(db, "crashing", fail, postprocess="/bin/false")
+        ids = [lt.add_tasks(db, a, [{"name": n, "post_error_handler": True}])[0]
+               for a, n in ((handled, "h"), (idle, "i"), (crashing, "c"))]
+        run_launcher(project)
+        states = lt.states(db)
+        assert history(db, ids[0])[-3:] == ["RUN_ERROR", "POSTPROCESSED", "JOB_FINISHED"]
+        assert next(e["message"] for e in lt.events(db) if e["task_id"] == ids[0]
+                    and e["to_state"] == "POSTPROCESSED") == "1"  # BALSAM_TASK_ERROR=1
+        assert states[ids[1]]["state"] == "FAILED"
+        assert "left the task in RUN_ERROR" in states[ids[1]]["state_message"]
+        assert states[ids[2]]["state"] == "FAILED"
+        assert "error handler exited with 1" in states[ids[2]]["state_message"]
+
+
+def test_timeouts_restart_without_preprocessing_again(project, tmp_path):
+    once = script(tmp_path / "slow_once.sh", 'if [ -e marker ]; then echo second; exit 0; fi\n'
+                                             'touch marker; sleep 60\n')
+    pre = script(tmp_path / "pre.sh", "echo pre >> pre.txt\n")
+    with connect(project) as db:
+        app = lt.add_app(db, "slow", f"/bin/sh {once}", preprocess=pre)
+        [tid] = lt.add_tasks(db, app, [{"name": "slow", "wall_time_minutes": 0}])
+        first = run_launcher(project, time_limit_minutes=0.05, kill_grace=1)
+        assert first.stopping == "time limit reached" and first.exit_code == 0
+        assert history(db, tid)[-2:] == ["RUNNING", "RUN_TIMEOUT"]
+        assert lt.states(db)[tid]["launcher_id"] is None
+        run_launcher(project)
+        assert history(db, tid)[-6:] == ["RUN_TIMEOUT", "RESTART_READY", "RUNNING", "RUN_DONE",
+                                         "POSTPROCESSED", "JOB_FINISHED"]
+        cwd = workdir(project, db, tid)
+        assert (cwd / "pre.txt").read_text() == "pre\n"  # preprocessed once
+        assert (cwd / "slow.out").read_text().strip().endswith("second")
+
+
+def test_timeout_handler_and_no_retry(project, tmp_path):
+    py = Path(sys.executable)
+    sleep = f"/bin/sh {script(tmp_path / 's.sh', 'sleep 60')}"
+    with connect(project) as db:
+        handled = lt.add_app(db, "handled", sleep,
+                             postprocess=SET_STATE.format(py=py, state="FAILED"))
+        [h] = lt.add_tasks(db, handled, [{"name": "h", "post_timeout_handler": True,
+                                          "wall_time_minutes": 0}])
+        plain = lt.add_app(db, "plain", sleep)
+        [n] = lt.add_tasks(db, plain, [{"name": "n", "auto_timeout_retry": False,
+                                        "wall_time_minutes": 0}])
+        run_launcher(project, time_limit_minutes=0.04, kill_grace=1)
+        assert {lt.states(db)[t]["state"] for t in (h, n)} == {"RUN_TIMEOUT"}
+        run_launcher(project)  # the next launcher handles the timeouts it finds
+        states = lt.states(db)
+        assert states[h]["state"] == "FAILED" and states[h]["state_message"] == "1"
+        assert states[n]["state"] == "FAILED"
+        assert "without automatic retry" in states[n]["state_message"]
+
+
+def test_mpi_mode_starts_ranks_through_mpirun(project, tmp_path):
+    show = script(tmp_path / "rank.sh", 'echo "rank ${OMPI_COMM_WORLD_RANK:-?} of '
+                                        '${OMPI_COMM_WORLD_SIZE:-?} task $BALSAM_TASK_ID"\n')
+    with connect(project) as db:
+        app = lt.add_app(db, "ranks", f"/bin/sh {show}")
+        [tid] = lt.add_tasks(db, app, [{"name": "mpi", "num_nodes": 2, "ranks_per_node": 2}])
+        [too_big] = lt.add_tasks(db, app, [{"name": "big", "num_nodes": 3}])
+        launcher = run_launcher(project, job_mode="mpi", nodes=2)
+        assert lt.states(db)[tid]["state"] == "JOB_FINISHED"
+        assert lt.states(db)[too_big]["state"] == "READY"  # never fits 2 nodes: left alone
+        out = (workdir(project, db, tid) / "mpi.out").read_text().splitlines()
+        assert sorted(out) == [f"rank {r} of 4 task {tid}" for r in range(4)]
+        running = next(e for e in lt.events(db) if e["task_id"] == tid
+                       and e["to_state"] == "RUNNING")
+        assert running["launcher_id"] == launcher.id and "pid" in running["message"]
+
+
+def test_output_tail_and_log_command(project, tmp_path):
+    with connect(project) as db:
+        app = lt.add_app(db, "talk", f"/bin/sh {script(tmp_path / 't.sh', 'seq 1 5')}")
+        [tid] = lt.add_tasks(db, app, [{"name": "talk"}])
+        launcher = run_launcher(project)
+    cli = build_cli(get_plugin_manager())
+    runner = CliRunner()
+    result = runner.invoke(cli, ["log", str(tid), "-n", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "4\n5\n"
+    result = runner.invoke(cli, ["log"])
+    assert f"launcher {launcher.id} started" in result.output
+    result = runner.invoke(cli, ["log", "--list"])
+    assert result.output.startswith(f"{launcher.id}\t")
+    result = runner.invoke(cli, ["log", "--launcher", "999"])
+    assert result.exit_code == 1 and "Error: no log for launcher 999" in result.output
+    result = runner.invoke(cli, ["log", "424242"])
+    assert result.exit_code == 1 and "Error:" in result.output
+
+
+def test_launcher_command_line_checks(project):
+    cli = build_cli(get_plugin_manager())
+    runner = CliRunner()
+    result = runner.invoke(cli, ["launcher", "--nodes", "0"])
+    assert result.exit_code == 2 and "--nodes" in result.output
+    result = runner.invoke(cli, ["launcher", "--job-mode", "threads"])
+    assert result.exit_code == 2
+    result = runner.invoke(cli, ["launcher", "--wf-substring"])
+    assert result.exit_code == 2 and "--wf-substring needs --wf-filter" in result.output
+    result = runner.invoke(cli, ["launcher", "--batch-job-id", "77", "--consume-all"])
+    assert result.exit_code == 1 and "Error: no batch job 77 in this project" in result.output
+
+
+def test_batch_job_id_is_recorded(project, monkeypatch):
+    with connect(project) as db:
+        job = db.execute("INSERT INTO batch_jobs (scheduler, num_nodes, wall_time_minutes) "
+                         "VALUES ('local', 1, 5) RETURNING id").fetchone()["id"]
+        monkeypatch.setenv("BALSAM_BATCH_JOB_ID", str(job))
+        result = CliRunner().invoke(build_cli(get_plugin_manager()),
+                                    ["launcher", "--consume-all", "--nodes", "2"])
+        assert result.exit_code == 0, result.output
+        row = db.execute("SELECT * FROM launchers").fetchone()
+        assert row["batch_job_id"] == job and row["num_nodes"] == 2
+        assert row["ended_at"] is not None and row["end_reason"] == "no work left"
+
+
+def test_output_path_is_safe():
+    from balsam.models import Task
+    assert steps.output_path(Path("/w"), Task(id=3, name="")).name == "task3.out"
+    assert steps.output_path(Path("/w"), Task(id=3, name="a/b")).name == "a_b.out"
