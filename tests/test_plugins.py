@@ -82,3 +82,19 @@ def test_hook_migration_packages():
     pm.register(Extra(), name="extra")
     packages = plugin_packages(pm)
     assert packages.count("balsam_pgserver") == 1 and "site_pkg" in packages
+
+
+@pytest.mark.pg
+def test_hook_describe_project(project):
+    class Site:
+        @hookimpl
+        def describe_project(self, project):
+            return {"site": f"allocation for {project.name}"}
+
+    pm = get_plugin_manager()
+    pm.register(Site(), name="site")
+    result = CliRunner().invoke(build_cli(pm), ["which"])
+    assert result.exit_code == 0, result.output
+    lines = dict(ln.split(None, 1) for ln in result.output.splitlines())
+    assert lines["site"] == "allocation for project"
+    assert lines["project"] == str(project.root)

@@ -139,6 +139,7 @@ class Model:
             self.state[child] = S.READY
 
 
+@pytest.mark.slow
 def test_state_machine_against_the_database(db):
     app = api.add_app("sim", "/bin/true", conn=db)
 

@@ -11,19 +11,23 @@ import pluggy
 
 from balsam.errors import BalsamError
 from balsam.lifecycle import apply_project_umask
-from balsam.plugins import plugin_manager
+from balsam.plugins import plugin_manager, using
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class BalsamGroup(click.Group):
-    """Turns any BalsamError into a one-line message and exit status 1."""
+    """Runs commands with the plugin manager the CLI was built from and the project's umask, and
+    turns any BalsamError into a one-line message and exit status 1."""
+
+    pm: pluggy.PluginManager
 
     def invoke(self, ctx: click.Context) -> Any:
         # The project's umask, not the shell's: collaborators' files stay group-writable.
         ctx.meta["balsam.shell_umask"] = apply_project_umask()
         try:
-            return super().invoke(ctx)
+            with using(self.pm):
+                return super().invoke(ctx)
         except BalsamError as exc:
             raise click.ClickException(str(exc)) from exc
         finally:
@@ -42,6 +46,8 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
         run launchers inside batch jobs.
         """
 
+    assert isinstance(cli, BalsamGroup)
+    cli.pm = pm
     owners: dict[str, str] = {}
     for impl in pm.hook.register_commands.get_hookimpls():
         plugin_name = impl.plugin_name

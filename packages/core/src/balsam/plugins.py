@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib.metadata import EntryPoint, entry_points
 
 import pluggy
@@ -51,11 +54,27 @@ def installed_entry_points() -> list[EntryPoint]:
 
 
 _cached: pluggy.PluginManager | None = None
+_current: ContextVar[pluggy.PluginManager | None] = ContextVar("balsam_pm", default=None)
 
 
 def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide manager used by the CLI and launchers (built on first use)."""
+    """The manager in use: the one the running CLI was built with (see :func:`using`), else the
+    process-wide one, built on first use."""
+    current = _current.get()
+    if current is not None:
+        return current
     global _cached
     if _cached is None:
         _cached = get_plugin_manager()
     return _cached
+
+
+@contextmanager
+def using(pm: pluggy.PluginManager) -> Iterator[pluggy.PluginManager]:
+    """Make ``pm`` what :func:`plugin_manager` returns inside the block (a CLI built from a
+    test's own manager must not reach for the globally installed plugins)."""
+    token = _current.set(pm)
+    try:
+        yield pm
+    finally:
+        _current.reset(token)
