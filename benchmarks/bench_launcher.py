@@ -114,18 +114,20 @@ def _run_launchers(root: Path, conn: Connection, count: int, args: list[str],
 # --- no-op throughput ----------------------------------------------------------------------------
 
 
-def spawn_ceiling(count: int, parallel: int) -> float:
-    """Processes per second this machine starts and reaps, ``parallel`` at a time, started like
-    the launcher starts tasks (own process group, output to a file, a working directory)."""
+def spawn_ceiling(count: int, parallel: int, *, workdirs: bool) -> float:
+    """Processes per second this machine starts and reaps, ``parallel`` at a time, started the
+    way the launcher starts a task (own process group, output appended to a file), each in a new
+    working directory of its own when ``workdirs`` (as every task has)."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out"
         running: list[subprocess.Popen[bytes]] = []
         start = time.perf_counter()
-        for _ in range(count):
+        for i in range(count):
             if len(running) >= parallel:
                 running.pop(0).wait()
-            with open(out, "ab") as f:
-                running.append(subprocess.Popen(["/bin/true"], cwd=tmp, stdout=f,
+            cwd = Path(tmp) / f"task_{i}" if workdirs else Path(tmp)
+            cwd.mkdir(exist_ok=True)
+            with open(cwd / "task.out", "ab") as f:
+                running.append(subprocess.Popen(["/bin/true"], cwd=cwd, stdout=f,
                                                 stderr=subprocess.STDOUT, process_group=0))
         for p in running:
             p.wait()
@@ -222,7 +224,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
                      "unit": unit})
 
     noop_tasks = 600 if quick else 5000
-    add("noop", "process start-up ceiling (16 at a time)", spawn_ceiling(2000, 16), "procs/s")
+    add("noop", "start-up ceiling: /bin/true, 16 at a time",
+        spawn_ceiling(2000, 16, workdirs=False), "procs/s")
+    add("noop", "start-up ceiling: /bin/true in a new workdir each, 16 at a time",
+        spawn_ceiling(2000, 16, workdirs=True), "procs/s")
     with throwaway_project() as (dsn, root):
         for launchers in (1, 5):
             result = noop_throughput(dsn, root, launchers, noop_tasks)

@@ -134,3 +134,13 @@ def test_which_without_project_is_a_clear_error(run_as, shared_dir):
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("Error: no active project: run 'source balsamactivate "
                                     "PROJECT' or set BALSAM_DB_PATH")
+
+
+def test_unauthorised_user_with_project_path_is_told_whom_to_ask(run_as, shared_dir):
+    root = _init(run_as, shared_dir)
+    run_as("alice", ["balsam", "server", "start"], env={"BALSAM_DB_PATH": str(root)})
+    proc = run_as("carol", ["balsam", "server", "connections"], env={"BALSAM_DB_PATH": str(root)},
+                  check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"Error: you (carol) are not authorised on the project {root}; "
+                                   "ask its owner (alice) to run: balsam server --add-user carol")

@@ -38,14 +38,26 @@ def connect(target: Project | str, *, autocommit: bool = True, **kwargs: Any) ->
     try:
         return psycopg.connect(conninfo, autocommit=autocommit, row_factory=dict_row, **kwargs)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(target, Project):
-            message = f"cannot connect to the database of {target.root}: {first}"
-            if target.embedded:
-                message += f" (is the server up? its owner {target.owner} starts it with balsamactivate)"
-            raise ServerDown(message) from exc
-        message = f"cannot connect to the database: {first}"
-        raise ServerDown(message) from exc
+        raise _connect_error(target, exc) from exc
+
+
+def _connect_error(target: Project | str, exc: psycopg.OperationalError) -> BalsamError:
+    """Say why a connection failed, and what to do, in one line."""
+    from balsam.project import Project, current_user
+
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if not isinstance(target, Project):
+        return ServerDown(f"cannot connect to the database: {first}")
+    if target.embedded and "role" in text and "does not exist" in text:
+        user = current_user()
+        return PermissionDenied(
+            f"you ({user}) are not authorised on the project {target.root}; ask its owner "
+            f"({target.owner}) to run: balsam server --add-user {user}")
+    message = f"cannot connect to the database of {target.root}: {first}"
+    if target.embedded:
+        message += f" (is the server up? its owner {target.owner} starts it with balsamactivate)"
+    return ServerDown(message)
 
 
 _MAP: list[tuple[type[Exception], type[BalsamError]]] = [

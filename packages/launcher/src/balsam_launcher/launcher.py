@@ -49,6 +49,8 @@ log = logging.getLogger("balsam.launcher")
 TASKS_CHANNEL, KILL_CHANNEL = "balsam_tasks", "balsam_kill"
 #: How often the launcher compares what it holds with the database (kills without NOTIFY).
 RECONCILE_SECONDS = 2.0
+#: Write pending state changes at least every this many tasks while starting a large batch.
+FLUSH_BATCH = 64
 #: ``always``: run serial-mode tasks through node agents even on this host (tests).
 AGENTS_VARIABLE = "BALSAM_LAUNCHER_AGENTS"
 
@@ -536,13 +538,17 @@ class Launcher:
     # --- advancing tasks -----------------------------------------------------------------------
 
     def _progress(self) -> None:
-        """Advance every changed task as far as it goes without waiting, writing each step."""
+        """Advance every changed task as far as it goes without waiting, writing each step
+        (in batches while starting many tasks, so that the database learns of each run soon
+        after it began)."""
         for _ in range(8):
             self._recheck()
             dirty, self.dirty = self.dirty, set()
             for tid in dirty:
                 if tid in self.held:
                     self._advance(self.held[tid])
+                if len(self.pending) >= FLUSH_BATCH:
+                    self._flush()
             if not self._flush():
                 break
 
