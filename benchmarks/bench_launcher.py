@@ -114,24 +114,40 @@ def _run_launchers(root: Path, conn: Connection, count: int, args: list[str],
 # --- no-op throughput ----------------------------------------------------------------------------
 
 
-def spawn_ceiling(count: int, parallel: int, *, workdirs: bool) -> float:
-    """Processes per second this machine starts and reaps, ``parallel`` at a time, started the
-    way the launcher starts a task (own process group, output appended to a file), each in a new
-    working directory of its own when ``workdirs`` (as every task has)."""
+def _spawner(count: int, parallel: int, go: Any, results: Any) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         running: list[subprocess.Popen[bytes]] = []
+        go.wait()
         start = time.perf_counter()
         for i in range(count):
             if len(running) >= parallel:
                 running.pop(0).wait()
-            cwd = Path(tmp) / f"task_{i}" if workdirs else Path(tmp)
-            cwd.mkdir(exist_ok=True)
+            cwd = Path(tmp) / f"task_{i}"
+            cwd.mkdir()
             with open(cwd / "task.out", "ab") as f:
                 running.append(subprocess.Popen(["/bin/true"], cwd=cwd, stdout=f,
                                                 stderr=subprocess.STDOUT, process_group=0))
         for p in running:
             p.wait()
-        return count / (time.perf_counter() - start)
+        results.put((start, time.perf_counter()))
+
+
+def spawn_ceiling(processes: int, count: int, parallel: int = 16) -> float:
+    """Tasks per second this machine can start and reap at all: ``processes`` Python processes
+    each start ``count`` ``/bin/true`` the way a launcher starts a task (a new working
+    directory, output appended to a file in it, own process group), ``parallel`` at a time."""
+    ctx = multiprocessing.get_context("fork")
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_spawner, args=(count, parallel, go, results))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(0.3)
+    go.set()
+    spans = [results.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return processes * count / (max(e for _, e in spans) - min(s for s, _ in spans))
 
 
 def noop_throughput(dsn: str, root: Path, launchers: int, tasks: int) -> dict[str, float]:
@@ -163,10 +179,43 @@ def utilisation(dsn: str, root: Path, launchers: int, nodes: int, seconds: float
         _run_launchers(root, conn, launchers,
                        ["--job-mode", "serial", "--nodes", str(nodes), "--consume-all",
                         "--poll-interval", "1"], tasks, timeout=rounds * seconds * 10 + 300)
-        row = conn.execute(SQL["utilisation"]).fetchone()
-    busy, available = float(row["busy"]), float(row["available"])
-    return {"utilisation": busy / available, "busy": busy, "available": available,
-            "ideal_span": rounds * seconds, "span": float(row["span"])}
+        runs = conn.execute(SQL["run_intervals"]).fetchall()
+        spans = conn.execute(SQL["launcher_spans"]).fetchall()
+    return node_time(runs, spans, seconds)
+
+
+def node_time(runs: list[dict[str, Any]], spans: list[dict[str, Any]],
+              seconds: float) -> dict[str, float]:
+    """Utilisation over the launchers' whole lives and over the steady state (from the moment
+    the last launcher first had every node busy to the moment the first one ran out of tasks),
+    and where the rest went: ramp-up, restart gaps, drain."""
+    busy = sum(float(r["ended"] - r["started"]) for r in runs)
+    available = sum(s["num_nodes"] * float(s["ended"] - s["started"]) for s in spans)
+    ramps, tails, last_starts, full_at, gaps = [], [], [], [], []
+    for s in spans:
+        mine = [r for r in runs if r["launcher_id"] == s["id"]]
+        starts = sorted(float(r["started"]) for r in mine)
+        ends = sorted(float(r["ended"]) for r in mine)
+        full_at.append(starts[s["num_nodes"] - 1])
+        ramps.append(starts[s["num_nodes"] - 1] - float(s["started"]))
+        tails.append(float(s["ended"]) - ends[-1])
+        last_starts.append(starts[-1])
+        # the k-th start after the first round replaced the k-th end
+        gaps += [b - a for a, b in zip(ends, starts[s["num_nodes"]:], strict=False)]
+    t0, t1 = max(full_at), min(last_starts)
+    window_busy = sum(max(0.0, min(float(r["ended"]), t1) - max(float(r["started"]), t0))
+                      for r in runs)
+    window_nodes = sum(s["num_nodes"] for s in spans)
+    gaps.sort()
+    return {
+        "utilisation": busy / available,
+        "steady": window_busy / (window_nodes * (t1 - t0)) if t1 > t0 else float("nan"),
+        "ramp": sum(ramps) / len(ramps), "tail": sum(tails) / len(tails),
+        "gap_median": gaps[len(gaps) // 2] if gaps else float("nan"),
+        "gap_p90": gaps[int(len(gaps) * 0.9)] if gaps else float("nan"),
+        "span": max(float(s["ended"]) for s in spans) - min(float(s["started"]) for s in spans),
+        "run_median": sorted(float(r["ended"] - r["started"]) for r in runs)[len(runs) // 2],
+    }
 
 
 # --- claim throughput ----------------------------------------------------------------------------
@@ -219,30 +268,36 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def add(name: str, metric: str, value: float, unit: str) -> None:
-        print(name, metric, round(value, 4), unit, flush=True)
         rows.append({"benchmark": name, "metric": metric, "value": round(value, 4),
                      "unit": unit})
 
     noop_tasks = 600 if quick else 5000
-    add("noop", "start-up ceiling: /bin/true, 16 at a time",
-        spawn_ceiling(2000, 16, workdirs=False), "procs/s")
-    add("noop", "start-up ceiling: /bin/true in a new workdir each, 16 at a time",
-        spawn_ceiling(2000, 16, workdirs=True), "procs/s")
+    spawns = 600 if quick else 3000
     with throwaway_project() as (dsn, root):
         for launchers in (1, 5):
+            ceiling = spawn_ceiling(launchers, spawns // launchers)
             result = noop_throughput(dsn, root, launchers, noop_tasks)
             add("noop", f"{launchers} launcher(s), 16 nodes each", result["db_rate"], "tasks/s")
-            add("noop", f"{launchers} launcher(s), incl. start-up", result["wall_rate"],
-                "tasks/s")
+            add("noop", f"{launchers} launcher(s), wall clock incl. launcher start-up",
+                result["wall_rate"], "tasks/s")
+            add("noop", f"start-up ceiling: {launchers} process(es) only starting /bin/true",
+                ceiling, "tasks/s")
+            add("noop", f"{launchers} launcher(s): share of the start-up ceiling",
+                100 * result["db_rate"] / ceiling, "%")
 
-        nodes, seconds, rounds = (40, 2.0, 3) if quick else (800, 10.0, 6)
+        nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 12)
         util = utilisation(dsn, root, 5, nodes, seconds, rounds)
-        label = f"5 launchers x {nodes} nodes, {seconds:g}s tasks x {rounds}"
-        add("utilisation", label, util["utilisation"] * 100, "%")
-        add("utilisation", f"{label}: span vs ideal {util['ideal_span']:g}s", util["span"], "s")
+        label = f"5 launchers x {nodes} nodes, {seconds:g} s tasks, {rounds} rounds"
+        add("utilisation", f"{label}: whole run", util["utilisation"] * 100, "%")
+        add("utilisation", f"{label}: steady state", util["steady"] * 100, "%")
+        add("utilisation", f"{label}: ramp-up until every node busy", util["ramp"], "s")
+        add("utilisation", f"{label}: restart gap (median)", util["gap_median"], "s")
+        add("utilisation", f"{label}: restart gap (90th percentile)", util["gap_p90"], "s")
+        add("utilisation", f"{label}: drain after the last task", util["tail"], "s")
+        add("utilisation", f"{label}: span (ideal {rounds * seconds:g} s)", util["span"], "s")
 
-        claim_tasks = 2000 if quick else 20000
         for batch in (1, 32):
+            claim_tasks = (500 if quick else 5000) * (1 if batch == 1 else 8)
             for claimers in (1, 5, 20):
                 rate = claim_throughput(dsn, claimers, batch, claim_tasks)
                 add("claim", f"{claimers} launcher(s), {batch} task(s) per claim", rate,
@@ -251,5 +306,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for r in run(quick=True):
-        print(r)
+    import sys
+
+    for row in run(quick="--full" not in sys.argv):
+        print(f"{row['benchmark']:12} {row['metric']:70} {row['value']:>12,.3f} {row['unit']}")

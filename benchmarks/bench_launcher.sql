@@ -17,20 +17,21 @@ SELECT count(*) FILTER (WHERE to_state = 'JOB_FINISHED') AS finished,
                           - min(at) FILTER (WHERE to_state = 'STAGED_IN')) AS seconds
 FROM task_events;
 
--- name: utilisation
--- Busy node-seconds (each RUNNING interval of a one-node task) over available node-seconds
--- (each launcher's nodes from its start to its end).
-WITH runs AS (
-    SELECT e.to_state, e.at,
+-- name: run_intervals
+-- Each run of a task: its launcher, when it started (into RUNNING) and ended (out of RUNNING).
+WITH ev AS (
+    SELECT e.task_id, e.to_state, e.at, e.launcher_id,
            lead(e.at) OVER (PARTITION BY e.task_id ORDER BY e.id) AS next_at
     FROM task_events e
     WHERE e.to_state = 'RUNNING' OR e.from_state = 'RUNNING'
 )
-SELECT (SELECT sum(extract(epoch FROM next_at - at)) FROM runs
-        WHERE to_state = 'RUNNING' AND next_at IS NOT NULL) AS busy,
-       (SELECT sum(num_nodes * extract(epoch FROM ended_at - started_at)) FROM launchers)
-           AS available,
-       (SELECT extract(epoch FROM max(ended_at) - min(started_at)) FROM launchers) AS span;
+SELECT launcher_id, extract(epoch FROM at) AS started, extract(epoch FROM next_at) AS ended
+FROM ev WHERE to_state = 'RUNNING' AND next_at IS NOT NULL;
+
+-- name: launcher_spans
+SELECT id, num_nodes, extract(epoch FROM started_at) AS started,
+       extract(epoch FROM ended_at) AS ended
+FROM launchers ORDER BY id;
 
 -- name: reset
 TRUNCATE tasks, task_events, launchers, apps RESTART IDENTITY CASCADE;

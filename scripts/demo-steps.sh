@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo's steps, as a user would type them (see scripts/demo.sh).
 set -euo pipefail
+export COLUMNS="${COLUMNS:-150}"   # rich tables: wide enough for ls --wide when piped
 DIR="$1"
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 

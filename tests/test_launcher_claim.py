@@ -20,7 +20,7 @@ from balsam import claim
 from balsam.db import connect
 from balsam.errors import ClaimLost
 from balsam.resources import Resources
-from balsam.states import State
+from balsam.states import RUNNABLE, State
 from balsam_launcher import policy
 from balsam_launcher import testing as lt
 
@@ -47,6 +47,18 @@ def app(db) -> int:
     return lt.add_app(db, "app", "/bin/true")
 
 
+def test_claim_indexes_cover_exactly_the_runnable_states(db):
+    """The claim queries and their partial indexes list states literally: they must split
+    balsam.states.RUNNABLE into the states that need nodes and those that do not."""
+    assert claim.RUN_STATES | claim.POST_STATES == RUNNABLE
+    defs = {r["indexname"]: r["indexdef"] for r in db.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'tasks'")}
+    for index, states in (("tasks_claim_order", claim.RUN_STATES),
+                          ("tasks_post_claimable", claim.POST_STATES)):
+        listed = {s for s in State if f"'{s.value}'" in defs[index]}
+        assert listed == states, index
+
+
 def test_claim_marks_exactly_what_the_policy_chose(db, app):
     ids = lt.add_tasks(db, app, [{"name": f"t{i}"} for i in range(6)])
     me = register(db)
@@ -55,12 +67,12 @@ def test_claim_marks_exactly_what_the_policy_chose(db, app):
         return [t for t in candidates if t.id % 2 == 0]
 
     placed = claim.claim_for_run(db, me, nodes(10), every_other)
-    assert sorted(t.id for t, _ in placed) == [i for i in ids if i % 2 == 0]
+    assert sorted(c.task.id for c in placed) == [i for i in ids if i % 2 == 0]
     owned = claim.owned(db, me)
-    assert set(owned) == {t.id for t, _ in placed}
+    assert set(owned) == {c.task.id for c in placed}
     other = register(db)
     rest = claim.claim_for_run(db, other, nodes(10), policy.largest_first)
-    assert sorted(t.id for t, _ in rest) == [i for i in ids if i % 2]
+    assert sorted(c.task.id for c in rest) == [i for i in ids if i % 2]
 
 
 def test_a_policy_cannot_claim_more_than_fits_or_invent_tasks(db, app):
@@ -74,7 +86,7 @@ def test_a_policy_cannot_claim_more_than_fits_or_invent_tasks(db, app):
 
     placed = claim.claim_for_run(db, me, nodes(5), greedy)
     assert len(placed) == 2  # 2 + 2 nodes of 5; duplicates and a non-candidate ignored
-    assert [n.index for n in placed[1][1]] == [2, 3]
+    assert [n.index for n in placed[1].nodes] == [2, 3]
     assert bogus[0] not in claim.owned(db, me)
 
 
@@ -91,7 +103,7 @@ def test_filters_by_workflow_size_mode_and_time(db, app):
         me = register(db)
         got = claim.claim_for_run(db, me, resources, policy.largest_first, **kwargs)
         claim.end_launcher(db, me, "test")
-        return sorted(names[t.id] for t, _ in got)
+        return sorted(names[c.task.id] for c in got)
 
     assert claimed(nodes(9), wf_filter=claim.WorkflowFilter("alpha")) == ["a"]
     assert claimed(nodes(9), wf_filter=claim.WorkflowFilter("alpha", substring=True)) == [
@@ -113,7 +125,7 @@ def test_concurrent_claimers_never_share_a_task(db_dsn, db, app):
                 me = register(conn)
                 mine = got.setdefault(k, [])
                 while placed := claim.claim_for_run(conn, me, nodes(3), policy.largest_first):
-                    mine += [t.id for t, _ in placed]
+                    mine += [c.task.id for c in placed]
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -195,7 +207,7 @@ def test_a_launcher_presumed_dead_cannot_overwrite_a_task_claimed_since(db, app)
     make_stale(db, dead)
     claim.reap_dead(db)
     placed = claim.claim_for_run(db, successor, nodes(1), policy.largest_first)
-    assert [t.id for t, _ in placed] == [tid]
+    assert [c.task.id for c in placed] == [tid]
     # the dead launcher wakes up and reports its run as done: nothing changes
     assert claim.move(db, dead, S.RUNNING, S.RUN_DONE, {tid: "exit 0"}) == set()
     assert claim.mark_running(db, dead, {tid: ""}) == set()
@@ -314,7 +326,7 @@ class ClaimMachine(RuleBasedStateMachine):
                 claim.claim_for_run(conn, lid, nodes(capacity), policy.largest_first)
             return
         placed = claim.claim_for_run(conn, lid, nodes(capacity), policy.largest_first)
-        for task, _ in placed:  # never a task a living launcher holds
+        for task in (c.task for c in placed):  # never a task a living launcher holds
             assert not any(task.id in self.held[other] for other in self.alive)
             self.held[lid].add(task.id)
 

@@ -217,6 +217,8 @@ def test_output_tail_and_log_command(project, tmp_path):
     result = runner.invoke(cli, ["log", str(tid), "-n", "2"])
     assert result.exit_code == 0, result.output
     assert result.output == "4\n5\n"
+    result = runner.invoke(cli, ["log", str(tid), "--follow", "-n", "1"])  # final: returns
+    assert (result.exit_code, result.output) == (0, "5\n")
     result = runner.invoke(cli, ["log"])
     assert f"launcher {launcher.id} started" in result.output
     result = runner.invoke(cli, ["log", "--list"])

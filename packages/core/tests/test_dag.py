@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -126,7 +127,7 @@ def test_a_dependency_is_refused_exactly_when_it_closes_a_cycle(db, sim, graph, 
     if parent != child:
         path = [int(x) for x in str(refused.value).rsplit(": ", 1)[1].split(" -> ")]
         assert path[0] == path[-1] == parent and path[1] == child
-        assert all(pair in edges for pair in zip(path[1:], path[2:]))
+        assert all(pair in edges for pair in pairwise(path[1:]))
 
 
 # --- cycles -------------------------------------------------------------------------------------

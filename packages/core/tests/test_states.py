@@ -4,13 +4,19 @@ of tasks, dependencies and state changes run against the real database."""
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from hypothesis.stateful import run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from balsam import api
 from balsam.errors import CycleError, InvalidTransition
@@ -39,7 +45,7 @@ def path_to(target: State) -> list[State]:
 def test_every_state_is_reachable_from_an_initial_one():
     for state in State:
         path = path_to(state)
-        assert path[-1] == state and all(allowed(a, b) for a, b in zip(path, path[1:]))
+        assert path[-1] == state and all(allowed(a, b) for a, b in pairwise(path))
 
 
 def test_the_database_allows_exactly_the_table(db):

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from balsam import api, dag
-from balsam.errors import InvalidInput
+from balsam.errors import InvalidInput, NotFound
 from balsam.models import App, Event, Task
 from balsam.states import FINAL, State, parse_state
 
@@ -25,6 +25,8 @@ from balsam.states import FINAL, State, parse_state
 DEFAULT_LIMIT = 100
 #: rm and kill ask before touching more than this many tasks (unless --yes).
 CONFIRM_ABOVE = 1
+#: Lets a VALUE start with a dash (a negative number is then refused by validation, not click).
+LOOSE = {"ignore_unknown_options": True}
 
 
 def _console() -> Console:
@@ -93,7 +95,7 @@ def app_ls(as_json: bool) -> None:
     _print_apps(api.list_apps(), as_json)
 
 
-@app.command("modify")
+@app.command("modify", context_settings=LOOSE)
 @click.argument("name")
 @click.argument("field")
 @click.argument("value")
@@ -325,7 +327,7 @@ def _print_tree(tasks: list[Task], reasons: dict[int, str], as_json: bool) -> No
     _console().print(top)
 
 
-@click.command("modify")
+@click.command("modify", context_settings=LOOSE)
 @click.argument("task_id", type=int, metavar="ID")
 @click.argument("field")
 @click.argument("value")
@@ -333,7 +335,7 @@ def _print_tree(tasks: list[Task], reasons: dict[int, str], as_json: bool) -> No
 def modify(task_id: int, field: str, value: str, message: str) -> None:
     """Set FIELD of task ID to VALUE (state goes through the state machine)."""
     task = api.modify_task(task_id, field, value, message=message or "modified by user")
-    click.echo(f"Task {task.id}: {field} = {value} ({task.state})")
+    click.echo(f"Task {task.id}: {field.replace('-', '_')} = {value} ({task.state})")
 
 
 def _selected(ids: Iterable[int], workflow: str | None, states: tuple[str, ...],
@@ -361,7 +363,7 @@ def rm(targets: tuple[str, ...], workflow: str | None, states: tuple[str, ...],
     if kind == "apps":
         _rm_apps(words, name, all_tasks, force, yes)
         return
-    ids = _int_ids(words)
+    ids = _existing(_int_ids(words))
     filters = _selected(ids, workflow, states, name, app_name)
     if not all_tasks and not any(v is not None for v in filters.values()):
         message = "say which tasks to remove: IDs, --workflow, --state, --name, --app or --all"
@@ -375,6 +377,17 @@ def rm(targets: tuple[str, ...], workflow: str | None, states: tuple[str, ...],
     _confirm("Remove", found, yes or force)
     removed = api.remove_tasks(ids=found, recursive=recursive)
     click.echo(f"Removed {len(removed)} task(s): {_ids_text(removed)}")
+
+
+def _existing(ids: Iterable[int]) -> list[int]:
+    """The given task ids, all of which must exist (NotFound names the missing ones)."""
+    wanted = sorted(set(ids))
+    missing = sorted(set(wanted) - set(api.task_ids(ids=wanted))) if wanted else []
+    if missing:
+        message = f"no task {_ids_text(missing)}" if len(missing) == 1 else \
+            f"no tasks {_ids_text(missing)}"
+        raise NotFound(message)
+    return wanted
 
 
 def _int_ids(words: list[str]) -> list[int]:
@@ -415,7 +428,7 @@ def kill(task_ids: tuple[int, ...], workflow: str | None, recursive: bool, messa
     if not task_ids and workflow is None:
         usage = "say which tasks to kill: IDs or --workflow"
         raise click.UsageError(usage)
-    found = api.task_ids(ids=task_ids or None, workflow=workflow)
+    found = api.task_ids(ids=_existing(task_ids) or None, workflow=workflow)
     if recursive:
         found = sorted(set(found) | set(api.descendants(found)))
     live = [t.id for t in api.get_tasks(ids=found) if t.state not in FINAL and t.id is not None]

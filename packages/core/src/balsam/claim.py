@@ -34,6 +34,16 @@ NO_LIMIT_MINUTES = 2**31 - 1
 Policy = Callable[[list[Task], Resources], Sequence[Task] | None]
 
 
+@dataclass
+class Claimed:
+    """A task a claim gave this launcher: the nodes it was placed on (none for post-processing)
+    and the ids of its parents."""
+
+    task: Task
+    nodes: list[Node]
+    parent_ids: list[int]
+
+
 def q(name: str) -> str:
     return query("balsam", name)
 
@@ -110,14 +120,14 @@ def _check_live(cursor: Any, launcher: int) -> None:
 
 def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy: Policy, *,
                   wf_filter: WorkflowFilter = WorkflowFilter(), limit: int = 64,
-                  max_wall_minutes: float | None = None) -> list[tuple[Task, list[Node]]]:
+                  max_wall_minutes: float | None = None) -> list[Claimed]:
     """Claim tasks to start now on the free ``resources`` (which this call does not change).
 
     Locks up to ``limit`` unclaimed candidates, asks ``policy`` which to start (in start order),
     places them first-fit on a copy of the free nodes, and claims exactly those that fit, all in
-    one transaction (two round trips: lock and read, then claim and commit). Returns
-    ``(task, nodes)`` pairs: allocate them in this order on the real resources to get the same
-    nodes. ClaimLost if the launcher has ended or was presumed dead.
+    one transaction (two round trips: lock and read, then claim and commit). Allocate the
+    returned tasks in this order on the real resources to get the same nodes. ClaimLost if the
+    launcher has ended or was presumed dead.
     """
     max_nodes = resources.idle_nodes if resources.job_mode == "mpi" else (
         1 if resources.free_share > 0 else 0)
@@ -131,9 +141,11 @@ def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy:
             "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
         })
         _check_live(live, launcher)
-        candidates = [Task.from_row(r) for r in found.fetchall()]
-        if not candidates:
+        rows = found.fetchall()
+        if not rows:
             return []
+        candidates = [Task.from_row(r) for r in rows]
+        parents = {r["id"]: r["parent_ids"] for r in rows}
         chosen = policy(list(candidates), resources.copy()) or []
         by_id = {t.id: t for t in candidates}
         unique = list({t.id: by_id[t.id] for t in chosen if t.id in by_id}.values())
@@ -143,11 +155,11 @@ def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy:
         marked = conn.execute(q("claim_tasks"),
                               {"launcher": launcher, "ids": [t.id for t, _ in placed]})
     claimed = {r["id"] for r in marked.fetchall()}
-    return [(t, nodes) for t, nodes in placed if t.id in claimed]
+    return [Claimed(t, nodes, parents[t.id]) for t, nodes in placed if t.id in claimed]
 
 
 def claim_for_post(conn: Connection, launcher: int, *, limit: int,
-                   wf_filter: WorkflowFilter = WorkflowFilter()) -> list[Task]:
+                   wf_filter: WorkflowFilter = WorkflowFilter()) -> list[Claimed]:
     """Claim up to ``limit`` unclaimed tasks whose run is over (post-processing, error and
     timeout handling); no nodes are needed."""
     if limit <= 0:
@@ -162,7 +174,7 @@ def claim_for_post(conn: Connection, launcher: int, *, limit: int,
         marked = conn.execute(q("claim_tasks"),
                               {"launcher": launcher, "ids": [r["id"] for r in rows]})
     claimed = {r["id"] for r in marked.fetchall()}
-    return [Task.from_row(r) for r in rows if r["id"] in claimed]
+    return [Claimed(Task.from_row(r), [], r["parent_ids"]) for r in rows if r["id"] in claimed]
 
 
 # --- claim-checked updates ---------------------------------------------------------------------

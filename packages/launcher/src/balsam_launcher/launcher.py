@@ -50,7 +50,7 @@ TASKS_CHANNEL, KILL_CHANNEL = "balsam_tasks", "balsam_kill"
 #: How often the launcher compares what it holds with the database (kills without NOTIFY).
 RECONCILE_SECONDS = 2.0
 #: Write pending state changes at least every this many tasks while starting a large batch.
-FLUSH_BATCH = 64
+FLUSH_BATCH = 16
 #: ``always``: run serial-mode tasks through node agents even on this host (tests).
 AGENTS_VARIABLE = "BALSAM_LAUNCHER_AGENTS"
 
@@ -89,7 +89,7 @@ class Held:
 
     task: Task
     app: App
-    parents: list[steps.Parent]
+    parent_ids: list[int]
     nodes: list[Node] = field(default_factory=list)
     run: Run | None = None
     #: State changes to write, in order (to RUNNING: a run was started).
@@ -124,6 +124,7 @@ class Launcher:
         self.pending: set[int] = set()  # with a state change to write
         self.exited: set[int] = set()  # pidfd readable
         self.to_release: set[int] = set()
+        self.rechecks: set[int] = set()  # a script ran: re-read the state
         self.stopping: str | None = None
         self.dead = False
         self.exit_code = 0
@@ -138,6 +139,7 @@ class Launcher:
         self.old_handlers: dict[int, Any] = {}
         self.log_path: Path | None = None
         self.agents: AgentPool | None = None
+        self.static_info: dict[str, Any] = {}
         now = time.monotonic()
         self.deadline = (now + options.time_limit_minutes * 60
                          if options.time_limit_minutes is not None else None)
@@ -456,12 +458,14 @@ class Launcher:
 
     def info(self) -> dict[str, Any]:
         """The launcher settings hooks see."""
-        return {
-            "id": self.id, "job_mode": self.options.job_mode, "wf_filter": self.options.wf_filter,
-            "num_nodes": self.resources.num_nodes, "hostname": socket.gethostname(),
-            "remaining_minutes": self._remaining_minutes(), "simulated": self.resources.simulated,
-            "scheduler": self.allocation.scheduler, "owner": current_user(),
-        }
+        if not self.static_info:
+            self.static_info = {
+                "id": self.id, "job_mode": self.options.job_mode,
+                "wf_filter": self.options.wf_filter, "num_nodes": self.resources.num_nodes,
+                "hostname": socket.gethostname(), "simulated": self.resources.simulated,
+                "scheduler": self.allocation.scheduler, "owner": current_user(),
+            }
+        return {**self.static_info, "remaining_minutes": self._remaining_minutes()}
 
     def _remaining_minutes(self) -> float | None:
         if self.deadline is None:
@@ -500,7 +504,7 @@ class Launcher:
                 limit=2 * capacity + 16, max_wall_minutes=self._remaining_minutes())
             self.want_claim = bool(placed)
             if placed:
-                self._adopt([t for t, _ in placed], with_nodes=True)
+                self._adopt(placed, with_nodes=True)
                 got = True
         room = 4 * self.options.workers - sum(1 for h in self.held.values() if not h.nodes)
         if room > 0 and (self.want_post or polled):
@@ -511,19 +515,15 @@ class Launcher:
                 got = True
         return got
 
-    def _adopt(self, tasks: list[Task], *, with_nodes: bool) -> None:
-        conn = self._db()
-        missing = sorted({t.app_id for t in tasks if t.app_id not in self.apps})
+    def _adopt(self, claimed: list[claim.Claimed], *, with_nodes: bool) -> None:
+        missing = sorted({c.task.app_id for c in claimed if c.task.app_id not in self.apps})
         if missing:
-            for row in conn.execute(query("balsam", "apps_by_id"), {"ids": missing}):
+            for row in self._db().execute(query("balsam", "apps_by_id"), {"ids": missing}):
                 self.apps[row["id"]] = App.from_row(row)
-        parents: dict[int, list[steps.Parent]] = defaultdict(list)
-        for row in conn.execute(query("balsam", "parents_of"), {"ids": [t.id for t in tasks]}):
-            workdir = self.project.workdir(Task.from_row(row).workdir)
-            parents[row["child_id"]].append(steps.Parent(row["id"], workdir))
-        for task in tasks:
+        for c in claimed:
+            task = c.task
             assert task.id is not None and task.app_id is not None
-            held = Held(task, self.apps[task.app_id], parents[task.id])
+            held = Held(task, self.apps[task.app_id], c.parent_ids)
             self.held[task.id] = held
             self.dirty.add(task.id)
             if with_nodes:
@@ -532,8 +532,14 @@ class Launcher:
                     self._drop(held, "no room")
                 else:
                     held.nodes = nodes
-        log.info("claimed %d task(s)%s: %s", len(tasks), "" if with_nodes else " to finish",
-                 _ids(t.id for t in tasks))
+        log.info("claimed %d task(s)%s: %s", len(claimed), "" if with_nodes else " to finish",
+                 _ids(c.task.id for c in claimed))
+
+    def _parents(self, tid: int) -> list[steps.Parent]:
+        """The parents of a task with their working directories (for stage-in)."""
+        rows = self._db().execute(query("balsam", "parents_of"), {"ids": [tid]})
+        return [steps.Parent(r["id"], self.project.workdir(Task.from_row(r).workdir))
+                for r in rows]
 
     # --- advancing tasks -----------------------------------------------------------------------
 
@@ -572,25 +578,27 @@ class Launcher:
         if self.stopping is None:
             for _ in range(8):
                 step = next_step(held.task, held.app, state=state, has_nodes=bool(held.nodes),
-                                 has_parents=bool(held.parents),
+                                 has_parents=bool(held.parent_ids),
                                  max_retries=self.options.max_retries)
                 if step is None or step[0] != "move":
                     break
                 chain.append(step[1])
                 state = step[1][0]
+        kind = step[0] if step is not None else None
+        if kind == "start":  # start now; the chain is written with the start, after it
+            self._start(held, chain)
+        elif chain:
+            self._write(held, chain, release_after=kind == "release")
+        elif kind == "release":
+            self._drop(held, "done")
+        elif kind is not None:
+            self._submit(held, kind)
+
+    def _write(self, held: Held, chain: list[tuple[State, str]], *,
+               release_after: bool = False) -> None:
         assert held.task.id is not None
-        if chain:
-            held.pending = chain
-            held.release_after = step is not None and step[0] == "release"
-            self.pending.add(held.task.id)
-        elif step is not None:
-            kind = step[0]
-            if kind == "start":
-                self._start(held)
-            elif kind == "release":
-                self._drop(held, "done")
-            else:
-                self._submit(held, kind)
+        held.pending, held.release_after = chain, release_after
+        self.pending.add(held.task.id)
 
     def _flush(self) -> bool:
         """Write every pending chain of state changes and give back released tasks, in one
@@ -644,7 +652,9 @@ class Launcher:
 
     def _recheck(self) -> None:
         """After a script ran: adopt the state it set, or apply the default if it set none."""
-        waiting = {tid: h for tid, h in self.held.items() if h.recheck and not h.dropped}
+        waiting = {tid: self.held[tid] for tid in self.rechecks
+                   if tid in self.held and not self.held[tid].dropped}
+        self.rechecks = set()
         if not waiting:
             return
         rows = self._db().execute(query("balsam", "task_states"), {"ids": list(waiting)})
@@ -679,7 +689,8 @@ class Launcher:
 
     # --- processes -----------------------------------------------------------------------------
 
-    def _start(self, held: Held) -> None:
+    def _start(self, held: Held, chain: list[tuple[State, str]]) -> None:
+        """Start the task's run, then write ``chain`` (the formal steps before it) and RUNNING."""
         task = held.task
         assert task.id is not None
         workdir = self.project.workdir(task.workdir)
@@ -691,6 +702,9 @@ class Launcher:
             if self.options.job_mode == "mpi":
                 argv = self.pm.hook.mpi_command(task=task, command=argv, nodes=held.nodes,
                                                 env=own_env, launcher=self.info())
+                if not argv:
+                    message = "the mpi_command hook returned no command"
+                    raise InvalidInput(message)
             if held.app.envscript:
                 argv = steps.with_envscript(held.app.envscript, argv)
             output = steps.output_path(workdir, task)
@@ -705,12 +719,12 @@ class Launcher:
             detail = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError)
                       and exc.strerror else str(exc))
             held.outcome = (S.RUN_ERROR, f"cannot start: {detail}")
-            self._plan(held, [(S.RUNNING, f"starting on {hosts}")])
+            self._write(held, [*chain, (S.RUNNING, f"starting on {hosts}")])
             self._free_nodes(task.id)
             return
         held.run = self.runs[task.id] = run  # type: ignore[assignment]
         where = "through its node agent" if run.remote else f"pid {run.pid}"
-        self._plan(held, [(S.RUNNING, f"{where} on {hosts}")])
+        self._write(held, [*chain, (S.RUNNING, f"{where} on {hosts}")])
         if run.pidfd is not None:
             self.selector.register(run.pidfd, selectors.EVENT_READ, task.id)
 
@@ -747,7 +761,7 @@ class Launcher:
     def _task_env(self, held: Held, **extra: str) -> dict[str, str]:
         env = steps.task_env(held.task, project_root=self.project.root, launcher=self.id,
                              job_mode=self.options.job_mode, num_nodes=self.resources.num_nodes,
-                             parents=held.parents)
+                             parent_ids=held.parent_ids)
         env.update(extra)
         return env
 
@@ -804,8 +818,10 @@ class Launcher:
         workdir = self.project.workdir(task.workdir)
         fn: Callable[[], Any]
         if kind == "stage_in":
+            parents = self._parents(task.id)
+
             def fn() -> Any:
-                return steps.stage_in(task, workdir, held.parents)
+                return steps.stage_in(task, workdir, parents)
         else:
             command, header, extra = {
                 "preprocess": (held.app.preprocess, "preprocess", {}),
@@ -861,6 +877,7 @@ class Launcher:
                 self._plan(held, [(S.PREPROCESSED, result.detail)])
             else:
                 held.recheck = held.task.state
+                self.rechecks.add(tid)
 
 
 # --- small helpers -----------------------------------------------------------------------------

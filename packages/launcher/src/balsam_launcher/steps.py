@@ -58,14 +58,14 @@ def with_envscript(envscript: str, argv: Sequence[str]) -> list[str]:
 
 
 def task_env(task: Task, *, project_root: Path, launcher: int, job_mode: str, num_nodes: int,
-             parents: Sequence[Parent]) -> dict[str, str]:
+             parent_ids: Sequence[int]) -> dict[str, str]:
     """The variables a launcher adds for a task (legacy ``BALSAM_JOB_ID`` included)."""
     env = {str(k): str(v) for k, v in (task.environ_vars or {}).items()}
     env.update({
         "BALSAM_DB_PATH": str(project_root),
         "BALSAM_TASK_ID": str(task.id),
         "BALSAM_JOB_ID": str(task.id),
-        "BALSAM_PARENT_IDS": json.dumps([p.id for p in parents]),
+        "BALSAM_PARENT_IDS": json.dumps(list(parent_ids)),
         "BALSAM_LAUNCHER_ID": str(launcher),
         "BALSAM_JOB_MODE": job_mode,
         "BALSAM_LAUNCHER_NODES": str(num_nodes),
@@ -130,6 +130,8 @@ def run_script(command: str, *, cwd: Path, env: Mapping[str, str], log: Path, he
                cancel: threading.Event, timeout: float = SCRIPT_TIMEOUT) -> ScriptResult:
     """Run an app's pre- or post-processing command in the task's directory, appending its output
     to ``log``; stop it if ``cancel`` is set or it outlives ``timeout`` seconds."""
+    if cancel.is_set():
+        return ScriptResult(None, f"{header} not started: the launcher is stopping")
     try:
         argv = shlex.split(command)
     except ValueError as exc:

@@ -71,7 +71,8 @@ RETURNING t.id, t.state;
 
 -- name: lock_run_candidates
 -- Unclaimed tasks that need nodes, best first for the default policy, locked for this claim.
-SELECT t.*
+SELECT t.*, (SELECT coalesce(array_agg(p.parent_id ORDER BY p.parent_id), '{}')
+             FROM task_parents p WHERE p.child_id = t.id) AS parent_ids
 FROM tasks t
 WHERE t.launcher_id IS NULL
   AND t.state IN ('READY', 'STAGED_IN', 'PREPROCESSED', 'RESTART_READY')
@@ -86,7 +87,8 @@ FOR NO KEY UPDATE SKIP LOCKED;
 
 -- name: lock_post_candidates
 -- Unclaimed tasks whose run is over and which still need post-processing, oldest first.
-SELECT t.*
+SELECT t.*, (SELECT coalesce(array_agg(p.parent_id ORDER BY p.parent_id), '{}')
+             FROM task_parents p WHERE p.child_id = t.id) AS parent_ids
 FROM tasks t
 WHERE t.launcher_id IS NULL
   AND t.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED')

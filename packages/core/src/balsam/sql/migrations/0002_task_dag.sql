@@ -11,7 +11,8 @@
 -- Lock order, everywhere: parents before children. Whoever makes a child wait locks its parents
 -- FOR SHARE; whoever finishes a parent holds its row lock and then locks the children.
 
--- Insert-time check per statement (one query for a bulk COPY instead of one per row).
+-- State checks. The row trigger now checks updates only (and drops a message left on the row by
+-- an earlier change); inserts are checked once per statement, one query for a whole bulk COPY.
 DROP TRIGGER tasks_check_transition ON tasks;
 
 CREATE OR REPLACE FUNCTION balsam_check_transition() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,7 +63,14 @@ DECLARE
     parents bigint[];
     kids bigint[];
     bad record;
+    between_ bigint[];
+    nodes bigint[];
+    preds bigint[];
+    frontier bigint[];
+    found_nodes bigint[];
+    found_preds bigint[];
     path bigint[];
+    cur bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('balsam_task_parents'));
     SELECT array_agg(parent_id), array_agg(child_id) INTO parents, kids FROM new_edges;
@@ -79,17 +87,49 @@ BEGIN
     IF bad.parent_id IS NULL THEN
         RETURN NULL;
     END IF;
-    -- Shortest path child -> ... -> parent, breadth first.
-    WITH RECURSIVE trail (id, path) AS (
-        SELECT bad.child_id, ARRAY[bad.parent_id, bad.child_id]
-        UNION ALL
-        SELECT p.child_id, t.path || p.child_id
-        FROM trail t JOIN task_parents p ON p.parent_id = t.id
-        WHERE t.id <> bad.parent_id AND NOT p.child_id = ANY (t.path[2:])
-    )
-    SELECT t.path INTO path FROM trail t WHERE t.id = bad.parent_id LIMIT 1;
-    RAISE EXCEPTION 'dependency % -> % would create a cycle: %', bad.parent_id, bad.child_id,
-        array_to_string(path, ' -> ') USING ERRCODE = 'BA002';
+    -- For the message, a shortest path child -> ... -> parent: breadth first through the tasks
+    -- that lie on such a path (below the child and above the parent), each visited once.
+    EXECUTE $q$
+        WITH RECURSIVE down (id) AS (
+            SELECT $1::bigint
+            UNION
+            SELECT e.child_id FROM task_parents e JOIN down d ON e.parent_id = d.id
+        ), up (id) AS (
+            SELECT $2::bigint
+            UNION
+            SELECT e.parent_id FROM task_parents e JOIN up u ON e.child_id = u.id
+        )
+        SELECT array_agg(id) FROM down WHERE id IN (SELECT id FROM up)$q$
+        INTO between_ USING bad.child_id, bad.parent_id;
+    nodes := ARRAY[bad.child_id];
+    preds := ARRAY[NULL::bigint];
+    frontier := nodes;
+    WHILE NOT bad.parent_id = ANY (nodes) AND cardinality(between_) <= 10000 LOOP
+        EXECUTE $q$
+            SELECT array_agg(child_id), array_agg(parent_id) FROM (
+                SELECT DISTINCT ON (e.child_id) e.child_id, e.parent_id
+                FROM task_parents e
+                WHERE e.parent_id = ANY ($1) AND e.child_id = ANY ($2)
+                  AND NOT e.child_id = ANY ($3)
+                ORDER BY e.child_id, e.parent_id) s$q$
+            INTO found_nodes, found_preds USING frontier, between_, nodes;
+        EXIT WHEN found_nodes IS NULL;
+        nodes := nodes || found_nodes;
+        preds := preds || found_preds;
+        frontier := found_nodes;
+    END LOOP;
+    IF bad.parent_id = ANY (nodes) THEN
+        path := ARRAY[bad.parent_id];
+        cur := bad.parent_id;
+        WHILE cur <> bad.child_id LOOP
+            cur := preds[array_position(nodes, cur)];
+            path := cur || path;
+        END LOOP;
+        RAISE EXCEPTION 'dependency % -> % would create a cycle: %', bad.parent_id,
+            bad.child_id, array_to_string(bad.parent_id || path, ' -> ') USING ERRCODE = 'BA002';
+    END IF;
+    RAISE EXCEPTION 'dependency % -> % would create a cycle: % already leads to %',
+        bad.parent_id, bad.child_id, bad.child_id, bad.parent_id USING ERRCODE = 'BA002';
 END $$;
 
 CREATE TRIGGER task_parents_no_cycle AFTER INSERT ON task_parents
@@ -165,20 +205,27 @@ BEGIN
         USING kids, message;
 END $$;
 
-CREATE OR REPLACE FUNCTION balsam_release_children() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A trigger function of its own (0001's balsam_release_children is no longer called), so a
+-- later migration replacing that one cannot bring the race back.
+CREATE FUNCTION balsam_release_finished() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     finished bigint[];
     kids bigint[];
 BEGIN
     SELECT array_agg(id) INTO finished FROM new_rows WHERE state = 'JOB_FINISHED';
     IF finished IS NULL THEN
-        RETURN NULL;
+        RETURN NULL;  -- also ends the recursion: the nested update finishes no task
     END IF;
     EXECUTE $q$SELECT array_agg(DISTINCT child_id) FROM task_parents WHERE parent_id = ANY($1)$q$
         INTO kids USING finished;
     PERFORM balsam_release(kids, 'all parents finished');
     RETURN NULL;
 END $$;
+
+DROP TRIGGER tasks_release_children ON tasks;
+CREATE TRIGGER tasks_release_children AFTER UPDATE ON tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION balsam_release_finished();
 
 -- Removed edges (a dependency dropped, or a parent task deleted) release children left with only
 -- finished parents.

@@ -15,20 +15,3 @@ CREATE INDEX tasks_claim_order ON tasks (num_nodes DESC, wall_time_minutes DESC,
 CREATE INDEX tasks_post_claimable ON tasks (id)
     WHERE launcher_id IS NULL
       AND state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED');
-
--- Releasing children updates tasks, which fires this statement trigger again: stop when the
--- statement finished no task (the nested update only makes tasks READY), instead of recursing
--- until the stack overflows on every update of tasks.
-CREATE OR REPLACE FUNCTION balsam_release_children() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state = 'JOB_FINISHED') THEN
-        RETURN NULL;
-    END IF;
-    UPDATE tasks c SET state = 'READY', state_message = 'all parents finished'
-    WHERE c.state = 'AWAITING_PARENTS'
-      AND c.id IN (SELECT p.child_id FROM task_parents p JOIN new_rows n ON n.id = p.parent_id
-                   WHERE n.state = 'JOB_FINISHED')
-      AND NOT EXISTS (SELECT 1 FROM task_parents p2 JOIN tasks t ON t.id = p2.parent_id
-                      WHERE p2.child_id = c.id AND t.state <> 'JOB_FINISHED');
-    RETURN NULL;
-END $$;

@@ -1,0 +1,283 @@
+"""balsam app, job, dep, ls, modify, rm and kill through the real CLI on a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from balsam import api
+from balsam.plugins import get_plugin_manager
+from balsam.states import State
+from balsam_cli.main import build_cli
+
+pytestmark = pytest.mark.pg
+
+BALSAM = str(Path(sys.executable).parent / "balsam")
+
+
+@pytest.fixture
+def balsam(project):
+    """``balsam(*args, input=None)`` -> click Result, run in the active test project."""
+    cli = build_cli(get_plugin_manager())
+    runner = CliRunner(env={"COLUMNS": "250"})
+
+    def run(*args: str, input: str | None = None):
+        return runner.invoke(cli, list(args), input=input, catch_exceptions=False)
+
+    return run
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def error(result) -> str:
+    """The one-line error of a failed command."""
+    assert result.exit_code != 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("Error: "), result.output
+    return lines[-1]
+
+
+def counts() -> dict[str, int]:
+    conn = api.connection()
+    return {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"]
+            for t in ("apps", "tasks", "task_parents", "task_events")}
+
+
+def finish(*ids: int) -> None:
+    for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED",
+                  "JOB_FINISHED"):
+        api.set_state(ids, state)
+
+
+def fail(*ids: int) -> None:
+    for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "FAILED"):
+        api.set_state(ids, state)
+
+
+# --- apps ---------------------------------------------------------------------------------------
+
+
+def test_app_add_list_modify_remove(balsam):
+    assert "Added app sim" in ok(balsam("app", "--name", "sim", "--executable", "/bin/echo",
+                                        "--description", "echo it", "--preprocess", "pre.sh"))
+    listed = json.loads(ok(balsam("app", "ls", "--json")))
+    assert [(a["name"], a["executable"], a["preprocess"], a["tasks"]) for a in listed] == \
+        [("sim", "/bin/echo", "pre.sh", 0)]
+    assert "echo it" in ok(balsam("ls", "apps"))
+    assert "executable = /bin/cat" in ok(balsam("app", "modify", "sim", "executable", "/bin/cat"))
+    assert api.get_app("sim").executable == "/bin/cat"
+    ok(balsam("job", "--name", "a", "--workflow", "w", "--app", "sim"))
+    assert "used by 1 task(s)" in error(balsam("app", "rm", "sim"))
+    assert "Removed app sim and its 1 task(s)" in ok(balsam("app", "rm", "sim", "--force"))
+    assert counts()["apps"] == counts()["tasks"] == 0
+
+
+def test_app_usage_errors(balsam):
+    result = balsam("app", "--name", "x")
+    assert result.exit_code == 2 and "needs --name and --executable" in result.output
+    ok(balsam("app", "--name", "sim", "--exec", "/bin/echo"))
+    before = counts()
+    assert error(balsam("app", "--name", "sim", "--executable", "/bin/true")) == \
+        "Error: app 'sim' already exists"
+    assert error(balsam("app", "modify", "sim", "colour", "red")).startswith(
+        "Error: unknown app field 'colour'")
+    assert error(balsam("app", "rm", "nope")) == "Error: unknown app 'nope'"
+    assert counts() == before
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+
+def test_job_with_every_option(balsam, project):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    out = ok(balsam("job", "--name", "run", "--workflow", "wf", "--app", "sim", "--args", "-n 3",
+                    "--wall-time-minutes", "30", "--num-nodes", "4", "--ranks-per-node", "8",
+                    "--threads-per-rank", "2", "--threads-per-core", "2", "--cpu-affinity",
+                    "depth", "--node-packing-count", "2", "--env", "A=1", "--env", "B=two words",
+                    "--data", '{"x": 1}', "--input-files", "*.dat", "--post-error-handler",
+                    "--post-timeout-handler", "--no-auto-timeout-retry", "--description", "d"))
+    task = api.get_tasks()[0]
+    assert out.strip() == f"Added task {task.id} (READY) in data/wf/run_{task.id}"
+    assert (task.args, task.wall_time_minutes, task.num_nodes, task.ranks_per_node,
+            task.threads_per_rank, task.threads_per_core, task.cpu_affinity,
+            task.node_packing_count, task.input_files, task.description) == \
+        ("-n 3", 30, 4, 8, 2, 2, "depth", 2, "*.dat", "d")
+    assert task.environ_vars == {"A": "1", "B": "two words"} and task.data == {"x": 1}
+    assert task.post_error_handler and task.post_timeout_handler
+    assert not task.auto_timeout_retry
+    legacy = json.loads(ok(balsam("job", "--name", "old", "--workflow", "wf", "--application",
+                                  "sim", "--wall-minutes", "5", "--workdir", "/scratch/old",
+                                  "--parent", str(task.id), "--yes", "--json")))
+    assert (legacy["wall_time_minutes"], legacy["workdir"], legacy["state"], legacy["app"]) == \
+        (5, "/scratch/old", "AWAITING_PARENTS", "sim")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--app", "ghost"], "Error: unknown app 'ghost'"),
+    (["--num-nodes", "-2"], "Error: num_nodes must be at least 1, got -2"),
+    (["--ranks-per-node", "0"], "Error: ranks_per_node must be at least 1, got 0"),
+    (["--data", "{not json"], "Error: data is not valid JSON"),
+    (["--data", "3"], "Error: data must be a JSON object, got int"),
+    (["--env", "NOVALUE"], "Error: environment variable 'NOVALUE' must look like NAME=VALUE"),
+    (["--parent", "999"], "Error: no parent task 999"),
+    (["--workflow", "a/b"], "Error: workflow 'a/b' may not contain '/'"),
+])
+def test_bad_job_input_is_one_line_and_writes_nothing(balsam, args, message):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    before = counts()
+    base = {"--name": "x", "--workflow": "w", "--app": "sim"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    result = balsam("job", *[x for pair in base.items() for x in pair])
+    assert error(result).startswith(message)
+    assert counts() == before
+
+
+def test_bad_references_and_names(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    ok(balsam("job", "--name", "a", "--workflow", "w", "--app", "sim"))
+    before = counts()
+    assert error(balsam("ls", "--state", "DONE")).startswith("Error: invalid state 'DONE'")
+    assert error(balsam("modify", "42", "num_nodes", "2")) == "Error: no task 42"
+    assert error(balsam("modify", "1", "state", "sleeping")).startswith(
+        "Error: invalid state 'sleeping'")
+    assert error(balsam("modify", "1", "num_nodes", "-3")) == \
+        "Error: num_nodes must be at least 1, got -3"
+    assert error(balsam("dep", "1", "42")) == "Error: no task 42"
+    assert error(balsam("kill", "42", "43")) == "Error: no tasks 42, 43"
+    assert error(balsam("ls", "--history", "42")) == "Error: no task 42"
+    assert error(balsam("rm", "42")) == "Error: no task 42"
+    assert counts() == before
+
+
+def test_dependencies_tree_and_why_tasks_wait(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    ids = [api.add_task("sim", name=n, workflow="w").id for n in ("prep", "sim", "post")]
+    prep, sim, post = ids
+    assert f"Task {sim} depends on task {prep} (AWAITING_PARENTS)" in ok(balsam("dep", str(prep),
+                                                                               str(sim)))
+    ok(balsam("dep", str(sim), str(post)))
+    assert error(balsam("dep", str(post), str(prep))) == (
+        f"Error: dependency {post} -> {prep} would create a cycle: "
+        f"{post} -> {prep} -> {sim} -> {post}")
+    fail(prep)
+    table = ok(balsam("ls", "--workflow", "w"))
+    assert f"waiting for parent {prep} (FAILED)" in table
+    tree = ok(balsam("ls", "--tree")).splitlines()
+    depth = {name: next(len(ln) - len(ln.lstrip("│├└─ ")) for ln in tree if f" {name} [" in ln)
+             for name in ("prep", "sim", "post")}
+    assert depth["prep"] < depth["sim"] < depth["post"]
+    shape = json.loads(ok(balsam("ls", "--tree", "--json")))
+    assert shape["edges"] == [[prep, sim], [sim, post]]
+    assert "Task 3 no longer depends on task 2 (READY)" in ok(balsam("dep", "--remove", "2", "3"))
+
+
+def test_ls_filters_limit_counts_and_json(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    api.add_tasks([{"app": "sim", "name": f"t{i}", "workflow": "big"} for i in range(120)]
+                  + [{"app": "sim", "name": "lonely", "workflow": "small"}])
+    api.kill([1, 2])
+    first = ok(balsam("ls"))
+    assert "(first 100 shown; more match" in first and " t99 " in first and " t100 " not in first
+    assert len(json.loads(ok(balsam("ls", "--limit", "0", "--json")))) == 121
+    assert [t["name"] for t in json.loads(ok(balsam("ls", "--wf", "small", "--json")))] == \
+        ["lonely"]
+    assert [t["id"] for t in json.loads(ok(balsam("ls", "--id", "5", "--id", "7", "--json")))] \
+        == [5, 7]
+    assert len(json.loads(ok(balsam("ls", "--name", "t11", "--json")))) == 11
+    assert len(json.loads(ok(balsam("ls", "--state", "user_killed", "--json")))) == 2
+    assert json.loads(ok(balsam("ls", "--by-states", "--json"))) == {"READY": 119,
+                                                                     "USER_KILLED": 2}
+    summary = ok(balsam("ls", "--by-states", "--workflow", "big"))
+    assert "READY" in summary and "118" in summary and "total" in summary and "120" in summary
+    wide = ok(balsam("ls", "--wide", "--id", "3"))
+    assert "ranks/node" in wide and "data/big/t2_3" in wide
+    workflows = json.loads(ok(balsam("ls", "wf", "--json")))
+    assert workflows == {"big": {"READY": 118, "USER_KILLED": 2}, "small": {"READY": 1}}
+    assert error(balsam("ls", "--limit", "-1")).startswith("Error: --limit must be 0")
+
+
+def test_modify_and_history(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    ok(balsam("job", "--name", "a", "--workflow", "w", "--app", "sim"))
+    assert "num_nodes = 4" in ok(balsam("modify", "1", "num-nodes", "4"))
+    assert error(balsam("modify", "1", "state", "RUNNING")) == \
+        "Error: task 1: READY -> RUNNING is not an allowed transition"
+    ok(balsam("modify", "1", "state", "USER_KILLED", "-m", "wrong input"))
+    ok(balsam("modify", "1", "state", "ready"))
+    assert api.get_task(1).state == State.READY and api.get_task(1).num_nodes == 4
+    events = json.loads(ok(balsam("ls", "--history", "1", "--json")))
+    assert [(e["from_state"], e["to_state"], e["message"]) for e in events] == [
+        (None, "READY", ""), ("READY", "USER_KILLED", "wrong input"),
+        ("USER_KILLED", "READY", "modified by user")]
+    table = ok(balsam("ls", "--history", "1"))
+    assert "wrong input" in table and "USER_KILLED" in table and "task 1" in table
+
+
+def test_rm_asks_before_removing_several(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    ids = api.add_tasks([{"app": "sim", "workflow": "w"}] * 3 + [{"app": "sim"}])
+    result = balsam("rm", "--workflow", "w", input="n\n")
+    assert result.exit_code == 1 and "Remove 3 tasks" in result.output
+    assert counts()["tasks"] == 4
+    assert "Removed 3 task(s)" in ok(balsam("rm", "--workflow", "w", input="y\n"))
+    assert "Removed 1 task(s)" in ok(balsam("rm", str(ids[3])))
+    assert "No task matches" in ok(balsam("rm", "--state", "READY"))
+    assert balsam("rm").exit_code == 2
+    api.add_tasks([{"app": "sim"}] * 2)
+    assert "Removed 2 task(s)" in ok(balsam("rm", "jobs", "--all", "--force"))
+    assert "Removed app sim" in ok(balsam("rm", "apps", "--all", "--force"))
+    assert counts() == {"apps": 0, "tasks": 0, "task_parents": 0, "task_events": 0}
+
+
+def test_rm_keeps_waiting_children_unless_recursive(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    parent = api.add_task("sim")
+    child = api.add_task("sim", parents=[parent])
+    assert error(balsam("rm", str(parent.id))) == (
+        f"Error: other tasks wait for these ({child.id} waits for {parent.id}); "
+        "remove them too (recursive) or kill")
+    assert "Removed 2 task(s)" in ok(balsam("rm", str(parent.id), "--recursive", "--yes"))
+
+
+def test_kill(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    top = api.add_task("sim", workflow="w")
+    below = api.add_task("sim", workflow="w", parents=[top])
+    other = api.add_task("sim", workflow="x")
+    assert f"Killed 1 task(s): {other.id}" in ok(balsam("kill", str(other.id)))
+    assert api.get_task(other).state == State.USER_KILLED
+    assert error(balsam("kill", str(other.id))).startswith(
+        "Error: nothing to kill: every task has already ended")
+    result = balsam("kill", str(top.id), "--recursive", input="n\n")
+    assert result.exit_code == 1 and "Kill 2 tasks" in result.output
+    assert "Killed 2 task(s)" in ok(balsam("kill", str(top.id), "--recursive", "--yes"))
+    assert api.get_task(below).state == State.USER_KILLED
+    assert balsam("kill").exit_code == 2
+
+
+def test_the_installed_command_in_a_subprocess(project):
+    env = {**os.environ, "COLUMNS": "200"}
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([BALSAM, *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    run("app", "--name", "sim", "--executable", "/bin/echo")
+    run("job", "--name", "a", "--workflow", "w", "--app", "sim", "--args", "hi")
+    tasks = json.loads(run("ls", "--json"))
+    assert [(t["name"], t["state"], t["args"]) for t in tasks] == [("a", "READY", "hi")]
+    bad = subprocess.run([BALSAM, "job", "--name", "b", "--workflow", "w", "--app", "nope"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.strip() == "Error: unknown app 'nope'"
