@@ -69,7 +69,7 @@ def throwaway_project() -> Iterator[tuple[str, Path]]:
     dsn = f"host={base} port=5432 user=postgres dbname=bench"
     try:
         with connect(f"host={base} port=5432 user=postgres dbname=postgres") as conn:
-            conn.execute("CREATE DATABASE bench")
+            conn.execute(SQL["create_database"])
         pm = get_plugin_manager()
         with connect(dsn) as conn:
             upgrade(conn, plugin_packages(pm))
@@ -175,7 +175,7 @@ def utilisation(dsn: str, root: Path, launchers: int, nodes: int, seconds: float
         app = lt.add_app(conn, "sleep", "/bin/sleep")
         conn.execute(SQL["insert_tasks"], {"workflow": "sleep", "app": app,
                                            "args": str(seconds), "count": tasks})
-        conn.execute("VACUUM ANALYZE tasks")
+        conn.execute(SQL["analyze"])
         _run_launchers(root, conn, launchers,
                        ["--job-mode", "serial", "--nodes", str(nodes), "--consume-all",
                         "--poll-interval", "1"], tasks, timeout=rounds * seconds * 10 + 300)
@@ -242,7 +242,7 @@ def claim_throughput(dsn: str, claimers: int, batch: int, tasks: int) -> float:
         app = lt.add_app(conn, "claimed", "/bin/true")
         conn.execute(SQL["insert_tasks"], {"workflow": "claim", "app": app, "args": "",
                                            "count": tasks})
-        conn.execute("VACUUM ANALYZE tasks")
+        conn.execute(SQL["analyze"])
     ctx = multiprocessing.get_context("fork")
     go, results = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_claimer, args=(dsn, batch, go, results))

@@ -33,5 +33,11 @@ SELECT id, num_nodes, extract(epoch FROM started_at) AS started,
        extract(epoch FROM ended_at) AS ended
 FROM launchers ORDER BY id;
 
+-- name: create_database
+CREATE DATABASE bench;
+
+-- name: analyze
+VACUUM ANALYZE tasks;
+
 -- name: reset
 TRUNCATE tasks, task_events, launchers, apps RESTART IDENTITY CASCADE;

@@ -218,7 +218,7 @@ def test_modify_and_history(balsam):
     events = json.loads(ok(balsam("ls", "--history", "1", "--json")))
     assert [(e["from_state"], e["to_state"], e["message"]) for e in events] == [
         (None, "READY", ""), ("READY", "USER_KILLED", "wrong input"),
-        ("USER_KILLED", "READY", "modified by user")]
+        ("USER_KILLED", "READY", "")]
     table = ok(balsam("ls", "--history", "1"))
     assert "wrong input" in table and "USER_KILLED" in table and "task 1" in table
 

@@ -276,6 +276,12 @@ def test_history_records_user_and_fresh_messages(db, sim):
         ("STAGED_IN", "PREPROCESSED", "", "postgres"),  # not the stale "staged"
     ]
     assert events[0].at < events[1].at < events[2].at
+    launcher = db.execute("INSERT INTO launchers (hostname, pid, job_mode, num_nodes) "
+                          "VALUES ('h', 1, 'mpi', 1) RETURNING id").fetchone()["id"]
+    db.execute("UPDATE tasks SET state = 'RUNNING', launcher_id = %s, state_message = 'on h' "
+               "WHERE id = %s", [launcher, task.id])
+    last = api.history(task, conn=db)[-1]
+    assert (last.to_state, last.launcher_id, last.message) == ("RUNNING", launcher, "on h")
     with pytest.raises(NotFound):
         api.history(31337, conn=db)
 

@@ -81,3 +81,15 @@ def test_more_nodes_than_a_multi_node_allocation_is_refused():
 def test_invalid_job_mode_is_refused():
     with pytest.raises(InvalidInput, match="invalid job mode 'bogus'"):
         resources("bogus", None, env={})
+
+
+def test_which_nodes_are_other_machines(monkeypatch):
+    from balsam_launcher import detect as d
+
+    table = {"vm": {"127.0.0.1"}, "n2": {"10.0.0.2"}, "alias": {"127.0.1.1"}}
+    monkeypatch.setattr(d.socket, "gethostname", lambda: "vm")
+    monkeypatch.setattr(d, "host_addresses", lambda host: table.get(host))
+    assert d.is_remote("vm") is False and d.is_remote("localhost") is False
+    assert d.is_remote("alias") is False  # a loopback name of this host
+    assert d.is_remote("n2") is True
+    assert d.is_remote("nid00007") is None  # cannot be reached by name

@@ -334,7 +334,7 @@ def _print_tree(tasks: list[Task], reasons: dict[int, str], as_json: bool) -> No
 @click.option("--message", "-m", default="", help="Reason recorded with a state change.")
 def modify(task_id: int, field: str, value: str, message: str) -> None:
     """Set FIELD of task ID to VALUE (state goes through the state machine)."""
-    task = api.modify_task(task_id, field, value, message=message or "modified by user")
+    task = api.modify_task(task_id, field, value, message=message)
     click.echo(f"Task {task.id}: {field.replace('-', '_')} = {value} ({task.state})")
 
 

@@ -65,6 +65,28 @@ def resources(job_mode: str, nodes: int | None = None,
     raise InvalidInput(message)
 
 
+def host_addresses(host: str) -> set[str] | None:
+    """The addresses a host name resolves to, or None if it does not resolve."""
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return None
+
+
+def is_remote(host: str) -> bool | None:
+    """Whether a node is another machine: False for this host (its names, loopback or its own
+    addresses), True for a host name that resolves elsewhere, None if the name does not resolve
+    (such a node cannot be reached by name at all)."""
+    here = socket.gethostname()
+    if host in ("localhost", here, socket.getfqdn()):
+        return False
+    addresses = host_addresses(host)
+    if addresses is None:
+        return None
+    mine = (host_addresses(here) or set()) | {"127.0.0.1", "::1"}
+    return not (addresses <= mine or all(a.startswith("127.") for a in addresses))
+
+
 _BRACKET = re.compile(r"\[([^\]]*)\]")
 
 

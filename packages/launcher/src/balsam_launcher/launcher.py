@@ -361,16 +361,12 @@ class Launcher:
         return self.conn
 
     def _connect(self) -> None:
+        """Connect with durable commits, listening on TASKS_CHANNEL and KILL_CHANNEL."""
         self.conn = connect(self.project)
-        # Exactly-once rests on claims and results surviving a server crash once acknowledged,
-        # even on a server tuned to trade durability for speed.
-        self.conn.execute("SET synchronous_commit TO on")
+        self.conn.execute(query("balsam", "launcher_session"))
 
     def _listen(self) -> None:
-        conn = self._db()
-        conn.execute(f"LISTEN {TASKS_CHANNEL}")
-        conn.execute(f"LISTEN {KILL_CHANNEL}")
-        self.db_fd = conn.fileno()
+        self.db_fd = self._db().fileno()
         self.selector.register(self.db_fd, selectors.EVENT_READ, "db")
 
     def _close_conn(self) -> None:
@@ -733,9 +729,14 @@ class Launcher:
         if self.options.job_mode != "serial":
             return
         always = os.environ.get(AGENTS_VARIABLE) == "always"
-        here = socket.gethostname()
-        nodes = [n for n in self.resources.nodes
-                 if always or (n.host != here and not self.resources.simulated)]
+        if self.resources.simulated and not always:
+            return
+        where = {host: detect.is_remote(host) for host in {n.host for n in self.resources.nodes}}
+        unknown = sorted(h for h, remote in where.items() if remote is None)
+        if unknown:
+            log.warning("node name(s) %s do not resolve: their tasks run on this host",
+                        ", ".join(unknown))
+        nodes = [n for n in self.resources.nodes if always or where[n.host]]
         if not nodes:
             return
         self.agents = AgentPool(nodes)
@@ -814,11 +815,10 @@ class Launcher:
     def _submit(self, held: Held, kind: str) -> None:
         task = held.task
         assert task.id is not None
-        held.working = True
         workdir = self.project.workdir(task.workdir)
         fn: Callable[[], Any]
         if kind == "stage_in":
-            parents = self._parents(task.id)
+            parents = self._parents(task.id)  # before `working`: this may lose the connection
 
             def fn() -> Any:
                 return steps.stage_in(task, workdir, parents)
@@ -839,6 +839,7 @@ class Launcher:
                                         header=header, cancel=self.cancel,
                                         timeout=self.options.script_timeout)
         tid = task.id
+        held.working = True
 
         def done(future: Future[Any]) -> None:
             self.results.put((tid, kind, future))

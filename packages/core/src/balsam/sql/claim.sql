@@ -2,6 +2,13 @@
 -- checks "launcher_id = %(launcher)s", so a launcher presumed dead cannot touch a task claimed
 -- since by another.
 
+-- name: launcher_session
+-- Exactly-once rests on claims and results surviving a server crash once acknowledged, even on
+-- a server tuned to trade durability for speed; and the launcher hears of new work and kills.
+SET synchronous_commit TO on;
+LISTEN balsam_tasks;
+LISTEN balsam_kill;
+
 -- name: register_launcher
 INSERT INTO launchers (batch_job_id, hostname, pid, job_mode, wf_filter, num_nodes,
                        heartbeat_timeout)

@@ -136,9 +136,11 @@ CREATE TRIGGER task_parents_no_cycle AFTER INSERT ON task_parents
     REFERENCING NEW TABLE AS new_edges
     FOR EACH STATEMENT EXECUTE FUNCTION balsam_check_cycles();
 
--- The DAG triggers gather task ids from the transition tables into arrays and touch tasks only
--- through EXECUTE ... USING: each statement is planned with the actual ids, so a bulk insert
--- whose rows the statistics do not know yet cannot get a quadratic plan.
+-- Plans. A static query in a trigger function is planned once per session and its plan kept:
+-- planned for a small statement, it stays a nested loop when a later statement brings 100k rows.
+-- So the triggers below read the transition tables alone (one plan shape) or through EXECUTE,
+-- and touch tasks only through EXECUTE ... USING arrays of ids: planned for each statement with
+-- the actual ids, even for a bulk insert whose rows the statistics do not know yet.
 
 -- New edges (after the cycle check: triggers fire in name order): lock the parents, refuse
 -- children that have started, then each child waits if one of its parents is unfinished, or
@@ -251,11 +253,12 @@ DECLARE
     readied bigint[];
     waiting bigint[];
 BEGIN
-    SELECT array_agg(n.id), array_agg(n.id) FILTER (WHERE n.state = 'READY'),
-           array_agg(n.id) FILTER (WHERE n.state = 'AWAITING_PARENTS')
-    INTO moved, readied, waiting
-    FROM new_rows n JOIN old_rows o ON o.id = n.id
-    WHERE n.state IN ('READY', 'AWAITING_PARENTS') AND n.state <> o.state;
+    EXECUTE $q$
+        SELECT array_agg(n.id), array_agg(n.id) FILTER (WHERE n.state = 'READY'),
+               array_agg(n.id) FILTER (WHERE n.state = 'AWAITING_PARENTS')
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE n.state IN ('READY', 'AWAITING_PARENTS') AND n.state <> o.state$q$
+        INTO moved, readied, waiting;
     IF moved IS NULL THEN
         RETURN NULL;
     END IF;
@@ -282,12 +285,35 @@ CREATE TRIGGER tasks_sync_with_parents AFTER UPDATE ON tasks
 -- Kills wake the launcher running the task (LISTEN balsam_kill; payload: the task id).
 CREATE FUNCTION balsam_notify_kill() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('balsam_kill', n.id::text)
-    FROM new_rows n JOIN old_rows o ON o.id = n.id
-    WHERE n.state = 'USER_KILLED' AND o.state <> 'USER_KILLED';
+    EXECUTE $q$
+        SELECT count(pg_notify('balsam_kill', n.id::text))
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE n.state = 'USER_KILLED' AND o.state <> 'USER_KILLED'$q$;
+    RETURN NULL;
+END $$;
+
+-- 0001's event recorder, planned for each statement: a static query keeps the plan it got for
+-- the first small update of the session (a nested loop over both transition tables), which is
+-- quadratic once a statement changes many tasks.
+CREATE OR REPLACE FUNCTION balsam_record_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE $q$
+        INSERT INTO task_events (task_id, from_state, to_state, launcher_id, message)
+        SELECT n.id, o.state, n.state, n.launcher_id, n.state_message
+        FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
+        WHERE o.id IS NULL OR o.state IS DISTINCT FROM n.state$q$;
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER tasks_notify_kill AFTER UPDATE ON tasks
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION balsam_notify_kill();
+
+-- ls lists tasks in id order, filtered by workflow or state, a page at a time: with the id in
+-- the index the first page of a million tasks is a short range scan, not a sort or a long walk
+-- They replace 0001's (state), a prefix of (state, id), and (workflow, name): no query looks a
+-- task up by exact name (ls matches a substring), so that index only slowed inserts down.
+DROP INDEX tasks_state;
+DROP INDEX tasks_workflow_name;
+CREATE INDEX tasks_state_id ON tasks (state, id);
+CREATE INDEX tasks_workflow_id ON tasks (workflow, id);
