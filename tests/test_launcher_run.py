@@ -4,6 +4,7 @@ the umask and the log; plus ``balsam log`` and the launcher's command-line check
 
 from __future__ import annotations
 
+import os
 import stat
 import sys
 from pathlib import Path
@@ -205,6 +206,21 @@ def test_mpi_mode_starts_ranks_through_mpirun(project, tmp_path):
         running = next(e for e in lt.events(db) if e["task_id"] == tid
                        and e["to_state"] == "RUNNING")
         assert running["launcher_id"] == launcher.id and "pid" in running["message"]
+
+
+def test_concurrent_mpiruns_get_private_session_dirs(project, tmp_path):
+    """Open MPI 4 fails a share of simultaneous first mpiruns of one user (``mkdir
+    /tmp/ompi.<host>.<uid>: File exists``); each task gets its own session directory."""
+    import shutil
+
+    shutil.rmtree(f"/tmp/ompi.{os.uname().nodename}.{os.geteuid()}", ignore_errors=True)
+    with connect(project) as db:
+        app = lt.add_app(db, "quick", "/bin/true")
+        tids = lt.add_tasks(db, app, [{"name": f"m{i}"} for i in range(16)])
+        launcher = run_launcher(project, job_mode="mpi", nodes=8)
+        states = lt.states(db)
+        assert {states[t]["state"] for t in tids} == {"JOB_FINISHED"}
+    assert not launcher.scratch.exists()  # removed at exit
 
 
 def test_output_tail_and_log_command(project, tmp_path):

@@ -32,6 +32,16 @@ def test_openmpi_on_simulated_nodes_oversubscribes_without_binding():
     assert "--host" not in argv and argv[-3:] == CMD
 
 
+def test_openmpi_gets_a_session_directory_per_task_in_the_launcher_scratch():
+    argv = mpi.mpirun(TASK, CMD, nodes("vm"), ENV, local=True, flavour="openmpi",
+                      scratch="/tmp/balsam-launcher-x")
+    at = argv.index("--mca")
+    assert argv[at:at + 3] == ["--mca", "orte_tmpdir_base", "/tmp/balsam-launcher-x/7"]
+    mpich = mpi.mpirun(TASK, CMD, nodes("vm"), ENV, local=True, flavour="mpich",
+                       scratch="/tmp/balsam-launcher-x")
+    assert "--mca" not in mpich
+
+
 def test_mpich_hydra_flags():
     argv = mpi.mpirun(TASK, CMD, nodes("n1", "n2"), ENV, local=False, flavour="mpich")
     assert argv == ["mpirun", "-n", "8", "-ppn", "4", "-hosts", "n1,n2",

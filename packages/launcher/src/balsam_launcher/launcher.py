@@ -15,8 +15,10 @@ import os
 import queue
 import resource
 import selectors
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -140,6 +142,9 @@ class Launcher:
         self.log_path: Path | None = None
         self.agents: AgentPool | None = None
         self.static_info: dict[str, Any] = {}
+        # Private scratch space on the launcher's host, removed at exit (per-task MPI session
+        # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
+        self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
         now = time.monotonic()
         self.deadline = (now + options.time_limit_minutes * 60
                          if options.time_limit_minutes is not None else None)
@@ -255,6 +260,7 @@ class Launcher:
             if isinstance(handler, logging.FileHandler):
                 handler.close()
                 log.removeHandler(handler)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def _record_end(self) -> None:
         """Write the last state changes, give back every claim and mark the launcher ended;
@@ -460,6 +466,7 @@ class Launcher:
                 "wf_filter": self.options.wf_filter, "num_nodes": self.resources.num_nodes,
                 "hostname": socket.gethostname(), "simulated": self.resources.simulated,
                 "scheduler": self.allocation.scheduler, "owner": current_user(),
+                "scratch": str(self.scratch),
             }
         return {**self.static_info, "remaining_minutes": self._remaining_minutes()}
 

@@ -41,7 +41,8 @@ def default_command(task: Task, command: Sequence[str], nodes: Sequence[Node],
         return srun(task, command, nodes)
     if shutil.which("aprun") and not local:
         return aprun(task, command, nodes, env)
-    return mpirun(task, command, nodes, env, local=bool(local), flavour=mpirun_flavour())
+    return mpirun(task, command, nodes, env, local=bool(local), flavour=mpirun_flavour(),
+                  scratch=launcher.get("scratch"))
 
 
 def _ranks(task: Task) -> int:
@@ -71,7 +72,7 @@ def aprun(task: Task, command: Sequence[str], nodes: Sequence[Node],
 
 
 def mpirun(task: Task, command: Sequence[str], nodes: Sequence[Node], env: dict[str, str], *,
-           local: bool, flavour: str) -> list[str]:
+           local: bool, flavour: str, scratch: str | None = None) -> list[str]:
     args = ["mpirun", "-n", str(_ranks(task))]
     hosts = list(dict.fromkeys(n.host for n in nodes))
     if flavour == "mpich":
@@ -80,6 +81,10 @@ def mpirun(task: Task, command: Sequence[str], nodes: Sequence[Node], env: dict[
         if env:
             args += ["-genvlist", ",".join(env)]
         return [*args, *command]
+    if scratch and flavour == "openmpi":
+        # One session directory per task: Open MPI 4 fails ("mkdir /tmp/ompi.<host>.<uid>:
+        # File exists") when several mpiruns of one user create the shared one at once.
+        args += ["--mca", "orte_tmpdir_base", f"{scratch}/{task.id}"]
     if local:
         # Several tasks share this host: never pin them all to the same cores.
         args += ["--oversubscribe", "--bind-to", "none"]
