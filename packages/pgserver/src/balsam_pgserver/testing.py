@@ -15,11 +15,13 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
@@ -67,15 +69,13 @@ def ensure_os_user(name: str) -> None:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """A PostgreSQL cluster for the session (skipped if PostgreSQL is not installed)."""
-    try:
-        server.bindir()
-    except server.PostgresError as exc:
-        pytest.skip(str(exc))
+@contextmanager
+def throwaway_cluster(prefix: str = "balsam-pg-", dbname: str | None = None) -> Iterator[PgServer]:
+    """A cluster on a unix socket in a fresh temporary directory, removed afterwards (tests and
+    benchmarks). As root it runs as ``$BALSAM_TEST_PGUSER`` (default ``balsam-pgtest``).
+    With ``dbname``, that (empty) database is created too."""
     run_as = None
-    base = Path(tempfile.mkdtemp(prefix="balsam-pg-"))
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         run_as = os.environ.get("BALSAM_TEST_PGUSER", "balsam-pgtest")
         ensure_os_user(run_as)
@@ -83,16 +83,30 @@ def pg_server() -> Iterator[PgServer]:
         os.chown(base, pw.pw_uid, pw.pw_gid)
     os.chmod(base, 0o755)
     pg = PgServer(sockdir=base, datadir=base / "data", run_as=run_as)
-    os.environ.setdefault("BALSAM_PG_FAST", "1")
-    server.initdb(pg.datadir, superuser=pg.user, run_as=run_as, hba=TEST_HBA)
-    pg.start()
     try:
-        yield pg
-    finally:
+        server.initdb(pg.datadir, superuser=pg.user, run_as=run_as, hba=TEST_HBA)
+        pg.start()
         try:
-            server.stop(pg.datadir, run_as=run_as, mode="immediate")
+            if dbname:
+                with connect(pg.dsn()) as conn:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            yield pg
         finally:
-            shutil.rmtree(base, ignore_errors=True)
+            server.stop(pg.datadir, run_as=run_as, mode="immediate")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL cluster for the session (skipped if PostgreSQL is not installed)."""
+    try:
+        server.bindir()
+    except server.PostgresError as exc:
+        pytest.skip(str(exc))
+    os.environ.setdefault("BALSAM_PG_FAST", "1")
+    with throwaway_cluster() as pg:
+        yield pg
 
 
 @pytest.fixture(scope="session")
