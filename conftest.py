@@ -94,7 +94,8 @@ def run_as(unix_users: Users) -> RunAs:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                               input=input)
         if check and proc.returncode != 0:
-            pytest.fail(f"{user}$ {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+            command = " ".join(args)
+            pytest.fail(f"{user}$ {command} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     return run

@@ -39,7 +39,8 @@ def test_init_layout_and_modes(run_as, shared_dir):
     info = json.loads(info_text)
     assert info["owner"] == "alice" and info["dsn"] is None
     hba = (root / "balsamdb" / "pg_hba.conf").read_text()
-    assert "trust" not in [w for ln in hba.splitlines() if not ln.startswith("#") for w in ln.split()]
+    words = [w for ln in hba.splitlines() if not ln.startswith("#") for w in ln.split()]
+    assert "trust" not in words
     assert not (root / "balsamdb" / "postmaster.pid").exists()  # init leaves the server stopped
 
 

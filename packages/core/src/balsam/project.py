@@ -56,10 +56,12 @@ class Project:
         try:
             info = json.loads(info_path.read_text())
         except FileNotFoundError:
-            message = f"{root} is not a Balsam project (no {SERVER_INFO}); create one with balsam init"
+            message = (f"{root} is not a Balsam project (no {SERVER_INFO}); "
+                       "create one with balsam init")
             raise ProjectNotFound(message) from None
         except PermissionError:
-            message = f"cannot read {info_path}: permission denied (are you in the project's group?)"
+            message = (f"cannot read {info_path}: permission denied "
+                       "(are you in the project's group?)")
             raise ProjectNotFound(message) from None
         except json.JSONDecodeError as exc:
             message = f"{info_path} is corrupt: {exc}"

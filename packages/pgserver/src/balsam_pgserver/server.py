@@ -47,7 +47,8 @@ def bindir() -> Path:
     for c in candidates:
         if (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
             return Path(c)
-    message = "PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql or set BALSAM_PG_BINDIR"
+    message = ("PostgreSQL server binaries (initdb, pg_ctl) not found: "
+               "install postgresql or set BALSAM_PG_BINDIR")
     raise PostgresError(message)
 
 
