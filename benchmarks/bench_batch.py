@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
-import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from psycopg import sql
 
 from balsam.db import connect
 from balsam.lifecycle import init_project
@@ -31,40 +24,7 @@ from balsam.project import Project
 from balsam_launcher import batch_jobs
 from balsam_launcher.schedulers import get_scheduler
 from balsam_launcher.submit import JobRequest, render, submit
-from balsam_pgserver import server
-
-PG_USER = "balsam-pgtest"
-HBA = "local all all trust\n"
-
-
-@contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """A unix-socket-only cluster in a temporary directory; yields the conninfo of its db."""
-    run_as = None
-    base = Path(tempfile.mkdtemp(prefix="balsam-bench-batch-"))
-    if os.geteuid() == 0:
-        run_as = PG_USER
-        try:
-            pwd.getpwnam(PG_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
-                           check=True)
-        pw = pwd.getpwnam(PG_USER)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    os.chmod(base, 0o755)
-    datadir = base / "data"
-    server.initdb(datadir, superuser="postgres", run_as=run_as, hba=HBA)
-    server.start(datadir, port=5432, socket_dir=base, logfile=base / "log", listen="",
-                 run_as=run_as, settings=server.FAST_SETTINGS)
-    try:
-        with connect(f"host={base} port=5432 user=postgres dbname=postgres") as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("bench")))
-        yield f"host={base} port=5432 user=postgres dbname=bench"
-    finally:
-        try:
-            server.stop(datadir, run_as=run_as, mode="immediate")
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+from balsam_pgserver.testing import throwaway_cluster
 
 
 def _row(benchmark: str, metric: str, value: float, unit: str) -> dict[str, Any]:
@@ -123,7 +83,9 @@ def bench_sync(project: Project, count: int) -> list[dict[str, Any]]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     renders, submits, syncs = (200, 10, 200) if quick else (2000, 50, 2000)
-    with throwaway_cluster() as dsn, tempfile.TemporaryDirectory() as tmp:
+    with (throwaway_cluster(prefix="balsam-bench-batch-", dbname="bench") as pg,
+          tempfile.TemporaryDirectory() as tmp):
+        dsn = pg.dsn("bench")
         old = {k: os.environ.get(k) for k in ("BALSAM_HOME", "BALSAM_SCHEDULER")}
         os.environ["BALSAM_HOME"] = str(Path(tmp) / "home")
         os.environ.pop("BALSAM_SCHEDULER", None)

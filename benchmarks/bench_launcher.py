@@ -19,8 +19,6 @@ Quick mode shrinks every size (5 x 40 nodes running 2-second tasks, and so on).
 from __future__ import annotations
 
 import multiprocessing
-import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -39,37 +37,18 @@ from balsam.queries import parse_queries
 from balsam.resources import Resources
 from balsam_launcher import policy
 from balsam_launcher import testing as lt
-from balsam_pgserver import server
+from balsam_pgserver.testing import throwaway_cluster
 
 HERE = Path(__file__).resolve().parent
-PG_USER = "balsam-pgtest"
 SQL = parse_queries((HERE / "bench_launcher.sql").read_text())
 
 
 @contextmanager
 def throwaway_project() -> Iterator[tuple[str, Path]]:
-    """A cluster on a unix socket in a temporary directory, a migrated database and a project
-    using it; yields (conninfo, project root)."""
-    run_as = None
-    base = Path(tempfile.mkdtemp(prefix="balsam-bench-launcher-"))
-    if os.geteuid() == 0:
-        run_as = PG_USER
-        try:
-            pwd.getpwnam(PG_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
-                           check=True)
-        pw = pwd.getpwnam(PG_USER)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    os.chmod(base, 0o755)
-    datadir = base / "data"
-    server.initdb(datadir, superuser="postgres", run_as=run_as, hba="local all all trust\n")
-    server.start(datadir, port=5432, socket_dir=base, logfile=base / "log", listen="",
-                 run_as=run_as, settings=(*server.FAST_SETTINGS, "max_connections=300"))
-    dsn = f"host={base} port=5432 user=postgres dbname=bench"
-    try:
-        with connect(f"host={base} port=5432 user=postgres dbname=postgres") as conn:
-            conn.execute(SQL["create_database"])
+    """A throwaway cluster, a migrated database and a project using it; yields (conninfo,
+    project root)."""
+    with throwaway_cluster(prefix="balsam-bench-launcher-", dbname="bench") as pg:
+        dsn = pg.dsn("bench")
         pm = get_plugin_manager()
         with connect(dsn) as conn:
             upgrade(conn, plugin_packages(pm))
@@ -79,11 +58,6 @@ def throwaway_project() -> Iterator[tuple[str, Path]]:
             yield dsn, project.root
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    finally:
-        try:
-            server.stop(datadir, run_as=run_as, mode="immediate")
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def _reset(conn: Connection) -> None:

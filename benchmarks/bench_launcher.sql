@@ -33,9 +33,6 @@ SELECT id, num_nodes, extract(epoch FROM started_at) AS started,
        extract(epoch FROM ended_at) AS ended
 FROM launchers ORDER BY id;
 
--- name: create_database
-CREATE DATABASE bench;
-
 -- name: analyze
 VACUUM ANALYZE tasks;
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import grp
 import os
-import pwd
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from balsam.db import connect
 from balsam.migrate import upgrade
 from balsam.project import Project, current_user, new_info
 from balsam_perms import policy
-from balsam_pgserver import roles, server
+from balsam_pgserver import roles
+from balsam_pgserver.testing import cluster_os_user, throwaway_cluster
 
 PG_USER = "balsam-pgtest"
 MEMBER = "bench_member_user"
@@ -40,32 +40,15 @@ def _row(metric: str, value: float, unit: str) -> dict[str, Any]:
 @contextmanager
 def cluster() -> Iterator[dict[str, Any]]:
     """A cluster with a migrated database ``bench`` and a member login role ``MEMBER``."""
-    run_as = None
-    base = Path(tempfile.mkdtemp(prefix="balsam-bench-multiuser-"))
-    if os.geteuid() == 0:
-        run_as = PG_USER
-        try:
-            pwd.getpwnam(PG_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
-                           check=True)
-        pw = pwd.getpwnam(PG_USER)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    os.chmod(base, 0o755)
-    datadir, port, me = base / "data", server.free_port(), current_user()
+    me = current_user()
     hba = ("local all all peer map=bench\n"
            "host all all 127.0.0.1/32 scram-sha-256\n")
-    server.initdb(datadir, superuser="postgres", run_as=run_as, hba=hba)
-    ident = datadir / "pg_ident.conf"
-    ident.write_text(f"bench {me} postgres\nbench {me} {MEMBER}\nbench {PG_USER} postgres\n")
-    server.start(datadir, port=port, socket_dir=base, logfile=base / "log", listen="127.0.0.1",
-                 run_as=run_as, settings=server.FAST_SETTINGS)
+    ident = (f"bench {me} postgres\nbench {me} {MEMBER}\n"
+             f"bench {cluster_os_user() or PG_USER} postgres\n")
     password = secrets.token_urlsafe(32)
-    admin = f"host={base} port={port} user=postgres"
-    try:
-        with connect(f"{admin} dbname=postgres") as conn:
-            conn.execute("CREATE DATABASE bench")
-        with connect(f"{admin} dbname=bench") as conn:
+    with throwaway_cluster(prefix="balsam-bench-multiuser-", dbname="bench", hba=hba,
+                           ident=ident, listen="127.0.0.1") as pg:
+        with connect(pg.dsn("bench")) as conn:
             upgrade(conn, ("balsam_pgserver",))
             roles.add_user(conn, MEMBER, "member")
             verifier = conn.pgconn.encrypt_password(password.encode(), MEMBER.encode(),
@@ -73,15 +56,11 @@ def cluster() -> Iterator[dict[str, Any]]:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(MEMBER), sql.Literal(verifier)))
         yield {
-            "admin": f"{admin} dbname=bench",
-            "peer": f"host={base} port={port} user={MEMBER} dbname=bench",
-            "scram": f"host=127.0.0.1 port={port} user={MEMBER} dbname=bench password={password}",
+            "admin": pg.dsn("bench"),
+            "peer": make_conninfo(pg.dsn("bench"), user=MEMBER),
+            "scram": make_conninfo(host="127.0.0.1", port=pg.port, user=MEMBER, dbname="bench",
+                                   password=password),
         }
-    finally:
-        try:
-            server.stop(datadir, run_as=run_as, mode="immediate")
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def connect_rate(conninfo: str, n: int) -> float:

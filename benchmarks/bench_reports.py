@@ -9,14 +9,8 @@ Target: under a second each over a million events.
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -26,11 +20,9 @@ from balsam import analytics
 from balsam.db import Connection, connect
 from balsam.migrate import upgrade
 from balsam.queries import parse_queries
-from balsam_pgserver import server
+from balsam_pgserver.testing import throwaway_cluster
 
 HERE = Path(__file__).resolve().parent
-PG_USER = "balsam-pgtest"
-HBA = "local all all trust\n"
 BASE = datetime(2024, 5, 1, tzinfo=UTC)
 SPAN_SECONDS = 86400
 LAUNCHERS, NODES = 5, 800
@@ -41,36 +33,6 @@ EVENTS_PER_TASK = 7.95  # 19 lives of 8 events for each failed life of 7
 def queries() -> dict[str, str]:
     """The named queries of bench_reports.sql."""
     return parse_queries((HERE / "bench_reports.sql").read_text())
-
-
-@contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """A unix-socket-only cluster in a temporary directory; yields the conninfo of its db."""
-    run_as = None
-    base = Path(tempfile.mkdtemp(prefix="balsam-bench-reports-"))
-    if os.geteuid() == 0:
-        run_as = PG_USER
-        try:
-            pwd.getpwnam(PG_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
-                           check=True)
-        pw = pwd.getpwnam(PG_USER)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    os.chmod(base, 0o755)
-    datadir = base / "data"
-    server.initdb(datadir, superuser="postgres", run_as=run_as, hba=HBA)
-    server.start(datadir, port=5432, socket_dir=base, logfile=base / "log", listen="",
-                 run_as=run_as, settings=server.FAST_SETTINGS)
-    try:
-        with connect(f"host={base} port=5432 user=postgres dbname=postgres") as conn:
-            conn.execute(queries()["create_database"])
-        yield f"host={base} port=5432 user=postgres dbname=bench"
-    finally:
-        try:
-            server.stop(datadir, run_as=run_as, mode="immediate")
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def generate(conn: Connection, events: int) -> int:
@@ -104,7 +66,8 @@ def run(quick: bool) -> list[dict]:
     events = 250_000 if quick else 1_000_000
     repeat = 2 if quick else 3
     rows: list[dict] = []
-    with throwaway_cluster() as dsn, connect(dsn) as conn:
+    with (throwaway_cluster(prefix="balsam-bench-reports-", dbname="bench") as pg,
+          connect(pg.dsn("bench")) as conn):
         upgrade(conn)
         start = time.perf_counter()
         n = generate(conn, events)

@@ -7,9 +7,6 @@
 -- synchronously, as a real project does, so that the history is in its steady state.
 SET synchronous_commit = on;
 
--- name: create_database
-CREATE DATABASE bench;
-
 -- name: analyze
 -- As autovacuum would: statistics for the planner, and the visibility map for index-only scans.
 VACUUM ANALYZE;

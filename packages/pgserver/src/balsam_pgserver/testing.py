@@ -38,13 +38,14 @@ _counter = itertools.count()
 
 @dataclass
 class PgServer:
-    """A throwaway cluster listening on a unix socket only."""
+    """A throwaway cluster listening on a unix socket (and on TCP at ``listen``, if set)."""
 
     sockdir: Path
     datadir: Path
     port: int = 5432
     user: str = "postgres"
     run_as: str | None = None
+    listen: str = ""
 
     def dsn(self, dbname: str = "postgres", **extra: Any) -> str:
         return make_conninfo(host=str(self.sockdir), port=self.port, user=self.user,
@@ -57,7 +58,7 @@ class PgServer:
 
     def start(self) -> None:
         server.start(self.datadir, port=self.port, socket_dir=self.sockdir,
-                     logfile=self.sockdir / "log", listen="", run_as=self.run_as,
+                     logfile=self.sockdir / "log", listen=self.listen, run_as=self.run_as,
                      settings=("max_connections=300", *server.FAST_SETTINGS))
 
 
@@ -69,22 +70,36 @@ def ensure_os_user(name: str) -> None:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
 
 
+def cluster_os_user() -> str | None:
+    """The OS user throwaway clusters run as: ``$BALSAM_TEST_PGUSER`` (default
+    ``balsam-pgtest``) when root, else None (the current user)."""
+    if os.geteuid() != 0:
+        return None
+    return os.environ.get("BALSAM_TEST_PGUSER", "balsam-pgtest")
+
+
 @contextmanager
-def throwaway_cluster(prefix: str = "balsam-pg-", dbname: str | None = None) -> Iterator[PgServer]:
+def throwaway_cluster(prefix: str = "balsam-pg-", dbname: str | None = None, *,
+                      hba: str = TEST_HBA, ident: str | None = None,
+                      listen: str = "") -> Iterator[PgServer]:
     """A cluster on a unix socket in a fresh temporary directory, removed afterwards (tests and
-    benchmarks). As root it runs as ``$BALSAM_TEST_PGUSER`` (default ``balsam-pgtest``).
-    With ``dbname``, that (empty) database is created too."""
-    run_as = None
+    benchmarks). As root it runs as :func:`cluster_os_user`.
+    With ``dbname``, that (empty) database is created too. ``hba`` and ``ident`` are the contents
+    of pg_hba.conf and pg_ident.conf; with ``listen`` (e.g. ``"127.0.0.1"``) the cluster also
+    listens on TCP there, on a port free at start."""
+    run_as = cluster_os_user()
     base = Path(tempfile.mkdtemp(prefix=prefix))
-    if os.geteuid() == 0:
-        run_as = os.environ.get("BALSAM_TEST_PGUSER", "balsam-pgtest")
+    if run_as:
         ensure_os_user(run_as)
         pw = pwd.getpwnam(run_as)
         os.chown(base, pw.pw_uid, pw.pw_gid)
     os.chmod(base, 0o755)
-    pg = PgServer(sockdir=base, datadir=base / "data", run_as=run_as)
+    pg = PgServer(sockdir=base, datadir=base / "data", port=server.free_port() if listen else 5432,
+                  run_as=run_as, listen=listen)
     try:
-        server.initdb(pg.datadir, superuser=pg.user, run_as=run_as, hba=TEST_HBA)
+        server.initdb(pg.datadir, superuser=pg.user, run_as=run_as, hba=hba)
+        if ident is not None:
+            (pg.datadir / "pg_ident.conf").write_text(ident)  # keeps initdb's file's owner
         pg.start()
         try:
             if dbname:
