@@ -10,60 +10,23 @@ each; ``startup`` times whole ``balsam ls`` / ``balsam job`` processes on a smal
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from psycopg import sql
 
 from balsam import api
 from balsam.db import Connection, connect
 from balsam.lifecycle import init_project
 from balsam.plugins import get_plugin_manager
-from balsam_pgserver import server
+from balsam_pgserver.testing import throwaway_cluster
 
-PG_USER = "balsam-pgtest"
-HBA = "local all all trust\n"
 BALSAM = str(Path(sys.executable).parent / "balsam")
 BENCH = "tasks"
-
-
-@contextmanager
-def throwaway_cluster() -> Iterator[str]:
-    """A unix-socket-only cluster in a temporary directory; yields the conninfo of its db."""
-    run_as = None
-    base = Path(tempfile.mkdtemp(prefix="balsam-bench-tasks-"))
-    if os.geteuid() == 0:
-        run_as = PG_USER
-        try:
-            pwd.getpwnam(PG_USER)
-        except KeyError:
-            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", PG_USER],
-                           check=True)
-        pw = pwd.getpwnam(PG_USER)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    os.chmod(base, 0o755)
-    datadir = base / "data"
-    server.initdb(datadir, superuser="postgres", run_as=run_as, hba=HBA)
-    server.start(datadir, port=5432, socket_dir=base, logfile=base / "log", listen="",
-                 run_as=run_as, settings=server.FAST_SETTINGS)
-    try:
-        with connect(f"host={base} port=5432 user=postgres dbname=postgres") as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("bench")))
-        yield f"host={base} port=5432 user=postgres dbname=bench"
-    finally:
-        try:
-            server.stop(datadir, run_as=run_as, mode="immediate")
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def _row(metric: str, value: float, unit: str) -> dict[str, Any]:
@@ -157,7 +120,9 @@ def bench_million(conn: Connection, total: int, repeat: int) -> list[dict[str, A
 
 def run(quick: bool) -> list[dict[str, Any]]:
     inserts, repeat, total = (20_000, 3, 100_000) if quick else (100_000, 5, 1_000_000)
-    with throwaway_cluster() as dsn, tempfile.TemporaryDirectory() as tmp:
+    with (throwaway_cluster(prefix="balsam-bench-tasks-", dbname="bench") as pg,
+          tempfile.TemporaryDirectory() as tmp):
+        dsn = pg.dsn("bench")
         saved = {k: os.environ.get(k) for k in ("BALSAM_HOME", "BALSAM_DB_PATH")}
         os.environ["BALSAM_HOME"] = str(Path(tmp) / "home")
         try:
