@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from balsam import api
 from balsam.plugins import get_plugin_manager
@@ -46,9 +47,12 @@ def error(result) -> str:
     return lines[-1]
 
 
+COUNT = sql.SQL("SELECT count(*) AS n FROM {}")
+
+
 def counts() -> dict[str, int]:
     conn = api.connection()
-    return {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"]
+    return {t: conn.execute(COUNT.format(sql.Identifier(t))).fetchone()["n"]
             for t in ("apps", "tasks", "task_parents", "task_events")}
 
 

@@ -9,6 +9,7 @@ import threading
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from balsam import api
 from balsam.db import connect
@@ -18,9 +19,12 @@ from balsam.states import State
 pytestmark = pytest.mark.pg
 
 
+COUNT = sql.SQL("SELECT count(*) AS n FROM {}")
+
+
 def counts(db) -> dict[str, int]:
     """Rows in the tables a failed call must leave untouched."""
-    return {t: db.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"]
+    return {t: db.execute(COUNT.format(sql.Identifier(t))).fetchone()["n"]
             for t in ("apps", "tasks", "task_parents", "task_events")}
 
 
