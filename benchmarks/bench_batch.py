@@ -16,6 +16,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from balsam.db import connect
 from balsam.lifecycle import init_project
@@ -84,22 +85,14 @@ def bench_sync(project: Project, count: int) -> list[dict[str, Any]]:
 def run(quick: bool) -> list[dict[str, Any]]:
     renders, submits, syncs = (200, 10, 200) if quick else (2000, 50, 2000)
     with (throwaway_cluster(prefix="balsam-bench-batch-", dbname="bench") as pg,
-          tempfile.TemporaryDirectory() as tmp):
-        dsn = pg.dsn("bench")
-        old = {k: os.environ.get(k) for k in ("BALSAM_HOME", "BALSAM_SCHEDULER")}
-        os.environ["BALSAM_HOME"] = str(Path(tmp) / "home")
+          tempfile.TemporaryDirectory() as tmp,
+          patch.dict(os.environ, {"BALSAM_HOME": str(Path(tmp) / "home")})):
         os.environ.pop("BALSAM_SCHEDULER", None)
-        try:
-            project = init_project(Path(tmp) / "project", {"dsn": dsn}, get_plugin_manager())
-            rows = bench_render(project, renders)
-            rows += bench_sync(project, syncs)
-            rows += bench_submit(project, submits)
-        finally:
-            for key, value in old.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        project = init_project(Path(tmp) / "project", {"dsn": pg.dsn("bench")},
+                               get_plugin_manager())
+        rows = bench_render(project, renders)
+        rows += bench_sync(project, syncs)
+        rows += bench_submit(project, submits)
     return rows
 
 

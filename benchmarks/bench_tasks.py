@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from balsam import api
 from balsam.db import Connection, connect
@@ -123,9 +124,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     with (throwaway_cluster(prefix="balsam-bench-tasks-", dbname="bench") as pg,
           tempfile.TemporaryDirectory() as tmp):
         dsn = pg.dsn("bench")
-        saved = {k: os.environ.get(k) for k in ("BALSAM_HOME", "BALSAM_DB_PATH")}
-        os.environ["BALSAM_HOME"] = str(Path(tmp) / "home")
-        try:
+        with patch.dict(os.environ, {"BALSAM_HOME": str(Path(tmp) / "home")}):
             project = init_project(Path(tmp) / "project", {"dsn": dsn}, get_plugin_manager())
             os.environ["BALSAM_DB_PATH"] = str(project.root)
             with connect(dsn) as conn:
@@ -133,12 +132,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 rows = bench_startup(repeat)
                 rows += bench_insert(conn, inserts)
                 rows += bench_million(conn, total, repeat)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     return rows
 
 
