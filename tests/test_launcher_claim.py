@@ -4,6 +4,7 @@ checked updates, heartbeats, and reaping dead launchers without ever losing a cl
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from hypothesis import settings
@@ -168,6 +169,26 @@ def test_mark_running_counts_one_attempt_even_when_retried(db, app):
     events = [e["to_state"] for e in lt.events(db) if e["task_id"] == tid]
     assert events == ["READY", "STAGED_IN", "PREPROCESSED", "RUNNING"]
     assert all(e["launcher_id"] == me for e in lt.events(db)[1:])
+
+
+def test_a_move_is_dated_when_it_happened_but_never_out_of_order_or_in_the_future(db, app):
+    [tid] = lt.add_tasks(db, app, [{"name": "t", "state": "READY"}])
+    me = register(db)
+    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    created = db.execute("SELECT state_changed_at AS at FROM tasks WHERE id = %s",
+                         [tid]).fetchone()["at"].timestamp()
+    claim.move(db, me, S.READY, S.STAGED_IN, {tid: ""}, at={tid: created - 3600})
+    time.sleep(0.2)
+    past = time.time() - 0.1  # after the task's last change
+    claim.move(db, me, S.STAGED_IN, S.PREPROCESSED, {tid: ""}, at={tid: past})
+    claim.mark_running(db, me, {tid: ""}, at={tid: time.time() + 3600})
+    claim.move(db, me, S.RUNNING, S.RUN_DONE, {tid: ""})  # no time given: the database's clock
+    after = time.time()
+    at = [e["at"].timestamp() for e in lt.events(db) if e["task_id"] == tid]
+    assert at[1] == pytest.approx(created + 1e-6, abs=1e-7)  # not before the previous change
+    assert at[2] == pytest.approx(past, abs=1e-6)
+    assert past < at[3] <= after  # not in the future
+    assert at[3] <= at[4] <= after
 
 
 def _running_on(db, app, launcher, **fields):

@@ -198,3 +198,58 @@ def test_postgres_restart_mid_run_loses_nothing(project, record, pg_server, tmp_
     logs = "".join(p.read_text() for p in project.log_dir.glob("launcher_*.log"))
     assert "database connection lost" in logs and "reconnected to the database" in logs
     assert all(r in FINAL for r in {s["state"] for s in states.values()})
+
+
+def test_run_times_are_when_the_process_ran_not_when_they_were_written(project, pg_server,
+                                                                        tmp_path):
+    """The database is down when a task ends: its end is written after the outage, but dated
+    when the process exited (busy time and utilisation reports rest on these times)."""
+    script, marks = tmp_path / "marks.sh", tmp_path / "marks"
+    script.write_text('#!/bin/sh\ndate +%s.%N >> "$1"\nsleep "$2"\ndate +%s.%N >> "$1"\n')
+    with connect(project) as db:
+        app = lt.add_app(db, "marks", f"/bin/sh {script}")
+        [tid] = lt.add_tasks(db, app, [{"name": "t", "args": f"{marks} 1"}])
+    proc = lt.start_launcher(project.root, "--nodes", "1", "--consume-all",
+                             "--poll-interval", "0.5", output=tmp_path / "launcher")
+    try:
+        wait_for(lambda: count_state(project, "RUNNING") == 1, 60, "the task to run")
+        pg_server.stop()
+        try:
+            wait_for(lambda: marks.exists() and len(marks.read_text().split()) == 2, 30,
+                     "the task to end")
+            time.sleep(2)
+        finally:
+            pg_server.start()
+        back = time.time()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            lt.kill_session(proc)
+    began, ended = (float(x) for x in marks.read_text().split())
+    with connect(project) as db:
+        at = {e["to_state"]: e["at"].timestamp() for e in lt.events(db) if e["task_id"] == tid}
+    assert began - 0.5 < at["RUNNING"] <= began
+    assert ended <= at["RUN_DONE"] < ended + 0.5 < back - 1
+    assert at["RUN_DONE"] <= at["JOB_FINISHED"] < back - 1
+
+
+def test_a_rolled_back_write_is_sent_again(project, record, tmp_path):
+    """A transaction rolled back under the launcher (a deadlock with another launcher releasing
+    the same children) loses nothing: the launcher retries, and every task runs once. On 800
+    nodes, the first write fails in the middle of starting the first batch."""
+    app, counts = record
+    with connect(project) as db:
+        db.execute(lt.q("testing_inject_rollbacks"))
+        ids = lt.add_tasks(db, app, [{"name": f"t{i}", "args": f"0 {counts}"} for i in range(800)])
+    proc = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "800",
+                             "--consume-all", output=tmp_path / "launcher")
+    try:
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            lt.kill_session(proc)
+    with connect(project) as db:
+        assert {lt.states(db)[t]["state"] for t in ids} == {"JOB_FINISHED"}
+    assert lt.executions(counts) == Counter({t: 1 for t in ids})
+    logs = "".join(p.read_text() for p in project.log_dir.glob("launcher_*.log"))
+    assert logs.count("database transaction rolled back, retrying") == 3

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from balsam.db import Connection
@@ -181,63 +181,63 @@ def claim_for_post(conn: Connection, launcher: int, *, limit: int,
 
 
 def move(conn: Connection, launcher: int, from_state: State, to_state: State,
-         messages: dict[int, str]) -> set[int]:
-    """Move the launcher's tasks ``from_state -> to_state`` (one message each).
+         messages: dict[int, str], at: Mapping[int, float | None] | None = None) -> set[int]:
+    """Move the launcher's tasks ``from_state -> to_state`` (one message each; ``at``: when
+    each change happened, in epoch seconds, where the database's clock would be wrong).
 
     Returns the ids moved. A task missing from the result is no longer this launcher's, or is no
     longer in ``from_state`` (a user killed it): the caller must drop it. See :func:`require`.
     """
     if not messages:
         return set()
-    ids = list(messages)
-    rows = conn.execute(q("move_tasks"), {
-        "launcher": launcher, "from_state": from_state.value, "to_state": to_state.value,
-        "ids": ids, "messages": [messages[i] for i in ids],
-    }).fetchall()
-    return {r["id"] for r in rows}
+    return apply(conn, launcher, [Move(from_state, to_state, messages, dict(at or {}))])[0][0]
 
 
 @dataclass(frozen=True)
 class Move:
-    """One batched, claim-checked transition: ``from_state -> to_state`` with a message each."""
+    """One batched, claim-checked transition: ``from_state -> to_state`` with a message each,
+    and, for some tasks, when it happened (epoch seconds; the others get the database's clock)."""
 
     from_state: State
     to_state: State
     messages: dict[int, str]
+    at: dict[int, float | None] = field(default_factory=dict)
+
+    def params(self, launcher: int) -> dict[str, Any]:
+        ids = list(self.messages)
+        return {"launcher": launcher, "ids": ids, "messages": [self.messages[i] for i in ids],
+                "ats": [self.at.get(i) for i in ids], "from_state": self.from_state.value,
+                "to_state": self.to_state.value}
 
 
 def apply(conn: Connection, launcher: int, moves: Sequence[Move],
           release_ids: Iterable[int] = ()) -> tuple[list[set[int]], set[int]]:
-    """Write ``moves`` in order, then release ``release_ids``, in one round trip (a pipeline;
-    each statement commits on its own). Moves into RUNNING count an attempt (:func:`mark_running`).
+    """Write ``moves`` in order, then release ``release_ids``, in one round trip and one
+    transaction: all or nothing, so a retry after an error resends the whole batch. Moves into
+    RUNNING count an attempt (:func:`mark_running`).
 
     Returns the ids each move reached and the ids released; see :func:`move` for what a missing
     id means.
     """
     release_ids = list(release_ids)
-    with conn.pipeline():
+    with conn.pipeline(), conn.transaction():
         cursors = []
         for m in moves:
-            ids = list(m.messages)
-            params = {"launcher": launcher, "ids": ids, "messages": [m.messages[i] for i in ids],
-                      "from_state": m.from_state.value, "to_state": m.to_state.value}
             name = "mark_running" if m.to_state == State.RUNNING else "move_tasks"
-            cursors.append(conn.execute(q(name), params))
+            cursors.append(conn.execute(q(name), m.params(launcher)))
         released = (conn.execute(q("release_tasks"), {"launcher": launcher, "ids": release_ids})
                     if release_ids else None)
     done = [{r["id"] for r in c.fetchall()} for c in cursors]
     return done, ({r["id"] for r in released.fetchall()} if released else set())
 
 
-def mark_running(conn: Connection, launcher: int, messages: dict[int, str]) -> set[int]:
+def mark_running(conn: Connection, launcher: int, messages: dict[int, str],
+                 at: Mapping[int, float | None] | None = None) -> set[int]:
     """Claim-checked PREPROCESSED/RESTART_READY -> RUNNING, counting one attempt per run."""
     if not messages:
         return set()
-    ids = list(messages)
-    rows = conn.execute(q("mark_running"), {
-        "launcher": launcher, "ids": ids, "messages": [messages[i] for i in ids],
-    }).fetchall()
-    return {r["id"] for r in rows}
+    start = Move(State.PREPROCESSED, State.RUNNING, messages, dict(at or {}))
+    return apply(conn, launcher, [start])[0][0]
 
 
 def release(conn: Connection, launcher: int, ids: Iterable[int]) -> set[int]:

@@ -4,14 +4,16 @@ In ``mpi`` mode a task takes ``num_nodes`` whole idle nodes; in ``serial`` mode 
 takes ``1/node_packing_count`` of one node, so up to ``node_packing_count`` tasks share a node.
 Shares are exact fractions: four quarter-node tasks fill a node, never 0.9999 of it. Placement is
 first fit in node order; the nodes with room are kept in a sorted index, so placing a task on a
-launcher of thousands of nodes does not scan the busy ones.
+launcher of thousands of nodes does not scan the busy ones. Every claim plans on copies, so a copy
+shares its nodes with the original and each side clones a node only when it first changes it:
+copying thousands of nodes costs a list copy, not thousands of objects.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -53,10 +55,12 @@ class Resources:
         self._open = [n.index for n in nodes if n.busy < 1]  # nodes with room, sorted
         self._idle = sum(1 for n in nodes if n.idle)
         self._free = sum((n.free for n in nodes), ZERO)
-        self._where: dict[int, list[Node]] = {}
+        self._where: dict[int, list[int]] = {}  # task id -> indices of its nodes
         for n in nodes:
             for tid in n.tasks:
-                self._where.setdefault(tid, []).append(n)
+                self._where.setdefault(tid, []).append(n.index)
+        #: Indices of the nodes only this object refers to; None: all of them (never copied).
+        self._mine: set[int] | None = None
 
     @classmethod
     def on_hosts(cls, hosts: Sequence[str], job_mode: str = "mpi", *,
@@ -115,7 +119,7 @@ class Resources:
         return [next(idle) for _ in range(task.num_nodes)]
 
     def nodes_of(self, task_id: int) -> list[Node]:
-        return list(self._where.get(task_id, ()))
+        return [self.nodes[i] for i in self._where.get(task_id, ())]
 
     # --- changing ------------------------------------------------------------------------------
 
@@ -125,6 +129,7 @@ class Resources:
         if nodes is None or task.id is None or task.id in self._where:
             return None
         share = self.share(task)
+        nodes = [self._writable(n.index) for n in nodes]
         for n in nodes:
             self._idle -= n.idle
             n.busy += share
@@ -132,12 +137,13 @@ class Resources:
             self._free -= share
             if n.busy >= 1:
                 del self._open[bisect.bisect_left(self._open, n.index)]
-        self._where[task.id] = nodes
+        self._where[task.id] = [n.index for n in nodes]
         return nodes
 
     def release(self, task_id: int) -> None:
         """Free whatever the task holds (nothing if it holds nothing)."""
-        for n in self._where.pop(task_id, ()):
+        for i in self._where.pop(task_id, ()):
+            n = self._writable(i)
             share = n.tasks.pop(task_id)
             if n.busy >= 1:
                 bisect.insort(self._open, n.index)
@@ -146,9 +152,24 @@ class Resources:
             self._idle += n.idle
 
     def copy(self) -> Resources:
-        """An independent copy a policy may allocate on freely."""
-        nodes = [Node(n.index, n.host, n.name, n.busy, dict(n.tasks)) for n in self.nodes]
-        return Resources(nodes, self.job_mode, self.simulated)
+        """An independent copy a policy may allocate on freely (copy-on-write: both sides now
+        share every node and clone one before changing it)."""
+        other = Resources.__new__(Resources)
+        other.nodes, other.job_mode, other.simulated = list(self.nodes), self.job_mode, \
+            self.simulated
+        other._open, other._idle, other._free = list(self._open), self._idle, self._free
+        other._where = dict(self._where)  # its lists are replaced, never changed in place
+        other._mine = set()
+        self._mine = set()
+        return other
+
+    def _writable(self, index: int) -> Node:
+        """The node at ``index``, cloned first if another Resources may still refer to it."""
+        node = self.nodes[index]
+        if self._mine is not None and index not in self._mine:
+            node = self.nodes[index] = replace(node, tasks=dict(node.tasks))
+            self._mine.add(index)
+        return node
 
     def pack(self, tasks: Iterable[Task]) -> list[tuple[Task, list[Node]]]:
         """Place tasks in the given order on these resources, skipping those that do not fit.

@@ -51,8 +51,10 @@ log = logging.getLogger("balsam.launcher")
 TASKS_CHANNEL, KILL_CHANNEL = "balsam_tasks", "balsam_kill"
 #: How often the launcher compares what it holds with the database (kills without NOTIFY).
 RECONCILE_SECONDS = 2.0
-#: Write pending state changes at least every this many tasks while starting a large batch.
-FLUSH_BATCH = 16
+#: While starting a large batch, write what is pending at least this often (seconds). Starts
+#: come first (a node waiting for a database round trip is idle); the times written are those
+#: of the starts, however late they are written.
+FLUSH_SECONDS = 0.25
 #: ``always``: run serial-mode tasks through node agents even on this host (tests).
 AGENTS_VARIABLE = "BALSAM_LAUNCHER_AGENTS"
 
@@ -100,6 +102,10 @@ class Held:
     release_after: bool = False
     #: How the run ended; written once the RUNNING state is.
     outcome: tuple[State, str] | None = None
+    #: When the last run's process was started and its exit seen (epoch seconds): the times
+    #: written with the moves into and out of RUNNING, however late they are written.
+    started_at: float | None = None
+    ended_at: float | None = None
     #: A script ran: re-read the state, which the script may have changed from this one.
     recheck: State | None = None
     working: bool = False
@@ -276,7 +282,8 @@ class Launcher:
                     released = claim.end_launcher(self.conn, self.id, self.stopping or "ended")
                 break
             except (psycopg.OperationalError, BalsamError) as exc:
-                if isinstance(exc, psycopg.OperationalError) and not _disconnected(self.conn, exc):
+                if isinstance(exc, psycopg.OperationalError) and not (
+                        _disconnected(self.conn, exc) or _rolled_back(exc)):
                     log.error("cannot record the end: %s", _first_line(exc))
                     return
                 self._close_conn()
@@ -311,9 +318,15 @@ class Launcher:
             try:
                 self._sync(now)
             except psycopg.OperationalError as exc:
-                if not _disconnected(self.conn, exc):
+                if _disconnected(self.conn, exc):
+                    self._db_lost(exc)
+                elif _rolled_back(exc):
+                    # A deadlock with another launcher (both releasing shared children): nothing
+                    # was written, and the next turn sends it all again.
+                    log.warning("database transaction rolled back, retrying: %s",
+                                _first_line(exc))
+                else:
                     raise
-                self._db_lost(exc)
             except ClaimLost as exc:
                 self._presumed_dead(exc)
 
@@ -349,9 +362,10 @@ class Launcher:
             self._heartbeat(now)
         if now >= self.next_reconcile:
             self._reconcile(now)
+        # Claim first: nodes freed by tasks that just ended get their next tasks one round trip
+        # sooner, and the ends and the starts are written together.
+        self._claim(now)
         self._progress()
-        if self._claim(now):
-            self._progress()
         if self.options.consume_all and self.stopping is None and not self.held \
                 and now >= self.next_done_check:
             self.next_done_check = now + 0.5
@@ -547,17 +561,23 @@ class Launcher:
     # --- advancing tasks -----------------------------------------------------------------------
 
     def _progress(self) -> None:
-        """Advance every changed task as far as it goes without waiting, writing each step
-        (in batches while starting many tasks, so that the database learns of each run soon
-        after it began)."""
+        """Advance every changed task as far as it goes without waiting, then write every step
+        in one round trip (and every FLUSH_SECONDS while starting a large batch, so that the
+        database learns of each run soon after it began)."""
         for _ in range(8):
             self._recheck()
-            dirty, self.dirty = self.dirty, set()
-            for tid in dirty:
-                if tid in self.held:
-                    self._advance(self.held[tid])
-                if len(self.pending) >= FLUSH_BATCH:
-                    self._flush()
+            todo, self.dirty = list(self.dirty), set()
+            flush_at = time.monotonic() + FLUSH_SECONDS
+            try:
+                while todo:
+                    tid = todo.pop()
+                    if tid in self.held:
+                        self._advance(self.held[tid])
+                    if self.pending and time.monotonic() >= flush_at:
+                        self._flush()
+                        flush_at = time.monotonic() + FLUSH_SECONDS
+            finally:  # a failed write (connection lost, rolled back): the rest wait their turn
+                self.dirty.update(todo)
             if not self._flush():
                 break
 
@@ -608,17 +628,18 @@ class Launcher:
         round trip: moves grouped by (position in chain, from, to). True if anything was sent."""
         if not self.pending and not self.to_release:
             return False
-        layers: list[dict[tuple[State, State], dict[int, str]]] = []
+        layers: list[dict[tuple[State, State], claim.Move]] = []
         for tid in self.pending:
             held = self.held[tid]
             src = held.task.state
-            for i, (dst, message) in enumerate(held.pending):
+            for i, ((dst, message), at) in enumerate(zip(held.pending, _times(held), strict=True)):
                 if i == len(layers):
-                    layers.append(defaultdict(dict))
-                layers[i][(src, dst)][tid] = message
+                    layers.append({})
+                move = layers[i].setdefault((src, dst), claim.Move(src, dst, {}, {}))
+                move.messages[tid] = message
+                move.at[tid] = at
                 src = dst
-        moves = [claim.Move(src, dst, msgs) for layer in layers
-                 for (src, dst), msgs in layer.items()]
+        moves = [move for layer in layers for move in layer.values()]
         finishing = {tid for tid in self.pending if self.held[tid].release_after}
         releasing = self.to_release | finishing
         done, _ = claim.apply(self._db(), self.id, moves, releasing)
@@ -699,6 +720,7 @@ class Launcher:
         workdir = self.project.workdir(task.workdir)
         own_env = self._task_env(held)
         hosts = ",".join(dict.fromkeys(n.name or n.host for n in held.nodes))
+        held.started_at = held.ended_at = time.time()
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             argv = steps.app_command(held.app, task)
@@ -792,7 +814,7 @@ class Launcher:
             self.selector.unregister(run.pidfd)
         run.close()
         del self.runs[tid]
-        held.run = None
+        held.run, held.ended_at = None, time.time()
         self._free_nodes(tid)
         if held.dropped:
             self.to_release.add(tid)
@@ -891,6 +913,23 @@ class Launcher:
 # --- small helpers -----------------------------------------------------------------------------
 
 
+def _times(held: Held) -> list[float | None]:
+    """When each pending change of ``held`` happened: a run starts when its process was started
+    and ends when its exit was seen; the formal steps written with them share the time of the
+    step before them (or of the start, for those that led to it). None: the database's clock."""
+    src, times = held.task.state, []
+    for dst, _ in held.pending:
+        times.append(held.started_at if dst == S.RUNNING
+                     else held.ended_at if src == S.RUNNING else None)
+        src = dst
+    filled, last = [], None
+    for at in times:
+        last = at if at is not None else last
+        filled.append(last)
+    first = next((at for at in times if at is not None), None)
+    return [first if at is None else at for at in filled]
+
+
 def _raise_fd_limit() -> None:
     """One pidfd per running task: lift the soft limit on open files to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -925,6 +964,12 @@ def _disconnected(conn: Connection | None, exc: psycopg.OperationalError) -> boo
     if conn is None or conn.closed or conn.broken:
         return True
     return (exc.sqlstate or "").startswith(("08", "57P"))
+
+
+def _rolled_back(exc: psycopg.OperationalError) -> bool:
+    """Whether the server rolled the transaction back (SQLSTATE class 40: a deadlock or a
+    serialization failure), so that sending it again may well succeed."""
+    return (exc.sqlstate or "").startswith("40")
 
 
 def _first_line(exc: BaseException) -> str:

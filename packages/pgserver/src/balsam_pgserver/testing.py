@@ -53,8 +53,12 @@ class PgServer:
 
     def restart(self) -> None:
         """Stop and start again (fault injection: clients see their connections drop)."""
-        server.stop(self.datadir, run_as=self.run_as, mode="immediate")
+        self.stop()
         self.start()
+
+    def stop(self) -> None:
+        """Stop at once, as a crash would (fault injection: an outage until :meth:`start`)."""
+        server.stop(self.datadir, run_as=self.run_as, mode="immediate")
 
     def start(self) -> None:
         server.start(self.datadir, port=self.port, socket_dir=self.sockdir,

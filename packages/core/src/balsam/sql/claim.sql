@@ -111,23 +111,31 @@ WHERE id = ANY(%(ids)s::bigint[]) AND launcher_id IS NULL
 RETURNING id;
 
 -- name: move_tasks
--- Claim-checked batch transition with one message per task. Rows already in the target state
--- match too, so a retry after a lost connection is harmless.
+-- Claim-checked batch transition with one message and one time (epoch seconds, or NULL for the
+-- database's clock) per task. A time is kept after the task's previous change (by a microsecond
+-- at least, which also tells migration 0006's trigger it was given). Rows already in the target
+-- state match too, so a retry after a lost connection is harmless.
 UPDATE tasks t
-SET state = %(to_state)s, state_message = m.message
-FROM unnest(%(ids)s::bigint[], %(messages)s::text[]) AS m (id, message)
+SET state = %(to_state)s, state_message = m.message,
+    state_changed_at = CASE WHEN t.state = %(to_state)s OR m.at IS NULL THEN t.state_changed_at
+                            ELSE greatest(to_timestamp(m.at),
+                                          t.state_changed_at + interval '1 microsecond') END
+FROM unnest(%(ids)s::bigint[], %(messages)s::text[], %(ats)s::float8[]) AS m (id, message, at)
 WHERE t.id = m.id
   AND t.launcher_id = %(launcher)s
   AND t.state IN (%(from_state)s, %(to_state)s)
 RETURNING t.id;
 
 -- name: mark_running
--- Claim-checked start of a run: counts the attempt once, even when retried.
+-- Claim-checked start of a run: counts the attempt once, even when retried. Times as move_tasks.
 UPDATE tasks t
 SET state = 'RUNNING',
     attempts = t.attempts + CASE WHEN t.state = 'RUNNING' THEN 0 ELSE 1 END,
-    state_message = m.message
-FROM unnest(%(ids)s::bigint[], %(messages)s::text[]) AS m (id, message)
+    state_message = m.message,
+    state_changed_at = CASE WHEN t.state = 'RUNNING' OR m.at IS NULL THEN t.state_changed_at
+                            ELSE greatest(to_timestamp(m.at),
+                                          t.state_changed_at + interval '1 microsecond') END
+FROM unnest(%(ids)s::bigint[], %(messages)s::text[], %(ats)s::float8[]) AS m (id, message, at)
 WHERE t.id = m.id
   AND t.launcher_id = %(launcher)s
   AND t.state IN ('PREPROCESSED', 'RESTART_READY', 'RUNNING')

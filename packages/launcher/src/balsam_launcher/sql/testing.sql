@@ -31,3 +31,17 @@ SELECT id, state, attempts, launcher_id, state_message FROM tasks ORDER BY id;
 
 -- name: testing_events
 SELECT task_id, from_state, to_state, launcher_id, message, at FROM task_events ORDER BY id;
+
+-- name: testing_inject_rollbacks
+-- Fault injection: the first three statements that change task states fail as a deadlock would (a
+-- sequence counts them: nextval survives the rollback).
+CREATE SEQUENCE balsam_testing_faults;
+CREATE FUNCTION balsam_testing_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('balsam_testing_faults') <= 3 THEN
+        RAISE EXCEPTION 'injected deadlock' USING ERRCODE = 'deadlock_detected';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER balsam_testing_fault AFTER UPDATE OF state ON tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION balsam_testing_fault();
