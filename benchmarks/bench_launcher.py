@@ -7,9 +7,13 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
   preprocess, run, postprocess, finish), for 1 and for 5 concurrent launchers; next to it the
   rate at which this machine starts and reaps ``/bin/true`` at all (the process start-up
   ceiling), measured the same way the launcher starts tasks;
-- utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``), busy
-  node-seconds (each task's RUNNING interval in task_events) over available node-seconds (each
-  launcher's nodes from its registration to its end);
+- utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``) for 36
+  rounds (a 6-minute allocation), busy node-seconds (each task's RUNNING interval in
+  task_events, dated by the launcher when the process started and when its exit was seen) over
+  available node-seconds (each launcher's nodes from its registration to its end). Starting and
+  draining 4,000 processes costs every node a few idle seconds once per allocation (on 2 cores:
+  about 4,000 x 2.5 ms of CPU each way), reported apart so the whole-run figure of an allocation
+  of any length can be read off: about steady - idle_at_ends / length;
 - claim throughput: 1, 5 and 20 processes claiming through ``balsam.claim.claim_for_run``
   (lock, policy, mark) until a pool of tasks is exhausted, one task or 32 tasks per claim.
 
@@ -180,10 +184,12 @@ def node_time(runs: list[dict[str, Any]], spans: list[dict[str, Any]],
     window_busy = sum(max(0.0, min(float(r["ended"]), t1) - max(float(r["started"]), t0))
                       for r in runs)
     window_nodes = sum(s["num_nodes"] for s in spans)
+    window_idle = window_nodes * max(0.0, t1 - t0) - window_busy
     gaps.sort()
     return {
         "utilisation": busy / available,
         "steady": window_busy / (window_nodes * (t1 - t0)) if t1 > t0 else float("nan"),
+        "idle_at_ends": (available - busy - window_idle) / window_nodes,
         "ramp": sum(ramps) / len(ramps), "tail": sum(tails) / len(tails),
         "gap_median": gaps[len(gaps) // 2] if gaps else float("nan"),
         "gap_p90": gaps[int(len(gaps) * 0.9)] if gaps else float("nan"),
@@ -259,11 +265,13 @@ def run(quick: bool) -> list[dict[str, Any]]:
             add("noop", f"{launchers} launcher(s): share of the start-up ceiling",
                 100 * result["db_rate"] / ceiling, "%")
 
-        nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 12)
+        nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 36)
         util = utilisation(dsn, root, 5, nodes, seconds, rounds)
         label = f"5 launchers x {nodes} nodes, {seconds:g} s tasks, {rounds} rounds"
         add("utilisation", f"{label}: whole run", util["utilisation"] * 100, "%")
         add("utilisation", f"{label}: steady state", util["steady"] * 100, "%")
+        add("utilisation", f"{label}: idle per node while starting and draining",
+            util["idle_at_ends"], "s")
         add("utilisation", f"{label}: ramp-up until every node busy", util["ramp"], "s")
         add("utilisation", f"{label}: restart gap (median)", util["gap_median"], "s")
         add("utilisation", f"{label}: restart gap (90th percentile)", util["gap_p90"], "s")

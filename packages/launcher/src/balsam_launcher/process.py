@@ -3,6 +3,7 @@ group (mpirun and shell wrappers take their children with them)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -66,10 +67,15 @@ def spawn(task_id: int, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str
     """
     with open(output, "ab") as out:
         popen = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdout=out,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 process_group=0)
+                                 stderr=subprocess.STDOUT, stdin=_devnull(), process_group=0)
     try:
         pidfd: int | None = os.pidfd_open(popen.pid)
     except (AttributeError, OSError):
         pidfd = None
     return Run(task_id, popen, pidfd, output, time.monotonic())
+
+
+@functools.cache
+def _devnull() -> int:
+    """One /dev/null for every task's stdin (``subprocess.DEVNULL`` opens one per task)."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
