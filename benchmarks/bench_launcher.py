@@ -7,8 +7,8 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
   preprocess, run, postprocess, finish), for 1 and for 5 concurrent launchers; next to it the
   rate at which this machine starts and reaps ``/bin/true`` at all (the process start-up
   ceiling), measured the same way the launcher starts tasks;
-- utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``) for 36
-  rounds (a 6-minute allocation), busy node-seconds (each task's RUNNING interval in
+- utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``) for 60
+  rounds (a 10-minute allocation), busy node-seconds (each task's RUNNING interval in
   task_events, dated by the launcher when the process started and when its exit was seen) over
   available node-seconds (each launcher's nodes from its registration to its end). Starting and
   draining 4,000 processes costs every node a few idle seconds once per allocation (on 2 cores:
@@ -265,7 +265,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             add("noop", f"{launchers} launcher(s): share of the start-up ceiling",
                 100 * result["db_rate"] / ceiling, "%")
 
-        nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 36)
+        nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 60)
         util = utilisation(dsn, root, 5, nodes, seconds, rounds)
         label = f"5 launchers x {nodes} nodes, {seconds:g} s tasks, {rounds} rounds"
         add("utilisation", f"{label}: whole run", util["utilisation"] * 100, "%")
