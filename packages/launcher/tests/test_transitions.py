@@ -6,7 +6,7 @@ import pytest
 
 from balsam.models import App, Task
 from balsam.states import State
-from balsam_launcher.transitions import after_script, next_step
+from balsam_launcher.transitions import after_script, move_times, next_step
 
 S = State
 PLAIN = App(name="plain", executable="true")
@@ -69,3 +69,18 @@ def test_script_that_leaves_the_state_alone():
     assert after_script(S.RUN_ERROR) == (S.FAILED, "the error handler exited 0 but left the "
                                                    "task in RUN_ERROR")
     assert after_script(S.RUN_TIMEOUT)[0] == S.FAILED
+
+
+def test_moves_are_dated_by_the_run_they_start_or_end():
+    def times(state, *states, started=None, ended=None):
+        return move_times(state, [(s, "") for s in states], started, ended)
+
+    # the formal steps before a start happened at the start
+    assert times(S.READY, S.STAGED_IN, S.PREPROCESSED, S.RUNNING, started=5.0) == [5.0] * 3
+    # the steps after an end happened at the end, up to the start of a retry
+    assert times(S.RUNNING, S.RUN_ERROR, S.RESTART_READY, S.RUNNING, started=9.0,
+                 ended=7.0) == [7.0, 7.0, 9.0]
+    assert times(S.RUNNING, S.RUN_DONE, S.POSTPROCESSED, S.JOB_FINISHED,
+                 ended=7.0) == [7.0] * 3
+    # nothing to do with a run (after a script): the database's clock
+    assert times(S.POSTPROCESSED, S.JOB_FINISHED, started=5.0, ended=7.0) == [None]

@@ -42,7 +42,7 @@ from balsam.states import State
 from balsam_launcher import detect, policy, steps
 from balsam_launcher.agent import AgentPool, AgentRun
 from balsam_launcher.process import Run, spawn
-from balsam_launcher.transitions import after_script, next_step
+from balsam_launcher.transitions import after_script, move_times, next_step
 
 S = State
 log = logging.getLogger("balsam.launcher")
@@ -632,7 +632,8 @@ class Launcher:
         for tid in self.pending:
             held = self.held[tid]
             src = held.task.state
-            for i, ((dst, message), at) in enumerate(zip(held.pending, _times(held), strict=True)):
+            times = move_times(src, held.pending, held.started_at, held.ended_at)
+            for i, ((dst, message), at) in enumerate(zip(held.pending, times, strict=True)):
                 if i == len(layers):
                     layers.append({})
                 move = layers[i].setdefault((src, dst), claim.Move(src, dst, {}, {}))
@@ -720,7 +721,7 @@ class Launcher:
         workdir = self.project.workdir(task.workdir)
         own_env = self._task_env(held)
         hosts = ",".join(dict.fromkeys(n.name or n.host for n in held.nodes))
-        held.started_at = held.ended_at = time.time()
+        held.started_at = time.time()
         try:
             workdir.mkdir(parents=True, exist_ok=True)
             argv = steps.app_command(held.app, task)
@@ -743,7 +744,7 @@ class Launcher:
         except (OSError, InvalidInput) as exc:
             detail = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError)
                       and exc.strerror else str(exc))
-            held.outcome = (S.RUN_ERROR, f"cannot start: {detail}")
+            held.outcome, held.ended_at = (S.RUN_ERROR, f"cannot start: {detail}"), time.time()
             self._write(held, [*chain, (S.RUNNING, f"starting on {hosts}")])
             self._free_nodes(task.id)
             return
@@ -911,23 +912,6 @@ class Launcher:
 
 
 # --- small helpers -----------------------------------------------------------------------------
-
-
-def _times(held: Held) -> list[float | None]:
-    """When each pending change of ``held`` happened: a run starts when its process was started
-    and ends when its exit was seen; the formal steps written with them share the time of the
-    step before them (or of the start, for those that led to it). None: the database's clock."""
-    src, times = held.task.state, []
-    for dst, _ in held.pending:
-        times.append(held.started_at if dst == S.RUNNING
-                     else held.ended_at if src == S.RUNNING else None)
-        src = dst
-    filled, last = [], None
-    for at in times:
-        last = at if at is not None else last
-        filled.append(last)
-    first = next((at for at in times if at is not None), None)
-    return [first if at is None else at for at in filled]
 
 
 def _raise_fd_limit() -> None:

@@ -3,6 +3,7 @@ function of the task, so that the rules read (and test) apart from the machinery
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from balsam.models import App, Task
@@ -71,3 +72,21 @@ def after_script(state: State) -> tuple[State, str]:
         return (S.POSTPROCESSED, "postprocess done")
     kind = "error" if state == S.RUN_ERROR else "timeout"
     return (S.FAILED, f"the {kind} handler exited 0 but left the task in {state}")
+
+
+def move_times(state: State, chain: Sequence[tuple[State, str]], started_at: float | None,
+               ended_at: float | None) -> list[float | None]:
+    """When each move of ``chain`` (from ``state``) happened, in epoch seconds, or None for the
+    database's clock: a run starts when its process was started (``started_at``) and ends when
+    its exit was seen (``ended_at``); the formal steps written with them share the time of the
+    move before them, or of the first dated move for those that led to it."""
+    dated = []
+    for dst, _ in chain:
+        dated.append(started_at if dst == S.RUNNING else ended_at if state == S.RUNNING else None)
+        state = dst
+    first = next((at for at in dated if at is not None), None)
+    times, last = [], first
+    for at in dated:
+        last = at if at is not None else last
+        times.append(last)
+    return times
