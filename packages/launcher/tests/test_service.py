@@ -7,6 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,11 +47,34 @@ def wait_until(predicate, timeout=20.0, what="condition"):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def start_service(*args):
+@dataclass
+class Service:
+    proc: subprocess.Popen[str]
+    out: str = ""
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+
+@contextmanager
+def service(*args: str) -> Iterator[Service]:
+    """``balsam service`` running for the block, then stopped as a scheduler stops it (SIGTERM;
+    killed if it does not stop); its exit code and output are read after the block."""
     env = dict(os.environ)
     env.pop("BALSAM_SCHEDULER", None)
-    return subprocess.Popen([BALSAM, "service", "--interval", "0.3", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    svc = Service(subprocess.Popen([BALSAM, "service", "--interval", "0.3", *args], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        yield svc
+    finally:
+        if svc.proc.poll() is None:
+            svc.proc.send_signal(signal.SIGTERM)
+        try:
+            svc.out, _ = svc.proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            svc.proc.kill()
+            svc.out, _ = svc.proc.communicate()
 
 
 @pytest.fixture
@@ -64,9 +90,8 @@ def held(project):
 
 
 def test_service_submits_for_work_within_policy_and_stops_on_sigterm(db, held):
-    proc = start_service("--max-queued", "2", "--max-nodes", "4", "--wall-time", "10",
-                         "--job-mode", "serial", "-q", "local")
-    try:
+    with service("--max-queued", "2", "--max-nodes", "4", "--wall-time", "10",
+                 "--job-mode", "serial", "-q", "local") as svc:
         time.sleep(1.5)
         assert jobs(db) == [], "no runnable work: nothing to submit"
         add_tasks(db, 3)
@@ -81,35 +106,23 @@ def test_service_submits_for_work_within_policy_and_stops_on_sigterm(db, held):
         time.sleep(1.5)
         assert len(jobs(db)) == 2, "--max-queued 2 reached"
         assert all((held.root / j["script_path"]).exists() for j in both)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out
-    assert "service started" in out and "service stopped" in out
-    assert out.count("submitted batch job") == 2
+    assert svc.returncode == 0, svc.out
+    assert "service started" in svc.out and "service stopped" in svc.out
+    assert svc.out.count("submitted batch job") == 2
 
 
 def test_one_service_per_queue_and_filter(db, held):
-    first = start_service("-q", "x")
-    try:
+    with service("-q", "x") as first:
         time.sleep(1.5)
         second = subprocess.run([BALSAM, "service", "-q", "x", "--interval", "0.3"],
                                 capture_output=True, text=True, timeout=30)
         assert second.returncode == 1
         assert "a balsam service already runs for queue 'x'" in second.stderr
-        other = start_service("-q", "y")  # another queue is fine
-        time.sleep(1.0)
-        assert other.poll() is None
-        other.send_signal(signal.SIGTERM)
-        other.communicate(timeout=15)
-        assert other.returncode == 0
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=15)
-    assert first.returncode == 0
+        with service("-q", "y") as other:  # another queue is fine
+            time.sleep(1.0)
+            assert other.proc.poll() is None
+        assert other.returncode == 0, other.out
+    assert first.returncode == 0, first.out
 
 
 def test_once_and_bad_policy(db, held):
@@ -135,9 +148,8 @@ def test_service_with_real_launchers_until_the_work_is_done(db, project, tmp_pat
     counts = tmp_path / "counts"
     ids = testing.add_tasks(db, app, [{"name": f"t{i}", "args": f"0.3 {counts}"}
                                       for i in range(6)])
-    proc = start_service("--max-queued", "1", "--max-nodes", "2", "--wall-time", "5",
-                         "--job-mode", "serial")
-    try:
+    with service("--max-queued", "1", "--max-nodes", "2", "--wall-time", "5",
+                 "--job-mode", "serial") as svc:
         testing.wait_until_final(db, ids, timeout=90)
         assert testing.executions(counts) == {i: 1 for i in ids}
         wait_until(lambda: all(j["state"] == "finished" for j in jobs(db)), timeout=60,
@@ -147,20 +159,13 @@ def test_service_with_real_launchers_until_the_work_is_done(db, project, tmp_pat
         assert all(j["num_nodes"] <= 2 for j in jobs(db))
         time.sleep(1.5)
         assert len(jobs(db)) == submitted, "no work left: nothing more submitted"
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out
+    assert svc.returncode == 0, svc.out
 
 
 def test_service_survives_a_database_restart(db_dsn, held, pg_server):
     from balsam.db import connect
 
-    proc = start_service("--max-queued", "3", "--max-nodes", "1")
-    try:
+    with service("--max-queued", "3", "--max-nodes", "1") as svc:
         with connect(db_dsn) as db:
             add_tasks(db, 1)
             wait_until(lambda: [j["state"] for j in jobs(db)] in (["submitted"], ["running"]),
@@ -171,11 +176,5 @@ def test_service_survives_a_database_restart(db_dsn, held, pg_server):
         with connect(db_dsn) as db:
             add_tasks(db, 1)
             wait_until(lambda: len(jobs(db)) == 2, what="a job after the restart")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out
-    assert "retrying" in out or "round failed" in out
+    assert svc.returncode == 0, svc.out
+    assert "retrying" in svc.out or "round failed" in svc.out
