@@ -105,7 +105,8 @@ def reap_dead(conn: Connection) -> dict[str, Any]:
         dead = [r["id"] for r in conn.execute(q("mark_dead_launchers"), {}).fetchall()]
         recovered = []
         if dead:
-            recovered = conn.execute(q("recover_tasks"), {"launchers": dead}).fetchall()
+            recovered = conn.execute(q("recover_claims"), {
+                "launchers": dead, "ids": None, "why": "presumed dead"}).fetchall()
     return {"launchers": dead, "tasks": recovered}
 
 
@@ -254,7 +255,8 @@ def recover_unknown(conn: Connection, launcher: int, ids: Iterable[int]) -> list
     ids = list(ids)
     if not ids:
         return []
-    return conn.execute(q("recover_unknown"), {"launcher": launcher, "ids": ids}).fetchall()
+    return conn.execute(q("recover_claims"), {
+        "launchers": [launcher], "ids": ids, "why": "lost track of the run"}).fetchall()
 
 
 def require(done: set[int], wanted: Iterable[int], launcher: int) -> None:

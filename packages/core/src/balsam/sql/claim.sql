@@ -47,33 +47,23 @@ SET ended_at = now(),
 FROM stale WHERE l.id = stale.id
 RETURNING l.id;
 
--- name: recover_tasks
--- Run after mark_dead_launchers, in the same transaction but a later statement, so that it sees
--- every claim those launchers committed. One statement: a row a launcher moved meanwhile is
--- re-read and still released.
+-- name: recover_claims
+-- Give back claims their launcher cannot finish: all a dead launcher's (run after
+-- mark_dead_launchers, in the same transaction but a later statement, so that it sees every
+-- claim those launchers committed; one statement: a row a launcher moved meanwhile is re-read
+-- and still released), or, with %(ids)s, those a live launcher holds but does not know about
+-- (their commit was acknowledged but lost, or never acknowledged). A RUNNING task restarts if it
+-- may, else times out; its message is "launcher N " followed by %(why)s.
 UPDATE tasks t
 SET state = CASE WHEN t.state <> 'RUNNING' THEN t.state
                  WHEN t.auto_timeout_retry AND NOT t.post_timeout_handler THEN 'RESTART_READY'
                  ELSE 'RUN_TIMEOUT' END,
     state_message = CASE WHEN t.state = 'RUNNING'
-                         THEN format('launcher %%s presumed dead', t.launcher_id)
+                         THEN format('launcher %%s %%s', t.launcher_id, %(why)s::text)
                          ELSE t.state_message END,
     launcher_id = NULL
 WHERE t.launcher_id = ANY(%(launchers)s::bigint[])
-RETURNING t.id, t.state;
-
--- name: recover_unknown
--- Claims this launcher holds but does not know about (their commit was acknowledged but lost,
--- or never acknowledged): handled like a dead launcher's.
-UPDATE tasks t
-SET state = CASE WHEN t.state <> 'RUNNING' THEN t.state
-                 WHEN t.auto_timeout_retry AND NOT t.post_timeout_handler THEN 'RESTART_READY'
-                 ELSE 'RUN_TIMEOUT' END,
-    state_message = CASE WHEN t.state = 'RUNNING'
-                         THEN format('launcher %%s lost track of the run', t.launcher_id)
-                         ELSE t.state_message END,
-    launcher_id = NULL
-WHERE t.launcher_id = %(launcher)s AND t.id = ANY(%(ids)s::bigint[])
+  AND (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
 RETURNING t.id, t.state;
 
 -- name: lock_run_candidates
