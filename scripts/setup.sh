@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what Balsam needs on a fresh Debian machine, idempotently:
-#   apt packages (PostgreSQL server; with --tests also Slurm, munge, Open MPI),
-#   a virtualenv every user can execute (from /usr/bin/python3), and the five packages editable.
+#   apt packages (PostgreSQL server; with --tests also Slurm, munge, Open MPI and Chromium for the
+#   web page's browser tests), a virtualenv every user can execute (from /usr/bin/python3), and
+#   the packages editable.
 # Prints the repository path the venv was installed from (a world-readable copy when the clone
 # itself is not readable by other users, because the multi-user tests run commands as them).
 #   usage: scripts/setup.sh [--tests]
@@ -18,6 +19,7 @@ if [ "$TESTS" = 1 ]; then
     command -v slurmctld >/dev/null || need_apt+=(slurm-wlm munge)
     command -v mpirun >/dev/null || need_apt+=(openmpi-bin)
     command -v runuser >/dev/null || need_apt+=(util-linux)
+    [ -x /usr/bin/chromium ] || need_apt+=(chromium)   # Playwright drives Debian's build
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then log "missing packages: ${need_apt[*]} (install them as root)"; exit 1; fi
@@ -45,9 +47,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pip_log="$(mktemp)"
     "$VENV/bin/pip" install -q --disable-pip-version-check \
         -e "$REPO/packages/core[analytics]" -e "$REPO/packages/pgserver" -e "$REPO/packages/perms" \
-        -e "$REPO/packages/launcher" -e "$REPO/packages/cli" \
+        -e "$REPO/packages/launcher" -e "$REPO/packages/cli" -e "$REPO/packages/web" \
         -e "$REPO/tests/plugins/balsam-testplugin" \
-        'pytest>=8' 'pytest-postgresql>=6' 'hypothesis>=6' 'ruff>=0.6' >"$pip_log" 2>&1 \
+        'pytest>=8' 'pytest-postgresql>=6' 'hypothesis>=6' 'ruff>=0.6' 'playwright>=1.40' \
+        >"$pip_log" 2>&1 \
         || { grep -v '^WARNING: Location' "$pip_log" >&2; exit 1; }
     rm -f "$pip_log"
     echo "$want" > "$stamp"

@@ -68,6 +68,38 @@ def test_hook_register_commands():
         build_cli(pm)
 
 
+class _Group:
+    @hookimpl
+    def register_commands(self, register):
+        register(click.Group("grp", commands=[click.Command("own")]))
+
+
+class _Into:
+    def __init__(self, group: str, name: str) -> None:
+        self.command = click.Command(name)
+        self.group = group
+
+    @hookimpl
+    def register_commands(self, register):
+        register(self.command, group=self.group)
+
+
+def test_register_commands_into_another_plugins_group():
+    pm = get_plugin_manager(autoload=False)
+    into = _Into("grp", "extra")
+    pm.register(into, name="site-into")  # registered first: install order does not matter
+    pm.register(_Group(), name="site-group")
+    group = build_cli(pm).commands["grp"]
+    assert isinstance(group, click.Group) and group.commands["extra"] is into.command
+    pm.register(_Into("grp", "own"), name="site-clash")
+    with pytest.raises(BalsamError, match="command grp 'own' from plugin 'site-clash' clashes"):
+        build_cli(pm)
+    pm = get_plugin_manager(autoload=False)
+    pm.register(_Into("nogroup", "x"), name="site-lost")
+    with pytest.raises(BalsamError, match="plugin 'site-lost' adds 'x' to a group 'nogroup' that"):
+        build_cli(pm)
+
+
 def test_hook_migration_packages():
     from balsam.migrate import plugin_packages
 

@@ -49,20 +49,41 @@ def build_cli(pm: pluggy.PluginManager) -> click.Group:
     assert isinstance(cli, BalsamGroup)
     cli.pm = pm
     owners: dict[str, str] = {}
+    nested: list[tuple[str, click.Command, str]] = []  # (group, command, plugin)
     for impl in pm.hook.register_commands.get_hookimpls():
         plugin_name = impl.plugin_name
 
-        def register(command: click.Command, _plugin: str = plugin_name) -> None:
-            name = command.name or ""
-            if name in owners:
-                message = (f"command {name!r} from plugin {_plugin!r} clashes with plugin "
-                           f"{owners[name]!r}")
-                raise BalsamError(message)
-            owners[name] = _plugin
+        def register(command: click.Command, group: str | None = None,
+                     _plugin: str = plugin_name) -> None:
+            if group is not None:
+                nested.append((group, command, _plugin))
+                return
+            _claim(owners, command.name or "", _plugin)
             cli.add_command(command)
 
         impl.function(register=register)
+    # Subcommands of another plugin's group, once every group exists (install order is free).
+    for group_name, command, plugin_name in nested:
+        group = cli.commands.get(group_name)
+        if not isinstance(group, click.Group):
+            message = (f"plugin {plugin_name!r} adds {command.name!r} to a group {group_name!r} "
+                       f"that no plugin provides")
+            raise BalsamError(message)
+        _claim(owners, f"{group_name} {command.name}", plugin_name)
+        if group.commands.get(command.name or "", command) is not command:
+            message = (f"command {group_name} {command.name!r} from plugin {plugin_name!r} "
+                       f"clashes with plugin {owners[group_name]!r}")
+            raise BalsamError(message)
+        group.add_command(command)
     return cli
+
+
+def _claim(owners: dict[str, str], name: str, plugin: str) -> None:
+    """Record that ``plugin`` provides the command ``name``; a name taken twice is an error."""
+    if name in owners:
+        message = f"command {name!r} from plugin {plugin!r} clashes with plugin {owners[name]!r}"
+        raise BalsamError(message)
+    owners[name] = plugin
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -132,11 +132,12 @@ def select_tasks(
 
 
 @hookspec
-def register_commands(register: Callable[[click.Command], None]) -> None:
+def register_commands(register: Callable[..., None]) -> None:
     """Add click commands to the ``balsam`` CLI.
 
-    :param register: call it once per command or group. A name already taken by another plugin
-        is an error naming both plugins.
+    :param register: call it once per command or group: ``register(command)`` adds a top-level
+        command, ``register(command, group="report")`` a subcommand of another plugin's group.
+        A name already taken by another plugin is an error naming both plugins.
 
     All implementations are called; return values are ignored.
     """

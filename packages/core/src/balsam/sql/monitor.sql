@@ -1,0 +1,71 @@
+-- Named queries of balsam.monitor: what runs now, what failed and how far each workflow is.
+-- Read-only, shared by the CLI and the web page.
+
+-- name: launcher_rows
+-- Every launcher (or only those whose row says they run), newest first, with its batch job's
+-- scheduler id and state and how many of its tasks are RUNNING. Ages are from the server's clock.
+SELECT l.id, l.owner, l.hostname, l.pid, l.batch_job_id, b.scheduler_id, b.state AS batch_state,
+       l.job_mode, l.num_nodes, l.started_at, l.ended_at IS NOT NULL AS ended,
+       date_part('epoch', now() - l.heartbeat_at)::float8 AS heartbeat_age,
+       date_part('epoch', l.heartbeat_timeout)::float8 AS heartbeat_timeout,
+       (SELECT count(*) FROM tasks t
+        WHERE t.launcher_id = l.id AND t.state = 'RUNNING')::integer AS running
+FROM launchers l
+LEFT JOIN batch_jobs b ON b.id = l.batch_job_id
+WHERE NOT %(running_only)s OR l.ended_at IS NULL
+ORDER BY l.id DESC;
+
+-- name: failures_by_cause
+-- Failures since a time (NULL: ever), optionally of one workflow, grouped by cause. A failure is
+-- an event into RUN_ERROR or RUN_TIMEOUT (a run that failed), or into FAILED from any other state
+-- (FAILED after RUN_ERROR is the same failure, counted once). The cause is what the message says,
+-- shortened to its head and its last line: the launcher writes "exit 3: line | line | last line"
+-- (the last lines of the output), so the cause is "exit 3: last line"; a duration in the head
+-- ("stopped after 12.5s") is dropped so that equal causes group together.
+WITH failures AS (
+    SELECT e.task_id, e.at, btrim(e.message) AS message
+    FROM task_events e
+    WHERE (e.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT')
+           OR (e.to_state = 'FAILED'
+               AND e.from_state IS DISTINCT FROM 'RUN_ERROR'
+               AND e.from_state IS DISTINCT FROM 'RUN_TIMEOUT'))
+      AND (%(since)s::timestamptz IS NULL OR e.at >= %(since)s::timestamptz)
+      AND (%(workflow)s::text IS NULL
+           OR EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id
+                      AND t.workflow = %(workflow)s::text))
+),
+parts AS (
+    SELECT f.task_id, f.at,
+           regexp_replace(split_part(f.message, ': ', 1), ' after [0-9.]+s$', '') AS head,
+           CASE WHEN strpos(f.message, ': ') > 0
+                THEN substr(f.message, strpos(f.message, ': ') + 2) ELSE '' END AS detail
+    FROM failures f
+),
+causes AS (
+    SELECT p.task_id, p.at,
+           left(CASE WHEN p.detail <> ''
+                     THEN p.head || ': ' || btrim(regexp_replace(p.detail, '^.*( \| |\n)', ''))
+                     WHEN p.head <> '' THEN btrim(regexp_replace(p.head, '^.*\n', ''))
+                     ELSE '(no message)' END, 300) AS cause
+    FROM parts p
+)
+SELECT cause, count(*)::integer AS count, max(at) AS latest_at,
+       (array_agg(DISTINCT task_id ORDER BY task_id DESC))[1:%(sample)s] AS task_ids
+FROM causes
+GROUP BY cause
+ORDER BY count DESC, latest_at DESC, cause;
+
+-- name: workflow_state_counts
+-- How many tasks of each workflow are in each state.
+SELECT workflow, state, count(*)::integer AS tasks
+FROM tasks
+GROUP BY workflow, state;
+
+-- name: workflow_finished_recently
+-- Tasks of each workflow that finished (events into JOB_FINISHED) in the last `seconds`, by the
+-- server's clock.
+SELECT t.workflow, count(*)::integer AS finished
+FROM task_events e
+JOIN tasks t ON t.id = e.task_id
+WHERE e.to_state = 'JOB_FINISHED' AND e.at >= now() - make_interval(secs => %(seconds)s)
+GROUP BY t.workflow;
