@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    import click
 
     from balsam.models import Task
     from balsam.project import Project

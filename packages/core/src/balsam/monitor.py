@@ -108,7 +108,8 @@ def eta_seconds(remaining: int, finished_recently: int,
     return remaining * window / finished_recently
 
 
-def _rows(conn: Connection, name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def _rows(conn: Connection, name: str,
+          params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with wrap_db_errors():
         return conn.execute(query("balsam", name), params or {}).fetchall()  # type: ignore[arg-type]
 
@@ -147,7 +148,7 @@ def workflow_progress(conn: Connection) -> list[WorkflowProgress]:
         counts.setdefault(row["workflow"], {})[row["state"]] = row["tasks"]
     finished = {r["workflow"]: r["finished"]
                 for r in _rows(conn, "workflow_finished_recently", {"seconds": RATE_WINDOW})}
-    return [WorkflowProgress(wf, dict(sorted(by_state.items(), key=lambda kv: _ORDER.get(kv[0], 99))),
+    return [WorkflowProgress(wf, dict(sorted(by_state.items(), key=lambda kv: _ORDER[kv[0]])),
                              finished.get(wf, 0),
                              eta_seconds(remaining_tasks(by_state), finished.get(wf, 0)))
             for wf, by_state in sorted(counts.items())]

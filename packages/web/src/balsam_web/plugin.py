@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import click
-
 from balsam import hookimpl
 from balsam_web import commands
 
