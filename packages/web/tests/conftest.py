@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import queue
 import re
 import signal
@@ -119,6 +120,21 @@ def web(project) -> Iterator[WebServer]:
     """``balsam web`` serving the test's project (as root, with the database's superuser)."""
     with serve(dict(os.environ)) as server:
         yield server
+
+
+@pytest.fixture
+def serve_as(unix_users):
+    """``serve_as(user, project_root)``: ``balsam web`` run by another UNIX user, as it would be
+    from their login shell (a clean environment, the test venv on PATH)."""
+
+    def start(user: str, root: Path):
+        pw = pwd.getpwnam(user)
+        env = {"PATH": f"{Path(BALSAM).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": pw.pw_dir,
+               "USER": user, "LOGNAME": user, "LANG": "C.UTF-8", "BALSAM_DB_PATH": str(root)}
+        prefix = ["runuser", "-u", user, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items())]
+        return serve({"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, prefix)
+
+    return start
 
 
 @dataclass
