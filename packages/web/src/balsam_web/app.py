@@ -55,7 +55,7 @@ PAGES = {
     "task": (("tasks", "task_parents"), 15000),
     "failures": (("tasks",), 30000),
     "launchers": (("launchers", "batch_jobs", "tasks"), 10000),
-    "charts": (("tasks", "launchers"), 60000),
+    "charts": ((), 60000),  # heavy at scale: refreshed every minute, not on every change
 }
 
 

@@ -151,10 +151,9 @@ def overview_page(conn: Connection) -> dict[str, Any]:
         "running": _rows(conn, "running_tasks", {"limit": RUNNING_SHOWN}),
         "failures": monitor.failures_by_cause(conn, since=now - timedelta(hours=1)),
         "recent_hours": OVERVIEW_CHART_HOURS,
-        "recent_chart": throughput_chart(conn, _floor(now - timedelta(hours=OVERVIEW_CHART_HOURS),
-                                                      OVERVIEW_CHART_BIN), now,
-                                         by="workflow", width=640, height=180,
-                                         bin_width=timedelta(seconds=OVERVIEW_CHART_BIN)),
+        "recent_chart": finished_chart(analytics.throughput(
+            conn, since=_floor(now - timedelta(hours=OVERVIEW_CHART_HOURS), OVERVIEW_CHART_BIN),
+            until=now, bin_width=timedelta(seconds=OVERVIEW_CHART_BIN)), width=640, height=180),
     }
 
 
@@ -163,17 +162,14 @@ def _floor(moment: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(moment.timestamp() // seconds * seconds, UTC)
 
 
-def throughput_chart(conn: Connection, since: datetime | None, until: datetime | None, *,
-                     by: str | None, width: float = 760, height: float = 240,
-                     bin_width: timedelta | None = None) -> Any:
-    report = analytics.throughput(conn, since=since, until=until, by=by, bin_width=bin_width)
+def finished_chart(report: analytics.Throughput, **size: float) -> Any:
+    """Tasks finished per bin as stacked bars (one layer per group, or one for all)."""
     series = {k: [float(b.by.get(k, 0)) for b in report.bins] for k in report.groups}
-    layers = analytics.fold_groups(series, MAX_GROUPS) if by else {
+    layers = analytics.fold_groups(series, MAX_GROUPS) if report.by else {
         "finished": [float(b.count) for b in report.bins]}
     return charts.time_chart(
-        _series(report.bins, report.window.until, layers),
-        bars=True, width=width, height=height,
-        y_label=f"finished per {analytics.duration_text(report.window.bin_seconds)}")
+        _series(report.bins, report.window.until, layers), bars=True,
+        y_label=f"finished per {analytics.duration_text(report.window.bin_seconds)}", **size)
 
 
 def _series(bins: list[Any], end: datetime, layers: dict[str, list[float]],
@@ -257,27 +253,45 @@ def launchers_page(conn: Connection, params: Mapping[str, str]) -> dict[str, Any
 
 def charts_page(conn: Connection, params: Mapping[str, str]) -> dict[str, Any]:
     """Utilisation and throughput over time, split by user, batch job or workflow."""
-    label, since = parse_window(params, "24h")
+    label, since = parse_window(params, "6h")
     by = parse_by(params)
     until = datetime.now(UTC) if since is not None else None
     return {"window": label, "windows": list(WINDOWS), "by": by, "by_choices": analytics.BY_CHOICES,
             **report_charts(conn, since, until, by)}
 
 
+@dataclass(frozen=True)
+class GroupRow:
+    """A group's line under the charts: what it finished, and its node-hours."""
+
+    key: str
+    finished: int
+    busy_node_seconds: float
+    available_node_seconds: float | None
+    utilization: float | None
+
+
 def report_charts(conn: Connection, since: datetime | None, until: datetime | None,
                   by: str) -> dict[str, Any]:
-    """The utilisation and throughput charts and the per-group summary (as ``balsam report``)."""
+    """The utilisation and throughput charts and their totals per group, as ``balsam report``
+    computes them (one pass over the history for each)."""
     util = analytics.utilization(conn, since=since, until=until, by=by)
+    throughput = analytics.throughput(conn, since=util.window.since, until=util.window.until,
+                                      bin_width=timedelta(seconds=util.window.bin_seconds), by=by)
     keys = {k for b in util.bins for k in b.busy_by}
     layers = analytics.fold_groups(
         {k: [b.busy_by.get(k, 0.0) / b.seconds for b in util.bins] for k in keys}, MAX_GROUPS)
+    bin_text = analytics.duration_text(util.window.bin_seconds)
     utilization_chart = charts.time_chart(
         _series(util.bins, util.window.until, layers,
                 ("available", [b.available_nodes for b in util.bins])),
-        bars=False,
-        y_label=f"busy nodes (mean per {analytics.duration_text(util.window.bin_seconds)})")
-    summary = analytics.summary(conn, since=util.window.since, until=util.window.until, by=by)
-    return {"utilization": util, "utilization_chart": utilization_chart,
-            "throughput_chart": throughput_chart(conn, util.window.since, util.window.until,
-                                                 by=by),
-            "summary": summary}
+        bars=False, y_label=f"busy nodes (mean per {bin_text})")
+    busy = {g.key: g for g in util.groups}
+    rows = [GroupRow(k, throughput.groups.get(k, 0), busy[k].busy_node_seconds if k in busy
+                     else 0.0, busy[k].available_node_seconds if k in busy else None,
+                     busy[k].utilization if k in busy else None)
+            for k in sorted(busy.keys() | throughput.groups.keys(),
+                            key=lambda k: (-(busy[k].busy_node_seconds if k in busy else 0.0),
+                                           -throughput.groups.get(k, 0), k))]
+    return {"utilization": util, "throughput": throughput, "groups": rows,
+            "utilization_chart": utilization_chart, "throughput_chart": finished_chart(throughput)}
