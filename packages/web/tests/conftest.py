@@ -80,8 +80,9 @@ def serve(env: dict[str, str], prefix: Sequence[str] = (), *,
         assert "Traceback" not in errors, errors
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module (Playwright's event loop must not outlive these tests)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -4,6 +4,7 @@ become pictures and text; and the hub that fans changes out to pages."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -108,7 +109,8 @@ def test_hub_tells_each_page_what_changed_and_once_more_after_the_quiet_period()
         await stream.aclose()
         return got
 
-    got = asyncio.run(scenario())
+    with ThreadPoolExecutor(1) as thread:  # a loop of its own, whatever else runs here
+        got = thread.submit(lambda: asyncio.run(scenario())).result()
     assert [e["event"] for e in got] == ["status", "status", "change", "change"]
     assert got[0]["data"] == '{"live": false}' and got[1]["data"] == '{"live": true}'
     assert '"tables": ["launchers", "tasks"]' in got[2]["data"]

@@ -39,15 +39,21 @@ def label(key: str) -> str:
     return key if key else "(none)"
 
 
+def check_writable(path: Path, what: str = "plot") -> None:
+    """Fail early, before any work, if a file could not be created at ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        message = f"cannot write the {what} to {path}: no directory {path.parent}"
+        raise InvalidInput(message)
+    if path.is_dir():
+        message = f"cannot write the {what} to {path}: it is a directory"
+        raise InvalidInput(message)
+
+
 def check_target(path: Path) -> None:
     """Fail early, before any work, if the plot could not be written to ``path``."""
     path = Path(path)
-    if not path.parent.is_dir():
-        message = f"cannot write the plot to {path}: no directory {path.parent}"
-        raise InvalidInput(message)
-    if path.is_dir():
-        message = f"cannot write the plot to {path}: it is a directory"
-        raise InvalidInput(message)
+    check_writable(path)
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from balsam import analytics
+from balsam import analytics, plots
 from balsam.errors import InvalidInput
 from balsam.project import Project
 from balsam_web import render, views
@@ -82,16 +82,6 @@ def web(host: str, port: int) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def check_target(path: Path) -> None:
-    """Fail before any work if the report could not be written to ``path``."""
-    if not path.parent.is_dir():
-        message = f"cannot write the report to {path}: no directory {path.parent}"
-        raise InvalidInput(message)
-    if path.is_dir():
-        message = f"cannot write the report to {path}: it is a directory"
-        raise InvalidInput(message)
-
-
 def write_atomically(path: Path, text: str) -> None:
     """Write a new file in place of ``path`` (never half a report, never through a symlink)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -127,7 +117,7 @@ def report_html(file: Path, since: str | None, until: str | None, by: str) -> No
     or attached to a ticket. Progress and failures are as of now; utilisation and throughput
     over the window, as 'balsam report' computes them.
     """
-    check_target(file)
+    plots.check_writable(file, "report")
     now = datetime.now(UTC)
     window = {"since": analytics.parse_time(since, now) if since else None,
               "until": analytics.parse_time(until, now) if until else None}

@@ -179,12 +179,15 @@ def _series(bins: list[Any], end: datetime, layers: dict[str, list[float]],
 
 def tasks_page(conn: Connection, flt: TaskFilter) -> dict[str, Any]:
     """One page of tasks, newest first, with links to the newer and older pages."""
-    params = {**asdict(flt), "limit": flt.limit}
+    params = {**asdict(flt), "cap": COUNT_CAP + 1}
     newer_first = flt.after is None
-    stmt = sql.SQL(_q("task_page")).format(  # type: ignore[arg-type]
-        direction=sql.SQL("DESC" if newer_first else "ASC"))
+    where = sql.SQL(_q("task_filter"))  # type: ignore[arg-type]
+    page = sql.SQL(_q("task_page")).format(  # type: ignore[arg-type]
+        filter=where, direction=sql.SQL("DESC" if newer_first else "ASC"))
+    count = sql.SQL(_q("task_count_capped")).format(filter=where)  # type: ignore[arg-type]
     with wrap_db_errors():
-        rows = conn.execute(stmt, params).fetchall()
+        rows = conn.execute(page, params).fetchall()
+        matching = conn.execute(count, params).fetchone()["n"]  # type: ignore[index]
     more = len(rows) > flt.limit
     rows = rows[:flt.limit]
     if newer_first:
@@ -192,9 +195,8 @@ def tasks_page(conn: Connection, flt: TaskFilter) -> dict[str, Any]:
     else:  # a newer page, read upwards from `after` and shown newest first
         rows.reverse()
         has_newer, has_older = more, (flt.after or 0) > 0
-    count = _rows(conn, "task_count_capped", {**params, "cap": COUNT_CAP + 1})[0]["n"]
     return {
-        "filter": flt, "tasks": rows, "count": count, "count_cap": COUNT_CAP,
+        "filter": flt, "tasks": rows, "count": matching, "count_cap": COUNT_CAP,
         "newer": flt.query_params(after=rows[0]["id"], before=None)
         if has_newer and rows else None,
         "older": flt.query_params(before=rows[-1]["id"], after=None)

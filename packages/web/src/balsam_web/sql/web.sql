@@ -2,36 +2,31 @@
 -- Optional filters are "(%(x)s IS NULL OR ...)", as in balsam's tasks.sql: each call is planned
 -- with its values, so unused filters fold away and the indexes serve the rest.
 
--- name: task_page
--- One page of tasks matching the filters, by id in the direction {direction} (ASC or DESC,
--- composed with psycopg.sql), strictly between after and before. limit + 1 rows tell whether
--- there is another page.
-SELECT t.id, t.name, t.workflow, a.name AS app_name, t.state, t.state_message, t.owner,
-       t.num_nodes, t.attempts, t.launcher_id, t.state_changed_at
-FROM tasks t
-JOIN apps a ON a.id = t.app_id
-WHERE (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+-- name: task_filter
+-- The task list's filters, composed into the two queries below as {filter} (psycopg.sql).
+(%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
   AND (%(state)s::text IS NULL OR t.state = %(state)s::text)
   AND (%(app)s::text IS NULL OR a.name = %(app)s::text)
   AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
   AND (%(name)s::text IS NULL OR strpos(t.name, %(name)s::text) > 0)
+
+-- name: task_page
+-- One page of tasks matching {filter}, by id in the direction {direction} (ASC or DESC),
+-- strictly between after and before. limit + 1 rows tell whether there is another page.
+SELECT t.id, t.name, t.workflow, a.name AS app_name, t.state, t.state_message, t.owner,
+       t.num_nodes, t.attempts, t.launcher_id, t.state_changed_at
+FROM tasks t
+JOIN apps a ON a.id = t.app_id
+WHERE {filter}
   AND (%(after)s::bigint IS NULL OR t.id > %(after)s::bigint)
   AND (%(before)s::bigint IS NULL OR t.id < %(before)s::bigint)
 ORDER BY t.id {direction}
 LIMIT %(limit)s + 1;
 
 -- name: task_count_capped
--- How many tasks match the filters, counting no further than cap.
+-- How many tasks match {filter}, counting no further than cap.
 SELECT count(*)::integer AS n FROM (
-    SELECT 1
-    FROM tasks t
-    JOIN apps a ON a.id = t.app_id
-    WHERE (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
-      AND (%(state)s::text IS NULL OR t.state = %(state)s::text)
-      AND (%(app)s::text IS NULL OR a.name = %(app)s::text)
-      AND (%(owner)s::text IS NULL OR t.owner = %(owner)s::text)
-      AND (%(name)s::text IS NULL OR strpos(t.name, %(name)s::text) > 0)
-    LIMIT %(cap)s
+    SELECT 1 FROM tasks t JOIN apps a ON a.id = t.app_id WHERE {filter} LIMIT %(cap)s
 ) matching;
 
 -- name: workflow_names
