@@ -35,6 +35,12 @@ def rows(page, selector: str = "table.tasks tbody tr") -> list[list[str]]:
             for r in page.locator(selector).all()]
 
 
+def settled(page):
+    """The page, once its event stream is open (screenshots show the badge "live")."""
+    expect(page.locator("#status")).to_have_text("live")
+    return page
+
+
 def test_each_page_on_a_seeded_project(seeded, web, page, shoot):
     page.goto(web.url("/"))
     expect(page).to_have_url(web.base)  # the token left the URL for a cookie
@@ -55,7 +61,7 @@ def test_each_page_on_a_seeded_project(seeded, web, page, shoot):
     page.click("nav >> text=Tasks")
     expect(page.locator("p.count")).to_have_text("130 matching tasks, newest first.")
     assert rows(page)[0][:5] == ["130", "post-9", "analysis", "post", "AWAITING_PARENTS"]
-    shoot(page, "tasks")
+    shoot(settled(page), "tasks")
 
     page.fill("input[name=name]", "sim-000")
     page.click("text=Filter")
@@ -70,12 +76,12 @@ def test_each_page_on_a_seeded_project(seeded, web, page, shoot):
     dag = page.locator(".dag svg")
     expect(dag.locator("a")).to_have_count(3)  # two parents and the task itself
     assert "no output yet" in page.locator("#output-error").inner_text()
-    shoot(page, "task")
+    shoot(settled(page), "task")
 
     page.click("nav >> text=Failures")
     expect(page.locator("td.cause")).to_have_text("exit 3: ValueError: bad seed")
     assert rows(page, "tbody tr")[0][1] == "6"
-    shoot(page, "failures")
+    shoot(settled(page), "failures")
 
     page.click("nav >> text=Launchers")
     live = page.locator("tr.alive")
@@ -85,7 +91,7 @@ def test_each_page_on_a_seeded_project(seeded, web, page, shoot):
     page.click("text=All launchers, also ended ones")
     expect(page.locator("tr.dead")).to_have_count(1)
     assert "running" in page.locator("td.jobstate").inner_text()
-    shoot(page, "launchers")
+    shoot(settled(page), "launchers")
 
     page.click("nav >> text=Utilisation")
     text = page.locator("p.count").inner_text()
@@ -96,7 +102,7 @@ def test_each_page_on_a_seeded_project(seeded, web, page, shoot):
     page.click("text=Show")
     expect(page.locator("h2").first).to_have_text("Busy nodes by workflow, against available nodes")
     assert page.locator(".chart svg").count() == 2
-    shoot(page, "utilisation")
+    shoot(settled(page), "utilisation")
     assert page.dialogs == []
 
 
