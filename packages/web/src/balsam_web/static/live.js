@@ -1,8 +1,8 @@
 // balsam web: keep the page's live part current without reloading it.
 // The server's event stream says which tables changed; when one this page shows (data-watch)
 // changes, the live part is fetched again (X-Balsam-Fragment) and swapped in. At most one fetch
-// runs at a time, and fetches are spaced by at least twice the last one's duration (min 0.5 s),
-// so a busy database costs each page a bounded load. Without the stream (or without
+// runs at a time, and the next one starts no sooner than max(0.5 s, the last one's duration)
+// after it, so a page never keeps the server busy more than half of the time. Without the stream (or without
 // notifications from the database) the page polls every 5 s. Every page also refreshes itself
 // every data-every ms, so ages and heartbeats stay current when nothing is written.
 (function () {
@@ -31,7 +31,7 @@
   }
   function refresh() {
     if (busy) { pending = true; return; }
-    const wait = lastDone + Math.max(500, 2 * lastCost) - performance.now();
+    const wait = lastDone + Math.max(500, lastCost) - performance.now();
     if (wait > 0) { schedule(wait); return; }
     busy = true;
     const start = performance.now();
