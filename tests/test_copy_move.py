@@ -1,5 +1,6 @@
 """Copying or moving a project: with the server stopped, ``cp -a`` or ``mv`` keeps everything
-working at the new path (server, tasks, working directories, collaborators, permissions)."""
+working at the new path (server, tasks, working directories, collaborators, permissions, both
+zones). A copy keeps the port too: running both at once, the second start says how to move it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from balsam.project import Project
+from balsam_pgserver.server import free_port
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -67,8 +69,21 @@ def test_cp_a_then_mv_keep_working(run_as, populated):
     sh(run_as, "alice", copy, 'echo more >> "$P/data/wf/t1/out.txt"')  # group-writable
     check = run_as("bob", ["balsam", "perms", "check"], env={"BALSAM_DB_PATH": str(copy)})
     assert "shared with group balsamtest" in check.stdout
-    # The original is untouched and still starts on its own.
+    # The original is untouched. It keeps its port, which the running copy holds: its start
+    # says so, and moves to another port when told.
+    port = Project.load(root).info["port"]
+    taken = sh(run_as, "alice", root, ACTIVATE, check=False)
+    assert taken.returncode == 1
+    assert taken.stderr.strip() == (f"Error: port {port} on {Project.load(root).info['host']} is "
+                                    f"taken by another program; the server keeps its port so "
+                                    f"that clients find it: pick another with balsam server "
+                                    f"start --port N")
+    other = free_port()
+    run_as("alice", ["balsam", "server", "start", "--port", str(other)],
+           env={"BALSAM_DB_PATH": str(root)})
+    assert Project.load(root).info["port"] == other
     assert tasks_seen(run_as, "alice", root) == "{'n': 1, 'who': 'bob'}"
+    assert tasks_seen(run_as, "bob", root, **tcp) == "{'n': 1, 'who': 'bob'}"
     stop(run_as, copy)
     moved = root.parent / "moved" / "here"
     moved.parent.mkdir()
@@ -93,8 +108,10 @@ def test_cp_without_a_is_named_by_perms_check_and_fixed(run_as, populated):
         check = run_as("alice", ["balsam", "perms", "check"], env=env, check=False)
         assert check.returncode == 1
         lines = check.stdout.splitlines()
-        assert ".: mode 0750, needs 2770 (group rwx, setgid); group alice, not balsamtest " \
+        assert ".: mode 0750, needs 2750 (group rx, setgid); group alice, not balsamtest " \
                "(owner alice)" in lines
+        assert "data: mode 1750, needs 3770 (group rwx, setgid, sticky); group alice, not " \
+               "balsamtest (owner alice)" in lines
         assert "data/wf/t1/out.txt: mode 0640, needs 0660 (group rw); group alice, not " \
                "balsamtest (owner alice)" in lines
         assert not any(ln.startswith("balsamdb") for ln in lines), "cp kept balsamdb 0700"
@@ -113,12 +130,15 @@ def test_copy_of_a_running_project_starts_its_own_server(run_as, populated):
     # Copied while running (after a checkpoint, or the copy may miss the last commits): the
     # copy holds the original's postmaster.pid and socket.
     checkpoint = ("from balsam.db import connect; from balsam.project import Project; "
-                  "connect(Project.from_env()).execute('CHECKPOINT')")
+                  "connect(Project.from_env(), admin=True).execute('CHECKPOINT')")
     sh(run_as, "alice", root, f'{ACTIVATE} && python -c "$CODE" && cp -a "$P" "$C"',
        CODE=checkpoint, C=str(copy))
     assert (copy / "balsamdb/postmaster.pid").exists()
-    proc = sh(run_as, "alice", copy, ACTIVATE)
+    proc = sh(run_as, "alice", copy, ACTIVATE, check=False)
     assert "was copied while its server was running" in proc.stderr
+    assert proc.returncode == 1 and "balsam server start --port N" in proc.stderr
+    run_as("alice", ["balsam", "server", "start", "--port", str(free_port())],
+           env={"BALSAM_DB_PATH": str(copy)})
     assert tasks_seen(run_as, "alice", copy) == "{'n': 1, 'who': 'bob'}"
     original, copied = Project.load(root), Project.load(copy)
     assert original.info["port"] != copied.info["port"]

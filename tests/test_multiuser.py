@@ -22,14 +22,15 @@ pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
 ACTIVATE = '. balsamactivate "$P" >/dev/null'
 
-#: Run SQL statements (argv[1], a JSON list) as the activated user; print each result as JSON.
+#: Run SQL statements (argv[1], a JSON list) as the activated user (as the administrative role
+#: with ADMIN=1); print each result as JSON.
 RUN_SQL = """
-import json, sys
+import json, os, sys
 from balsam.db import connect, wrap_db_errors
 from balsam.errors import BalsamError
 from balsam.project import Project
 out = []
-with connect(Project.from_env()) as conn:
+with connect(Project.from_env(), admin=bool(os.environ.get("ADMIN"))) as conn:
     for statement in json.loads(sys.argv[1]):
         try:
             with wrap_db_errors():
@@ -77,17 +78,21 @@ def modes(root: Path) -> dict[str, tuple[int, str]]:
 # --- files -------------------------------------------------------------------------------------
 
 
+#: The layout of a new project (docs/security.md): the control zone is the owner's, readable
+#: by the group; the work zone is group-writable, sticky at the top.
+LAYOUT = {
+    ".": 0o2750, "server-info": 0o640, "server-ca.pem": 0o640, "job-templates": 0o2750,
+    ".pgsocket": 0o2750, "data": 0o3770, "log": 0o3770, "qsubmit": 0o3770,
+}
+
+
 def test_init_in_a_group_directory_shares_everything(run_as, shared_dir):
     root = init(run_as, shared_dir)
     found = modes(root)
     assert found.pop("balsamdb")[0] == 0o700
-    assert found.pop(".pgsocket") == (0o2750, "balsamtest")
-    for rel, (mode, group) in found.items():
-        assert group == "balsamtest", rel
-        wanted = 0o2770 if (root / rel).is_dir() else 0o660
-        assert mode & wanted == wanted, f"{rel} {mode:o}"
-    assert found["."] == (0o2770, "balsamtest")
-    assert found["log/postgresql.log"] == (0o660, "balsamtest")  # the server wrote it 0600
+    assert found == {rel: (mode, "balsamtest") for rel, mode in LAYOUT.items()}
+    assert all(p.lstat().st_uid == pwd.getpwnam("alice").pw_uid for p in root.iterdir())
+    assert not (root / "log/postgresql.log").exists()  # the server's log is in balsamdb/
     info = Project.load(root).info
     assert info["group"] == "balsamtest" and info["umask"] == "0007"
     for user in ("alice", "bob"):
@@ -102,8 +107,8 @@ def test_init_with_group_option(run_as, unix_users):
         root = init(run_as, private, "grouped", "--group", unix_users.group)
         assert grp.getgrgid(private.stat().st_gid).gr_name == "alice"
         found = modes(root)
-        assert found["."] == (0o2770, "balsamtest") and found["data"] == (0o2770, "balsamtest")
-        assert found["server-info"] == (0o660, "balsamtest")
+        assert found["."] == (0o2750, "balsamtest") and found["data"] == (0o3770, "balsamtest")
+        assert found["server-info"] == (0o640, "balsamtest")
         assert Project.load(root).info["group"] == "balsamtest"
         for bad, message in (("nosuchgroup", "no such group 'nosuchgroup'"),
                              (unix_users.outsider, "you (alice) are not in group dave")):
@@ -123,11 +128,11 @@ def _ids(user: str) -> tuple[int, int]:
 def test_perms_fix_repairs_what_each_owner_may(run_as, shared_dir):
     root = init(run_as, shared_dir)
     sh(run_as, "bob", root, 'umask 077 && mkdir "$P/data/bobs" && touch "$P/data/bobs/out"')
-    sh(run_as, "alice", root, 'chmod 644 "$P/log/postgresql.log"')
+    sh(run_as, "alice", root, 'umask 022 && echo note > "$P/log/alice-notes.txt"')
     check = balsam(run_as, "alice", root, "perms", "check", check=False)
     assert check.returncode == 1
     assert "data/bobs: mode 2700, needs 2770 (group rwx, setgid) (owner bob)" in check.stdout
-    assert "log/postgresql.log: mode 0644, needs 0660 (group rw) (owner alice)" in check.stdout
+    assert "log/alice-notes.txt: mode 0644, needs 0660 (group rw) (owner alice)" in check.stdout
     fix = balsam(run_as, "alice", root, "perms", "fix", check=False)
     assert fix.returncode == 1 and "only bob can fix it" in fix.stdout
     fix = balsam(run_as, "bob", root, "perms", "fix")
@@ -169,7 +174,7 @@ def test_owner_adds_a_member_who_works_and_an_outsider_is_refused(run_as, shared
         "CREATE TABLE mine (i int)",
         "DROP TABLE tasks",
         "CREATE ROLE carol LOGIN",
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'alice'",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'balsam_admin'",
     )
     assert results[:4] == [[{"owner": "bob"}], [{"owner": "bob"}], "ok", "ok"]
     assert all(r.startswith("PermissionDenied: permission denied") for r in results[4:]), results
@@ -207,7 +212,8 @@ def test_viewer_reads_and_dropped_users_are_cut_off(run_as, shared_dir):
         "PermissionDenied: permission denied: permission denied for table apps"]
     listed = balsam(run_as, "alice", root, "server", "--list-users").stdout
     rows = [ln.split("│")[1:3] for ln in listed.splitlines() if "│" in ln]
-    assert [[c.strip() for c in r] for r in rows] == [["alice", "owner"], ["bob", "member"],
+    assert [[c.strip() for c in r] for r in rows] == [["balsam_admin", "admin"],
+                                                     ["alice", "owner"], ["bob", "member"],
                                                      ["carol", "viewer"]]
     # Promote carol, then drop her: she is refused again, bob is untouched.
     balsam(run_as, "alice", root, "server", "--add-user", "carol", "--role", "member")
@@ -251,7 +257,9 @@ def test_tcp_with_the_generated_password(run_as, shared_dir):
     root = init(run_as, shared_dir)
     hba = [ln.split() for ln in (root / "balsamdb/pg_hba.conf").read_text().splitlines()
            if ln.strip() and not ln.startswith("#")]
-    assert {line[-1] for line in hba} == {"peer", "scram-sha-256"}
+    assert "trust" not in {word for line in hba for word in line}
+    assert {line[0] for line in hba} == {"local", "hostssl", "hostnossl"}
+    assert [line[-1] for line in hba if line[0] == "hostnossl"] == ["reject"]
     sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob")
     tcp = {"BALSAM_DB_TRANSPORT": "tcp", "BALSAM_DB_HOST": "127.0.0.1"}
     whoami = "SELECT current_user AS me, inet_client_addr()::text AS addr"
@@ -261,7 +269,7 @@ def test_tcp_with_the_generated_password(run_as, shared_dir):
     password = stored.read_text()
     assert sql_as(run_as, "alice", root, whoami, **tcp)[0][0]["me"] == "alice"
     verifier = sql_as(run_as, "alice", root,
-                      "SELECT rolpassword FROM pg_authid WHERE rolname = 'bob'")[0][0]
+                      "SELECT rolpassword FROM pg_authid WHERE rolname = 'bob'", ADMIN="1")[0][0]
     assert verifier["rolpassword"].startswith("SCRAM-SHA-256$")
     # A second activation keeps the password; a wrong one is noticed and replaced.
     sql_as(run_as, "bob", root, whoami, **tcp)

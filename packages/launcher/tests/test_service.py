@@ -79,7 +79,6 @@ def service(*args: str) -> Iterator[Service]:
 
 @pytest.fixture
 def held(project):
-    (project.root / "job-templates").mkdir()
     (project.root / "job-templates" / "local.sh").write_text(HOLD)
     yield project
     for path in (project.qsubmit_dir / ".local").glob("*.start"):

@@ -1,4 +1,5 @@
-"""The permission policy on real directories: check, fix, what is skipped, and the CLI's umask.
+"""The permission policy on real directories: the two zones, check, fix, what is skipped, and
+the CLI's umask.
 
 As root (CI) the tests use the real group balsamtest, so a wrong group can be detected and fixed.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import grp
 import os
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import click
 import pluggy
@@ -55,11 +56,37 @@ def tree(tmp_path, group, monkeypatch) -> Project:
     return project
 
 
+@pytest.mark.parametrize("rel, kind, mode, forbidden, control", [
+    (".", "dir", 0o2750, 0o022, True),
+    ("server-info", "file", 0o640, 0o022, True),
+    ("job-templates", "dir", 0o2750, 0o022, True),
+    ("job-templates/slurm.sh", "file", 0o640, 0o022, True),
+    (".pgsocket", "dir", 0o2750, 0o022, True),
+    ("balsamdb", "dir", 0o700, 0, True),
+    ("data", "dir", 0o3770, 0, False),
+    ("qsubmit", "dir", 0o3770, 0, False),
+    ("data/wf", "dir", 0o2770, 0, False),
+    ("data/wf/out.txt", "file", 0o660, 0, False),
+    ("data/wf/run.sh", "exec", 0o770, 0, False),
+])
+def test_rules_of_the_two_zones(rel, kind, mode, forbidden, control):
+    r = policy.rule(PurePosixPath(rel), kind)
+    assert (r.mode, r.forbidden, r.control) == (mode, forbidden, control)
+    assert r.exact == (rel == "balsamdb")
+
+
+def test_symlinks_are_the_owners_business_in_the_control_zone_only():
+    assert policy.rule(PurePosixPath("job-templates/x.sh"), "link").control
+    assert policy.rule(PurePosixPath("data/wf/link"), "link") is None
+
+
 def test_a_project_that_follows_the_policy_passes(tree, group):
     assert policy.check(tree) == []
     root = tree.root
-    # Made under umask 022: the fix adds what the group needs and takes nothing away.
-    assert mode(root) == mode(root / "data/wf/task_1") == 0o2775
+    # Made under umask 022: the fix adds what the group needs and takes nothing away, except
+    # group write in the control zone.
+    assert mode(root) == 0o2755
+    assert mode(root / "data") == 0o3775 and mode(root / "data/wf/task_1") == 0o2775
     assert mode(root / "data/wf/task_1/out.txt") == 0o664
     assert mode(root / "data/wf/task_1/run.sh") == 0o770
     assert (root / "log").stat().st_gid == group.gr_gid
@@ -97,6 +124,10 @@ def test_server_directories_are_left_to_postgres(tree):
     os.chmod(root / ".pgsocket", 0o2700)
     [problem] = policy.check(tree)
     assert problem.path == root / ".pgsocket" and "group rx, setgid" in problem.reasons[0]
+    os.chmod(root / ".pgsocket", 0o2770)
+    [problem] = policy.check(tree)
+    assert problem.reasons == ["mode 2770: writable by the group (control zone: only its owner "
+                               "writes it)"]
 
 
 def test_symlinks_are_not_followed(tree, tmp_path):
@@ -140,7 +171,8 @@ def test_perms_check_and_fix_commands(tree):
     os.chmod(tree.root / "qsubmit", 0o700)
     result = CliRunner().invoke(cli, ["perms", "check"])
     assert result.exit_code == 1
-    assert "qsubmit: mode 0700, needs 2770 (group rwx, setgid) (owner root)" in result.output
+    assert ("qsubmit: mode 0700, needs 3770 (group rwx, setgid, sticky) (owner root)"
+            in result.output)
     assert "umask in force:" in result.output
     assert "Error: 1 path(s) break the policy of group balsamtest" in result.output
     result = CliRunner().invoke(cli, ["perms", "fix"])
@@ -215,7 +247,8 @@ def test_hook_on_init(tmp_path, group):
     project.save_info()
     pm.hook.on_init(project=project, options={"group": group.gr_name})
     assert _MakesFiles.seen_gid == group.gr_gid, "the group is taken before other plugins run"
-    assert mode(root / "extra") == 0o2770 and mode(root / "extra/config.txt") == 0o660
+    # extra/ is in the control zone: the group reads it, only the owner writes it.
+    assert mode(root / "extra") == 0o2750 and mode(root / "extra/config.txt") == 0o640
     info = Project.load(root).info
     assert info["group"] == group.gr_name and info["umask"] == "0007"
     assert policy.check(Project.load(root)) == []
@@ -231,6 +264,31 @@ def test_hook_on_activate(tree, capsys):
     os.chmod(tree.root / "data/wf", 0o700)  # deeper than activation looks: left to perms check
     assert pm.hook.on_activate(project=tree, user="root") == []
     err = capsys.readouterr().err.splitlines()
-    assert err == ["warning: log: mode 0700, needs 2770 (group rwx, setgid) (owner root)",
+    assert err == ["warning: log: mode 0700, needs 3770 (group rwx, setgid, sticky) (owner root)",
                    "warning: collaborators may get 'Permission denied': run balsam perms check, "
                    "then fix"]
+
+
+def test_owners_activation_undoes_a_group_write_recipe_where_it_is_safe(tree, capsys):
+    """``chmod -R g+rw`` on a project (the legacy page's recipe): the owner's activation takes
+    group write from the control directories and publishes server-info again from the private
+    copy; a control file others could have edited (a template) waits for ``perms fix``."""
+    root = tree.root
+    (root / "job-templates").mkdir(mode=0o2750)
+    (root / "job-templates/local.sh").write_text("#!/bin/bash\n")
+    for path in (root, root / ".pgsocket", root / "job-templates"):
+        os.chmod(path, mode(path) | 0o020)
+    for path in (root / "server-info", root / "job-templates/local.sh"):
+        os.chmod(path, 0o660)
+    _perms_only().hook.on_activate(project=tree, user="root")
+    err = capsys.readouterr().err
+    assert "warning: fixed .: mode 2775: writable by the group" in err
+    assert mode(root) == 0o2755 and mode(root / ".pgsocket") == 0o2750
+    assert mode(root / "job-templates") == 0o2750 and mode(root / "server-info") == 0o640
+    assert mode(root / "job-templates/local.sh") == 0o660
+    [left] = policy.check(tree)
+    assert left.path == root / "job-templates/local.sh"
+    # A member's activation repairs nothing.
+    os.chmod(root, 0o2775)
+    _perms_only().hook.on_activate(project=tree, user="bob")
+    assert mode(root) == 0o2775

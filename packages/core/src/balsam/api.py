@@ -59,7 +59,7 @@ _DEFAULTS = {f.name: f.default_factory() if callable(f.default_factory) else f.d
              for f in fields(Task) if f.name in TASK_FIELDS}
 _JSON = ("data", "environ_vars")
 
-_cached: tuple[tuple[int, str], Connection] | None = None
+_cached: tuple[tuple[int, str], Project, Connection] | None = None
 
 
 def _q(name: str) -> str:
@@ -70,18 +70,21 @@ def _q(name: str) -> str:
 
 
 def connection() -> Connection:
-    """The process's connection to the active project (opened on first use, reopened if lost)."""
+    """The process's connection to the active project (opened on first use, reopened if lost,
+    after reading server-info again: the server may have moved)."""
     global _cached
-    project = Project.from_env()
-    key = (os.getpid(), str(project.root))
+    key = (os.getpid(), os.environ.get("BALSAM_DB_PATH", ""))
+    project = None
     if _cached is not None:
-        old_key, old = _cached
+        old_key, project, old = _cached
         if old_key == key and not old.closed and not old.broken:
             return old
         if old_key[0] == key[0]:
             old.close()  # never close a connection inherited across fork: it is the parent's
+        project = project.reload() if old_key == key else None
+    project = project or Project.from_env()
     conn = connect(project)
-    _cached = (key, conn)
+    _cached = (key, project, conn)
     return conn
 
 

@@ -27,28 +27,45 @@ if TYPE_CHECKING:
 Connection = psycopg.Connection[dict[str, Any]]
 
 
-def connect(target: Project | str, *, autocommit: bool = True, **kwargs: Any) -> Connection:
+def connect(target: Project | str, *, autocommit: bool = True, admin: bool = False,
+            dbname: str | None = None, **kwargs: Any) -> Connection:
     """Open a connection (rows as dicts) to a project's database or to a conninfo string.
 
     Autocommit by default: callers group statements with ``with conn.transaction():``.
+    ``admin``: as the embedded cluster's administrative role (the owner, over the project's
+    socket), for migrations and user management; an external DSN's user does everything.
     """
     from balsam.project import Project
 
-    conninfo = target.conninfo() if isinstance(target, Project) else target
+    if isinstance(target, Project):
+        extra = {"dbname": dbname} if dbname else {}
+        conninfo = target.conninfo(admin=admin, **extra)
+    else:
+        conninfo = target
+        kwargs.update({"dbname": dbname} if dbname else {})
     try:
         return psycopg.connect(conninfo, autocommit=autocommit, row_factory=dict_row, **kwargs)
     except psycopg.OperationalError as exc:
-        raise _connect_error(target, exc) from exc
+        raise _connect_error(target, exc, admin=admin) from exc
 
 
-def _connect_error(target: Project | str, exc: psycopg.OperationalError) -> BalsamError:
+def _connect_error(target: Project | str, exc: psycopg.OperationalError, *,
+                   admin: bool = False) -> BalsamError:
     """Say why a connection failed, and what to do, in one line."""
-    from balsam.project import Project, current_user
+    from balsam.project import ADMIN_ROLE, Project, current_user
 
     text = str(exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     if not isinstance(target, Project):
         return ServerDown(f"cannot connect to the database: {first}")
+    if target.embedded and admin and "Peer authentication failed" in text:
+        return PermissionDenied(
+            f"only the project owner ({target.owner}) can run administrative commands: "
+            f"{ADMIN_ROLE} is reachable only from their account, over the project's socket")
+    if target.embedded and ("certificate verify failed" in text or "does not match host" in text):
+        return ServerDown(
+            f"refusing the server at {target.info.get('host')}:{target.info.get('port')}: it did "
+            f"not prove it is the project's ({first}); no password was sent")
     if target.embedded and "role" in text and "does not exist" in text:
         user = current_user()
         return PermissionDenied(

@@ -48,3 +48,7 @@ class CycleError(BalsamError):
 
 class ClaimLost(BalsamError):
     """The launcher no longer holds the claim on this task."""
+
+
+class UnsafeFile(PermissionDenied):
+    """A file that steers balsam could have been written by someone other than its owner."""

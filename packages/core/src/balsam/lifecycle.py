@@ -13,17 +13,24 @@ import pluggy
 from balsam.errors import AlreadyExists, BalsamError, InvalidInput
 from balsam.migrate import plugin_packages
 from balsam.project import SUBDIRS, Project, current_user, new_info, remember_project
+from balsam.zones import TEMPLATES_DIR, user_name
 
 
 def init_project(root: Path, options: dict[str, Any], pm: pluggy.PluginManager) -> Project:
     """Create the project skeleton, then let every plugin set it up (``on_init``).
 
-    Refuses a non-empty directory. On failure, whatever this call created is removed.
+    Refuses a non-empty directory, or one that belongs to someone else (its owner is the owner of
+    the project's control zone). On failure, whatever this call created is removed. The modes
+    are the layout's (``balsam.zones``); perms then gives everything the project's group.
     """
     root = root.expanduser().absolute()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         message = f"{root} already exists and is not empty"
         raise AlreadyExists(message)
+    if root.exists() and root.stat().st_uid != os.geteuid():
+        message = (f"{root} belongs to {user_name(root.stat().st_uid)}: a project directory must "
+                   f"be yours, since its owner alone writes the project's control files")
+        raise InvalidInput(message)
     if not root.parent.is_dir():
         message = f"parent directory {root.parent} does not exist"
         raise InvalidInput(message)
@@ -31,8 +38,11 @@ def init_project(root: Path, options: dict[str, Any], pm: pluggy.PluginManager) 
     old_umask = os.umask(0o007)
     try:
         root.mkdir(exist_ok=True)
+        os.chmod(root, 0o750)
+        (root / TEMPLATES_DIR).mkdir(mode=0o750)
         for sub in SUBDIRS:
             (root / sub).mkdir()
+            os.chmod(root / sub, 0o1770)
         project = Project(root, new_info(current_user(), dsn=options.get("dsn"),
                                           group=options.get("group")))
         project.save_info()

@@ -1,6 +1,9 @@
 """A project directory: its layout, its ``server-info`` and how to reach its database.
 
-``server-info`` holds no absolute path, so a stopped project can be copied or moved.
+``server-info`` holds no absolute path, so a stopped project can be copied or moved. It is part
+of the control zone (see :mod:`balsam.zones`): every read checks that only the project's owner
+could have written it. The owner also keeps a private copy in ``balsamdb/``, which their own
+tools read when the published one is found writable by others (and which they publish again).
 """
 
 from __future__ import annotations
@@ -16,12 +19,23 @@ from typing import Any
 
 from psycopg.conninfo import make_conninfo
 
-from balsam.errors import InvalidInput, ProjectNotFound
+from balsam.errors import InvalidInput, PermissionDenied, ProjectNotFound, UnsafeFile
+from balsam.zones import (
+    CONTROL_FILE_MODE,
+    DB_DIR,
+    SERVER_CA,
+    SERVER_INFO,
+    SOCKET_DIR,
+    WORK_DIRS,
+    Guard,
+    project_guard,
+    write_new,
+)
 
-SERVER_INFO = "server-info"
-DB_DIR = "balsamdb"
-SOCKET_DIR = ".pgsocket"
-SUBDIRS = ("data", "log", "qsubmit")
+SUBDIRS = WORK_DIRS
+#: The embedded cluster's administrative role (its bootstrap superuser): reachable only over the
+#: project's socket, from the owner's OS account, through a pg_ident.conf peer map.
+ADMIN_ROLE = "balsam_admin"
 #: sockaddr_un.sun_path is 108 bytes including the NUL.
 MAX_SOCKET_PATH = 107
 
@@ -49,12 +63,14 @@ class Project:
     # --- locating ------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Project:
-        """The project at ``path``; ProjectNotFound if it has no readable ``server-info``."""
+    def load(cls, path: str | os.PathLike[str], *, check: bool = True) -> Project:
+        """The project at ``path``; ProjectNotFound if it has no readable ``server-info``,
+        UnsafeFile if someone other than its owner could have written it (``check=False``, for
+        ``balsam perms``, reads it anyway)."""
         root = Path(path).expanduser().absolute()
         info_path = root / SERVER_INFO
         try:
-            info = json.loads(info_path.read_text())
+            text = _read_info(root) if check else info_path.read_text()
         except FileNotFoundError:
             message = (f"{root} is not a Balsam project (no {SERVER_INFO}); "
                        "create one with balsam init")
@@ -63,10 +79,18 @@ class Project:
             message = (f"cannot read {info_path}: permission denied "
                        "(are you in the project's group?)")
             raise ProjectNotFound(message) from None
+        try:
+            info = json.loads(text)
         except json.JSONDecodeError as exc:
             message = f"{info_path} is corrupt: {exc}"
             raise ProjectNotFound(message) from None
         return cls(root=root, info=info)
+
+    def reload(self) -> Project:
+        """Read ``server-info`` again (checked): a client that lost its connection reconnects
+        to wherever the server is now."""
+        self.info = Project.load(self.root).info
+        return self
 
     @classmethod
     def find(cls, name: str) -> Project:
@@ -90,13 +114,13 @@ class Project:
         raise ProjectNotFound(message)
 
     @classmethod
-    def from_env(cls) -> Project:
+    def from_env(cls, *, check: bool = True) -> Project:
         """The active project (``BALSAM_DB_PATH``, set by balsamactivate)."""
         path = os.environ.get("BALSAM_DB_PATH")
         if not path:
             message = "no active project: run 'source balsamactivate PROJECT' or set BALSAM_DB_PATH"
             raise ProjectNotFound(message)
-        return cls.load(path)
+        return cls.load(path, check=check)
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -115,6 +139,14 @@ class Project:
     @property
     def socket_dir(self) -> Path:
         return self.root / SOCKET_DIR
+
+    @property
+    def ca_path(self) -> Path:
+        return self.root / SERVER_CA
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "job-templates"
 
     @property
     def data_dir(self) -> Path:
@@ -142,11 +174,17 @@ class Project:
         """The umask every balsam tool applies for this project (group-writable by default)."""
         return int(str(self.info.get("umask", "0007")), 8)
 
+    def guard(self) -> Guard:
+        """Who may write this project's control zone: the owner of its directory."""
+        return project_guard(self.root, self.root.stat().st_uid)
+
     def save_info(self) -> None:
-        """Write ``server-info`` atomically (a half-written file would strand collaborators)."""
-        tmp = self.info_path.with_name(f".{SERVER_INFO}.{os.getpid()}")
-        tmp.write_text(json.dumps(self.info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.info_path)
+        """Publish ``server-info`` (0640) and keep the owner's private copy in ``balsamdb/``;
+        atomically, since a half-written file would strand collaborators."""
+        text = json.dumps(self.info, indent=2, sort_keys=True) + "\n"
+        write_new(self.info_path, text, CONTROL_FILE_MODE)
+        if self.embedded and self.db_dir.is_dir():
+            write_new(self.db_dir / SERVER_INFO, text, 0o600)
 
     # --- database ------------------------------------------------------------------------------
 
@@ -159,11 +197,15 @@ class Project:
             return False
         return self.info.get("host") == socket.gethostname() and self.socket_path().exists()
 
-    def conninfo(self, **overrides: Any) -> str:
+    def conninfo(self, *, admin: bool = False, transport: str | None = None,
+                 **overrides: Any) -> str:
         """Connection string for the effective user: the socket (peer auth) on the server's host,
-        TCP with the user's generated password elsewhere (compute nodes)."""
+        TCP with TLS (the server verified against the project's CA) and the user's generated
+        password elsewhere. ``admin``: the administrative role, over the socket only.
+        ``transport`` (``"socket"`` or ``"tcp"``) overrides the choice."""
         if not self.embedded:
             return make_conninfo(str(self.info["dsn"]), **overrides)
+        tcp = transport == "tcp" or (transport is None and not self.uses_socket())
         params: dict[str, Any] = {
             "dbname": self.info.get("dbname", "balsam"),
             "port": self.info.get("port"),
@@ -171,20 +213,76 @@ class Project:
             "application_name": "balsam",
             "connect_timeout": 10,
         }
-        if self.uses_socket():
-            params["host"] = str(self.socket_dir)
-        else:
+        if admin:
+            if tcp:
+                message = (f"administrative commands reach the server over the project's socket: "
+                           f"run this on {self.info.get('host')}, as {self.owner}")
+                raise PermissionDenied(message)
+            params["user"] = ADMIN_ROLE
+        if tcp:
             params["host"] = os.environ.get("BALSAM_DB_HOST") or self.info.get("host")
+            params["sslmode"] = "verify-full"
+            params["sslrootcert"] = str(self.checked_ca())
             password = read_password(self)
             if password:
                 params["password"] = password
+        else:
+            params["host"] = str(self.checked_socket_dir())
         params.update(overrides)
         return make_conninfo(**params)
+
+    def checked_socket_dir(self) -> Path:
+        """The socket directory, refused if anyone but the owner could plant a socket in it."""
+        guard = self.guard()
+        try:
+            guard.check(self.socket_dir)
+        except FileNotFoundError:
+            pass  # the server is down: connecting says so
+        return self.socket_dir
+
+    def checked_ca(self) -> Path:
+        """``server-ca.pem``, refused if anyone but the owner could have written it."""
+        guard = self.guard()
+        try:
+            guard.read(self.ca_path)
+        except FileNotFoundError:
+            message = (f"{self.ca_path} is missing: the server has no TLS certificate yet "
+                       f"(its owner {self.owner} creates one by starting it with balsamactivate)")
+            raise UnsafeFile(message) from None
+        return self.ca_path
 
     def workdir(self, relative: str) -> Path:
         """A task working directory: relative paths are inside the project."""
         path = Path(relative)
         return path if path.is_absolute() else self.root / path
+
+
+def _read_info(root: Path) -> str:
+    """``server-info`` as only the owner could have written it: the published copy if it is
+    safe, else (for the owner) their private copy in ``balsamdb/``."""
+    root_st = root.stat()
+    guard = project_guard(root, root_st.st_uid)
+    try:
+        reason = guard.problem(root_st)
+        if reason:
+            raise guard.refuse(root, reason)
+        return guard.read(root / SERVER_INFO)
+    except (UnsafeFile, FileNotFoundError):
+        private = _owner_copy(root, guard)
+        if private is None:
+            raise
+        return private
+
+
+def _owner_copy(root: Path, guard: Guard) -> str | None:
+    """The owner's private copy of ``server-info``, when the caller is the owner and it is safe."""
+    if os.geteuid() != guard.owner:
+        return None
+    try:
+        guard.check(root / DB_DIR, private=True)
+        return guard.read(root / DB_DIR / SERVER_INFO, modes=False)
+    except (OSError, UnsafeFile):
+        return None
 
 
 def new_info(owner: str, *, dsn: str | None = None, group: str | None = None) -> dict[str, Any]:
@@ -230,7 +328,7 @@ def write_password(project: Project, password: str) -> Path:
     path = credentials_path(project)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(password + "\n")
     os.chmod(path, 0o600)

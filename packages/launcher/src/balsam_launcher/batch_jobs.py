@@ -22,6 +22,7 @@ from balsam.db import Connection, wrap_db_errors
 from balsam.errors import InvalidInput, NotFound, PermissionDenied
 from balsam.project import Project
 from balsam.queries import query
+from balsam_launcher import submitted
 from balsam_launcher.schedulers import (
     CANCELLED,
     ENDED,
@@ -204,9 +205,10 @@ def cancel(conn: Connection, project: Project, pm: pluggy.PluginManager, job_id:
            force: bool = False) -> dict[str, Any]:
     """Ask the scheduler to stop a batch job and mark it cancelled.
 
-    Only the (database) user who submitted a job can cancel it, as schedulers refuse anyone
-    else. A graceful
-    cancel lets the launcher mark its running tasks RUN_TIMEOUT; ``force`` kills outright.
+    Only the (database) user who submitted a job can cancel it, and only a scheduler id in their
+    private record of what the scheduler gave them (:mod:`balsam_launcher.submitted`): the row
+    is shared, the record is not. A graceful cancel lets the launcher mark its running tasks
+    RUN_TIMEOUT; ``force`` kills outright.
     """
     with wrap_db_errors():
         row = get(conn, job_id)
@@ -219,6 +221,7 @@ def cancel(conn: Connection, project: Project, pm: pluggy.PluginManager, job_id:
         message = f"batch job {job_id} is already {row['state']}"
         raise InvalidInput(message)
     if row["scheduler_id"]:
+        submitted.require(project, row["scheduler"], row["scheduler_id"], job_id)
         schedulers = available(pm)
         if row["scheduler"] not in schedulers:
             message = f"batch job {job_id} uses scheduler {row['scheduler']!r}, not installed"

@@ -120,13 +120,15 @@ class Service:
             while not self.stop.is_set():
                 try:
                     if conn is None or conn.closed:
+                        self.project.reload()  # the server may have moved (server-info)
                         conn = self._connect()
                     self.round(conn)
                 except AlreadyExists:
                     raise  # another service holds this queue: not ours to retry
                 except ServerDown as exc:
                     log.warning("%s; retrying in %gs", exc, self.policy.interval)
-                    conn = None
+                    if conn is not None:
+                        conn.close()
                 except BalsamError as exc:
                     log.warning("round failed: %s", exc)
                 self.stop.wait(self.policy.interval)

@@ -1,8 +1,11 @@
 """``balsam submit-launch``: render a job script from a template and submit it.
 
-Templates are Jinja2 (undefined variables are errors), looked up by the scheduler's template name
-in ``<project>/job-templates/``, then ``~/.balsam/job-templates/``, then the package's defaults.
-They see: ``job`` (the batch_jobs row: id, owner, scheduler, project, queue, num_nodes,
+Templates are Jinja2 (undefined variables are errors), rendered in Jinja2's immutable sandbox and
+only from files the renderer trusts, looked up by the scheduler's template name in
+``<project>/job-templates/`` (the project's control zone: its owner's files), then
+``~/.balsam/job-templates/`` (the renderer's own), then the package's defaults. A template that
+anyone else could have written is refused, on ``--dry-run`` too: a template runs as whoever
+renders it. They see: ``job`` (the batch_jobs row: id, owner, scheduler, project, queue, num_nodes,
 wall_time_minutes, job_mode, wf_filter), ``scheduler``, ``project_dir``, ``script``, ``output``,
 ``bin_dir``, ``activate`` (the balsamactivate script), ``umask`` (``0007``), ``walltime``
 (``HH:MM:SS``), ``launcher`` (the shell-quoted launcher command), ``launcher_args`` (its
@@ -16,18 +19,22 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.sandbox
 import pluggy
 
 from balsam.db import Connection, connect, wrap_db_errors
-from balsam.errors import BalsamError, InvalidInput
+from balsam.errors import BalsamError, InvalidInput, UnsafeFile
 from balsam.project import Project, balsam_home
-from balsam_launcher import batch_jobs
+from balsam.zones import Guard, home_guard, write_new
+from balsam_launcher import batch_jobs, submitted
 from balsam_launcher.schedulers import Scheduler, get_scheduler
 
 #: Account, queue and filter names go into scheduler directives: keep them to plain words.
@@ -74,17 +81,43 @@ class JobRequest:
 
 def template_dirs(project: Project) -> list[Path]:
     """Where job templates are looked up, first match wins (the package's own come last)."""
-    return [project.root / "job-templates", balsam_home() / "job-templates"]
+    return [project.templates_dir, balsam_home() / "job-templates"]
+
+
+class TrustedLoader(jinja2.BaseLoader):
+    """Templates from directories each guarded by whoever may write them: a template (or a
+    directory on its way) that anyone else could have written is refused, not skipped."""
+
+    def __init__(self, sources: list[tuple[Path, Guard]]) -> None:
+        self.sources = sources
+
+    def get_source(self, environment: jinja2.Environment,
+                   template: str) -> tuple[str, str, Callable[[], bool]]:
+        pieces = jinja2.loaders.split_template_path(template)
+        for base, guard in self.sources:
+            path = base.joinpath(*pieces)
+            if not path.exists() and not path.is_symlink():
+                continue
+            try:
+                for directory in [base, *path.parents[:len(pieces) - 1][::-1]]:
+                    guard.check(directory)
+                text = guard.read(path)
+            except UnsafeFile as exc:
+                message = f"job template {template!r}: {exc}"
+                raise TemplateError(message) from None
+            return text, str(path), lambda: False
+        raise jinja2.TemplateNotFound(template)
 
 
 def environment(project: Project) -> jinja2.Environment:
-    """A Jinja2 environment over the template search path (StrictUndefined, no autoescape)."""
-    loader = jinja2.ChoiceLoader([
-        *(jinja2.FileSystemLoader(str(d)) for d in template_dirs(project)),
-        jinja2.PackageLoader("balsam_launcher", "templates"),
-    ])
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+    """A sandboxed Jinja2 environment over the trusted template search path (StrictUndefined,
+    no autoescape)."""
+    trusted = TrustedLoader([(project.templates_dir, project.guard()),
+                             (balsam_home() / "job-templates", home_guard())])
+    loader = jinja2.ChoiceLoader([trusted, jinja2.PackageLoader("balsam_launcher", "templates")])
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+        autoescape=False)
     env.filters["quote"] = lambda value: shlex.quote(str(value))
     return env
 
@@ -147,13 +180,26 @@ def render(project: Project, scheduler: Scheduler, job: dict[str, Any],
 
 
 def write_script(project: Project, job_id: int, text: str) -> Path:
-    """Write the script atomically, executable, group-accessible per the project's umask."""
+    """Write the script (executable, group-accessible per the project's umask) without
+    following a symlink: a random name created exclusively, renamed into ``qsubmit/`` (sticky:
+    a name another user took stays theirs, and the rename fails). The output file the
+    scheduler will append to is created first, as ours, for the same reason."""
     path = script_path(project, job_id)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o777 & ~project.umask & ~0o002)
-    os.replace(tmp, path)
-    return path
+    output = path.with_suffix(".out")
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666 & ~project.umask)
+        os.close(fd)
+    except FileExistsError:
+        st = output.lstat()
+        if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+            message = f"{output} exists and is not yours: remove it, or ask its owner to"
+            raise InvalidInput(message) from None
+    try:
+        return write_new(path, text, 0o777 & ~project.umask & ~0o002)
+    except PermissionError:
+        message = f"{path} exists and is not yours: remove it, or ask its owner to"
+        raise InvalidInput(message) from None
 
 
 # --- submission -------------------------------------------------------------------------------
@@ -195,11 +241,14 @@ def submit(project: Project, pm: pluggy.PluginManager, request: JobRequest, *,
                 batch_jobs.delete(conn, job["id"])  # best effort: keep the first error
             if path is not None:
                 path.unlink(missing_ok=True)
+                path.with_suffix(".out").unlink(missing_ok=True)
             raise
         try:
+            # The private record comes first: it is what lets this user cancel the job later.
+            submitted.record(project, sched.name, scheduler_id, sched.details(scheduler_id))
             with wrap_db_errors():
                 job = batch_jobs.mark_submitted(conn, job["id"], scheduler_id)
-        except BalsamError as exc:
+        except (BalsamError, OSError) as exc:
             message = (f"{sched.name} accepted job {scheduler_id} (batch job {job['id']}) but "
                        f"recording it failed: {exc}")
             raise BalsamError(message) from exc

@@ -36,6 +36,15 @@ def apply_policy(project: Project, group: grp.struct_group) -> None:
              f"project (create it in a shared group's directory, or use balsam init --group)")
 
 
+def repair_control_zone(project: Project, user: str) -> None:
+    """Before the server starts, the owner's activation repairs what it safely can of the
+    control zone (see :func:`policy.repair_control_dirs`), and says so."""
+    if user != project.owner:
+        return
+    for problem in policy.repair_control_dirs(project):
+        warn(f"fixed {problem.describe(project.root)}")
+
+
 def warn_about_modes(project: Project) -> None:
     """On activation, check the project's top level (cheap) and warn; never fail."""
     try:

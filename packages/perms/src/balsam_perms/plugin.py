@@ -20,9 +20,12 @@ def on_init(project: Project, options: dict[str, Any]) -> Generator[None, None, 
     return result
 
 
-@hookimpl
-def on_activate(project: Project, user: str) -> None:
+@hookimpl(wrapper=True)
+def on_activate(project: Project, user: str) -> Generator[None, list[Any], list[Any]]:
+    hooks.repair_control_zone(project, user)
+    result = yield
     hooks.warn_about_modes(project)
+    return result
 
 
 @hookimpl

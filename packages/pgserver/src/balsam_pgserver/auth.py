@@ -1,16 +1,19 @@
-"""Authentication without trust: peer over the project's socket, scram-sha-256 over TCP with a
-password generated on the user's first activation and kept in a file only they can read."""
+"""Authentication without trust: peer over the project's socket, scram-sha-256 over TLS with a
+password generated on the user's first activation and kept in a file only they can read. The
+owner's password is their everyday role's (a member), never the administrative role's."""
 
 from __future__ import annotations
 
 import secrets
 import socket
 
+import click
 import psycopg
 from psycopg import sql
 
 from balsam.errors import PermissionDenied, ServerDown
 from balsam.project import Project, read_password, write_password
+from balsam.queries import query
 
 #: libpq/server phrases meaning "this user may not use this database" (server messages are in
 #: English: the cluster is initialised with the C.UTF-8 locale).
@@ -47,11 +50,14 @@ def ensure_credentials(project: Project, user: str) -> bool:
         _check_tcp(project, user)
         return False
     try:
-        conn = psycopg.connect(project.conninfo(host=str(project.socket_dir), password=None),
-                               autocommit=True)
+        conn = psycopg.connect(project.conninfo(transport="socket"), autocommit=True)
     except psycopg.OperationalError as exc:
         raise _connect_error(project, user, exc) from exc
     with conn:
+        me = conn.execute(query("balsam_pgserver", "whoami")).fetchone()
+        if user == project.owner and me and me[1]:
+            click.echo(f"warning: your everyday database role {user} is a superuser (a project "
+                       f"made before balsam-pgserver 0.2): run balsam server migrate", err=True)
         password = read_password(project)
         if password and _tcp_login(project, password) is not False:
             return False
@@ -77,7 +83,8 @@ def set_password(conn: psycopg.Connection, project: Project, user: str) -> None:
 def _tcp_login(project: Project, password: str) -> bool | None:
     """Try the password over TCP on this host: True works, False refused, None unknown."""
     try:
-        psycopg.connect(project.conninfo(host="127.0.0.1", password=password)).close()
+        psycopg.connect(project.conninfo(transport="tcp", host="127.0.0.1",
+                                         password=password)).close()
     except psycopg.OperationalError as exc:
         return False if any(p in str(exc) for p in _BAD_PASSWORD) else None
     return True
@@ -90,7 +97,7 @@ def _check_tcp(project: Project, user: str) -> None:
                    f"activate it once on {host}, its server's host, where balsam creates one")
         raise NotAuthorised(message)
     try:
-        psycopg.connect(project.conninfo()).close()
+        psycopg.connect(project.conninfo(transport="tcp")).close()
     except psycopg.OperationalError as exc:
         if any(p in str(exc) for p in _BAD_PASSWORD):
             message = (f"your ({user}) stored database password was refused: activate the "

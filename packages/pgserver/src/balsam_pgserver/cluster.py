@@ -1,10 +1,16 @@
-"""The project's embedded cluster: create, start, stop, inspect. Only the owner starts or stops."""
+"""The project's embedded cluster: create, start, stop, inspect. Only the owner starts or stops.
+
+Everything the server keeps is in ``balsamdb/`` (0700, the owner's): the cluster, ``server.log``,
+the start/stop lock, the CA and server keys. The server keeps the port chosen at init (clients
+find it in ``server-info``); a start whose port is taken fails and says how to pick another.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,14 +20,54 @@ import click
 from psycopg import sql
 
 from balsam.db import connect, wrap_db_errors
-from balsam.errors import PermissionDenied, ServerDown
+from balsam.errors import InvalidInput, PermissionDenied, ServerDown
 from balsam.migrate import upgrade
-from balsam.project import Project, check_socket_path, current_user
+from balsam.project import ADMIN_ROLE, Project, check_socket_path, current_user
 from balsam.queries import query
-from balsam_pgserver import auth, server
+from balsam.zones import CONTROL_DIR_MODE, republish
+from balsam_pgserver import auth, roles, server, tls
 
-#: Server settings of an embedded cluster (the port and socket directory are chosen per start).
-SETTINGS = ("max_connections=300", "unix_socket_permissions=0770")
+LOG_FILE = "server.log"
+LOCK_FILE = "server.lock"
+
+
+#: Connections the server accepts unless server-info says otherwise (``max_connections``, set by
+#: the owner: a launcher holds one or two).
+MAX_CONNECTIONS = 300
+#: Slots only the administrative role may take, once authenticated.
+ADMIN_RESERVED = 3
+
+
+def settings(major: int, max_connections: int = MAX_CONNECTIONS) -> tuple[str, ...]:
+    """Server settings of an embedded cluster of PostgreSQL ``major`` (the port, listen
+    addresses and socket directory are given per start).
+
+    Authentication must finish within 5 s, so a connection that never finishes it (an
+    attacker's) frees its slot soon; ``ADMIN_RESERVED`` slots stay for ``balsam_admin`` whatever
+    members' sessions take, and from PostgreSQL 16 on a tenth more for the member role
+    (``pg_use_reserved_connections``, granted by migration 0002). Neither holds against
+    connections still authenticating: PostgreSQL gives them a slot first (docs/security.md).
+    TCP is TLS only (pg_hba.conf); the certificate is named relative to the data directory, so a
+    moved project still starts.
+    """
+    base = (f"max_connections={max_connections}",
+            f"superuser_reserved_connections={ADMIN_RESERVED}",
+            "authentication_timeout=5s", "unix_socket_permissions=0770", "ssl=on",
+            f"ssl_cert_file={tls.SERVER_CERT}", f"ssl_key_file={tls.SERVER_KEY}",
+            "ssl_min_protocol_version=TLSv1.2", "password_encryption=scram-sha-256")
+    if major >= 16:
+        base += (f"reserved_connections={max_connections // 10}",)
+    return base
+
+
+def max_connections(project: Project) -> int:
+    """The owner's choice in server-info (``max_connections``), else ``MAX_CONNECTIONS``."""
+    value = project.info.get("max_connections", MAX_CONNECTIONS)
+    if not isinstance(value, int) or isinstance(value, bool) or not 10 <= value <= 10000:
+        message = (f"max_connections in {project.info_path} must be a whole number from 10 to "
+                   f"10000 (got {value!r})")
+        raise InvalidInput(message)
+    return value
 
 
 def require_owner(project: Project, action: str) -> None:
@@ -37,9 +83,11 @@ def require_owner(project: Project, action: str) -> None:
 
 @contextmanager
 def server_lock(project: Project) -> Iterator[None]:
-    """Serialise start/stop of one project (two shells activating at once)."""
-    path = project.root / ".server-lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+    """Serialise start/stop of one project (two shells activating at once). The lock is in
+    ``balsamdb/``, which only the owner can enter: nobody else can hold it."""
+    project.guard().check(project.db_dir, private=True)
+    fd = os.open(project.db_dir / LOCK_FILE,
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -47,8 +95,8 @@ def server_lock(project: Project) -> Iterator[None]:
         os.close(fd)
 
 
-def logfile(project: Project) -> Any:
-    return project.log_dir / "postgresql.log"
+def logfile(project: Project) -> Path:
+    return project.db_dir / LOG_FILE
 
 
 def is_up(project: Project) -> bool:
@@ -61,7 +109,9 @@ def is_up(project: Project) -> bool:
 
 
 def create(project: Project, packages: tuple[str, ...]) -> None:
-    """initdb the cluster in ``balsamdb/``, create the database and apply migrations.
+    """initdb the cluster in ``balsamdb/`` (bootstrap superuser ``balsam_admin``), make the
+    project CA, choose the port, create the database, apply migrations as ``balsam_admin`` and
+    give the owner their everyday role (a member, like any collaborator).
 
     The server is left stopped: ``balsamactivate`` starts it.
     """
@@ -70,11 +120,14 @@ def create(project: Project, packages: tuple[str, ...]) -> None:
         return
     check_socket_path(project.root)
     server.refuse_root(None)
-    server.initdb(project.db_dir, superuser=project.owner)
+    server.initdb(project.db_dir, superuser=ADMIN_ROLE)
     os.chmod(project.db_dir, 0o700)
+    ensure_ca(project)
+    project.info.update(host=socket.gethostname(), port=server.free_port())
+    project.save_info()
     start(project)
     try:
-        with connect(project.conninfo(dbname="postgres")) as conn, wrap_db_errors():
+        with connect(project, admin=True, dbname="postgres") as conn, wrap_db_errors():
             dbname = sql.Identifier(project.info["dbname"])
             conn.execute(sql.SQL("CREATE DATABASE {}").format(dbname))
         migrate(project, packages)
@@ -83,28 +136,79 @@ def create(project: Project, packages: tuple[str, ...]) -> None:
 
 
 def migrate(project: Project, packages: tuple[str, ...]) -> list[str]:
-    """Apply pending migrations of core and the given plugin packages."""
-    with connect(project) as conn, wrap_db_errors():
-        return upgrade(conn, packages)
+    """Apply pending migrations of core and the given plugin packages (as ``balsam_admin``, who
+    owns the schema), then make sure the owner has their everyday role.
+
+    A project made before the admin split (its owner was the bootstrap superuser) is converted
+    first, over the socket, as the owner.
+    """
+    if project.embedded:
+        roles.split_admin(project)
+    with connect(project, admin=True) as conn, wrap_db_errors():
+        applied = upgrade(conn, packages)
+        if project.embedded:
+            roles.ensure_owner_role(conn, project.owner)
+    return applied
 
 
-def start(project: Project) -> bool:
-    """Start the server if it is down; True if this call started it."""
+def ensure_ca(project: Project) -> None:
+    """Make the project CA if there is none (a project from before TLS) and publish its
+    certificate, and server-info, from the owner's private copies if need be."""
+    if not (project.db_dir / tls.CA_KEY).exists():
+        tls.create_ca(project.db_dir, str(project.info.get("uuid", "")))
+    republish(project.root, project.guard())
+
+
+def start(project: Project, port: int | None = None) -> bool:
+    """Start the server if it is down; True if this call started it. ``port`` moves the server
+    to another port (recorded in server-info)."""
     require_owner(project, "start the server")
     check_socket_path(project.root)
     with server_lock(project):
+        running_port = project.info.get("port")
         if server.is_running(project.db_dir) and is_up(project):
+            if port and port != running_port:
+                message = (f"the server runs on port {running_port}: stop it first "
+                           f"(balsam server stop) to move it to port {port}")
+                raise InvalidInput(message)
             return False
         forget_copied_pid(project)
         server.clear_stale_pid(project.db_dir)
-        project.socket_dir.mkdir(exist_ok=True)
-        os.chmod(project.socket_dir, 0o2750)
-        port = server.free_port()
-        server.start(project.db_dir, port=port, socket_dir=project.socket_dir,
-                     logfile=logfile(project), settings=SETTINGS)
-        project.info.update(host=socket.gethostname(), port=port)
-        project.save_info()
+        prepare_socket_dir(project)
+        port = port or running_port or server.free_port()
+        if not server.port_free(port):
+            raise server.PortTaken(port_taken(port))
+        ensure_ca(project)
+        tls.issue_server_cert(project.db_dir)
+        server.write_auth_files(project.db_dir, project.owner)
+        try:
+            server.start(project.db_dir, port=port, socket_dir=project.socket_dir,
+                         logfile=logfile(project),
+                         settings=settings(server.major_version(project.db_dir),
+                                           max_connections(project)))
+        except server.PortTaken:
+            raise server.PortTaken(port_taken(port)) from None
+        if (port, socket.gethostname()) != (running_port, project.info.get("host")):
+            project.info.update(host=socket.gethostname(), port=port)
+            project.save_info()
         return True
+
+
+def port_taken(port: int) -> str:
+    return (f"port {port} on {socket.gethostname()} is taken by another program; the server "
+            f"keeps its port so that clients find it: pick another with balsam server start "
+            f"--port N")
+
+
+def prepare_socket_dir(project: Project) -> None:
+    """The socket directory: the owner's, 2750 (the group may connect, not plant a socket)."""
+    try:
+        project.socket_dir.mkdir()
+    except FileExistsError:
+        st = project.socket_dir.lstat()
+        if st.st_uid != os.geteuid() or not stat.S_ISDIR(st.st_mode):
+            raise project.guard().refuse(project.socket_dir, "not the owner's directory") from None
+    os.chmod(project.socket_dir, CONTROL_DIR_MODE, follow_symlinks=False)
 
 
 def pidfile_origin(project: Project) -> str | None:
@@ -164,6 +268,7 @@ def status(project: Project) -> dict[str, Any]:
         "host": info.get("host"),
         "port": info.get("port"),
         "socket": str(project.socket_dir),
+        "tls": f"required over TCP, verified against {project.ca_path.name}",
         "state": "running" if is_up(project) else "stopped",
     }
 
@@ -184,7 +289,8 @@ def activate(project: Project, user: str) -> dict[str, str]:
             pass
         return {}
     if user == project.owner:
-        start(project)
+        if not start(project):
+            ensure_ca(project)
     elif not is_up(project):
         message = (f"the database server of {project.root} is not running; only its owner "
                    f"({project.owner}) can start it, with: source balsamactivate {project.root}")

@@ -58,6 +58,10 @@ def _manage_users(add_users: tuple[str, ...], role: str, drop_users: tuple[str, 
         pm.hook.on_add_user(project=project, username=name, role=role)
         click.echo(f"{name} may now use the project as {role}; they activate it with: "
                    f". balsamactivate {project.root}")
+        if role == "member":
+            click.echo(f"A launcher runs only the tasks of users its user trusts: for yours to run "
+                       f"{name}'s tasks, run 'balsam trust add {name}' (and {name} runs "
+                       f"'balsam trust add {project.owner}' for theirs to run yours).")
     for name in drop_users:
         ended = roles.drop_project_user(project, name)
         sessions = f" ({ended} session(s) ended)" if ended else ""
@@ -70,10 +74,12 @@ def _manage_users(add_users: tuple[str, ...], role: str, drop_users: tuple[str, 
 
 
 @server.command()
-def start() -> None:
-    """Start the server if it is down."""
+@click.option("--port", type=click.IntRange(1, 65535),
+              help="Move the server to this TCP port (recorded in server-info; owner).")
+def start(port: int | None) -> None:
+    """Start the server if it is down, on the port chosen at init."""
     project = _project()
-    started = cluster.start(project)
+    started = cluster.start(project, port=port)
     state = "started" if started else "already running"
     click.echo(f"server {state} on {project.info['host']}:{project.info['port']}")
 
@@ -105,7 +111,11 @@ def connections() -> None:
 
 @server.command()
 def migrate() -> None:
-    """Apply pending schema migrations of core and installed plugins (owner)."""
+    """Apply pending schema migrations of core and installed plugins (owner).
+
+    A project made before balsam-pgserver 0.2, whose owner was the cluster's superuser, gets the
+    administrative role balsam_admin and an everyday role for its owner.
+    """
     project = _project()
     cluster.require_owner(project, "migrate the schema")
     applied = cluster.migrate(project, plugin_packages(plugin_manager()))

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import BalsamError, InvalidInput, NotFound, PermissionDenied
-from balsam.project import Project, current_user
+from balsam.project import ADMIN_ROLE, Project, current_user
 from balsam.queries import query
 
 #: The project roles a collaborator can be given.
@@ -77,7 +77,7 @@ def add_user(conn: Connection, username: str, role: str = "member") -> str:
                 user, sql.Identifier(roles[role])))
             return "created"
         if info["rolsuper"]:
-            message = f"{username} is a superuser of this server (the owner) and needs no role"
+            message = f"{username} is a superuser of this server and needs no role"
             raise InvalidInput(message)
         if not info["rolcanlogin"]:
             message = f"{username} is a group role of this server, not a user"
@@ -130,6 +130,44 @@ def list_users(conn: Connection) -> list[dict[str, Any]]:
         return conn.execute(query("balsam_pgserver", "project_users")).fetchall()
 
 
+def ensure_owner_role(conn: Connection, owner: str) -> None:
+    """The owner's everyday role: a login in the member role and nothing more (created if
+    missing; the owner's OS name, which :func:`validate_username` may not accept, is quoted)."""
+    with wrap_db_errors(), conn.transaction():
+        member = project_roles(conn)["member"]
+        info = conn.execute(query("balsam_pgserver", "role_info"), {"name": owner}).fetchone()
+        if info is None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(
+                sql.Identifier(owner), sql.Identifier(member)))
+        elif "member" not in memberships(conn, owner):
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(member),
+                                                          sql.Identifier(owner)))
+
+
+def split_admin(project: Project) -> bool:
+    """Convert a project whose owner is still the cluster's superuser (made before the admin
+    split) to ``balsam_admin`` + an everyday role; True if it did. Run by the owner."""
+    try:
+        conn = connect(project.conninfo(transport="socket"))
+    except BalsamError as exc:
+        if "does not exist" in str(exc.__cause__):
+            return False  # a new cluster: the owner's role comes after the migrations
+        raise
+    with conn, wrap_db_errors():
+        me = conn.execute(query("balsam_pgserver", "whoami")).fetchone()
+        if not me or not me["rolsuper"]:
+            return False
+        with conn.transaction():
+            member = project_roles(conn)["member"]
+            row = conn.execute(query("balsam_pgserver", "own_verifier")).fetchone()
+            conn.execute(sql.SQL(query("balsam_pgserver", "split_admin")).format(  # type: ignore[arg-type]
+                owner=sql.Identifier(project.owner), admin=sql.Identifier(ADMIN_ROLE),
+                member=sql.Identifier(member),
+                verifier=sql.Literal(row["rolpassword"] if row else None)))
+        conn.execute(query("balsam_pgserver", "end_other_sessions"))
+    return True
+
+
 # --- project-level entry points (owner only) ------------------------------------------------
 
 
@@ -137,7 +175,10 @@ def add_project_user(project: Project, username: str, role: str) -> str:
     validate_username(username)
     validate_role(role)
     require_manager(project)
-    with connect(project) as conn:
+    if username == project.owner:
+        message = f"{username} owns the project: their everyday role is a member's, always"
+        raise InvalidInput(message)
+    with connect(project, admin=True) as conn:
         return add_user(conn, username, role)
 
 
@@ -147,15 +188,17 @@ def drop_project_user(project: Project, username: str) -> int:
     if username == project.owner:
         message = f"{username} owns the project and cannot be dropped"
         raise InvalidInput(message)
-    with connect(project) as conn:
+    with connect(project, admin=True) as conn:
         return drop_user(conn, username, drop_role=project.embedded)
 
 
 def project_users(project: Project) -> list[dict[str, Any]]:
     require_manager(project)
-    with connect(project) as conn:
+    with connect(project, admin=True) as conn:
         rows = list_users(conn)
     for row in rows:
-        if row["role"] == "superuser" and row["name"] == project.owner:
+        if row["name"] == project.owner:
             row["role"] = "owner"
+        elif row["role"] == "superuser" and row["name"] == ADMIN_ROLE and project.embedded:
+            row["role"] = "admin"
     return rows

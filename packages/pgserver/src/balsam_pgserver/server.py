@@ -1,11 +1,12 @@
-"""Driving PostgreSQL's own tools (initdb, pg_ctl) with argument lists, never a shell."""
+"""Driving PostgreSQL with argument lists, never a shell: ``initdb``, the postmaster itself
+(``pg_ctl start`` hands its options to ``/bin/sh``), ``pg_ctl stop`` and ``status``."""
 
 from __future__ import annotations
 
 import glob
 import os
 import pwd
-import shlex
+import re
 import shutil
 import socket
 import subprocess
@@ -14,14 +15,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from balsam.errors import BalsamError
+from balsam.project import ADMIN_ROLE
 
-HBA = """\
-# Written by balsam: no trust lines. Local connections authenticate by OS user (peer);
-# TCP connections (compute nodes) need the user's generated password.
-local   all   all                 peer
-host    all   all   0.0.0.0/0     scram-sha-256
-host    all   all   ::/0          scram-sha-256
+#: pg_hba.conf of an embedded cluster, rewritten at every start: no trust lines. Over the
+#: project's socket everyone is their OS user (peer) and the owner's OS user alone may also be
+#: the administrative role (map "owner" in pg_ident.conf); over TCP only TLS with a password, and
+#: never the administrative role.
+HBA = f"""\
+# Written by balsam at every start (edits are lost): no trust lines.
+local     all  {ADMIN_ROLE}          peer map=owner
+local     all  all                   peer
+hostssl   all  {ADMIN_ROLE}  all     reject
+hostssl   all  all           all     scram-sha-256
+hostnossl all  all           all     reject
 """
+
+#: Postmasters this process started, by data directory: reaped when stopped (no zombies in a
+#: long-lived process).
+_started: dict[Path, subprocess.Popen[bytes]] = {}
 
 #: Settings for throwaway clusters (tests, benchmarks): durability traded for speed.
 FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
@@ -29,6 +40,41 @@ FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
 class PostgresError(BalsamError):
     """A PostgreSQL tool failed."""
+
+
+class PortTaken(PostgresError):
+    """The server's TCP port is taken by another program."""
+
+
+_OS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def ident_map(owner: str) -> str:
+    """pg_ident.conf: the owner's OS user (and only it) may log in as the administrative role."""
+    if not _OS_NAME.fullmatch(owner):
+        message = f"cannot map the OS user name {owner!r} in pg_ident.conf"
+        raise PostgresError(message)
+    return ("# Written by balsam at every start (edits are lost).\n"
+            "# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n"
+            f"owner      {owner}  {ADMIN_ROLE}\n")
+
+
+def write_auth_files(datadir: Path, owner: str) -> None:
+    """Rewrite pg_hba.conf and pg_ident.conf (0600): they are derived from the project, not
+    configuration to keep."""
+    for name, text in (("pg_hba.conf", HBA), ("pg_ident.conf", ident_map(owner))):
+        path = datadir / name
+        tmp = path.with_name(f".{name}.new")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+
+def major_version(datadir: Path) -> int:
+    """The PostgreSQL major version of a cluster (its ``PG_VERSION`` file)."""
+    return int((datadir / "PG_VERSION").read_text().split(".")[0])
 
 
 def bindir() -> Path:
@@ -62,11 +108,7 @@ def refuse_root(run_as: str | None) -> None:
 
 def _run(args: Sequence[str | os.PathLike[str]], run_as: str | None = None,
          timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    kwargs: dict[str, object] = {}
-    if run_as and os.geteuid() == 0:
-        pw = pwd.getpwnam(run_as)
-        env = dict(os.environ, HOME=pw.pw_dir, USER=run_as, LOGNAME=run_as)
-        kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "env": env}
+    kwargs = _as_user(run_as)
     try:
         return subprocess.run([str(a) for a in args], capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, timeout=timeout, **kwargs)  # type: ignore[call-overload]
@@ -108,41 +150,95 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Whether the postmaster could bind ``port`` on all interfaces now (it sets SO_REUSEADDR
+    too, so a closing connection's TIME_WAIT does not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 def start(datadir: Path, *, port: int, socket_dir: Path, logfile: Path,
-          listen: str = "*", run_as: str | None = None, settings: Sequence[str] = ()) -> None:
-    """Start the postmaster and wait until it accepts connections."""
+          listen: str = "*", run_as: str | None = None, settings: Sequence[str] = (),
+          timeout: float = 60) -> int:
+    """Start the postmaster itself (an argument list: no shell sees the paths) in its own
+    session, and wait until ``postmaster.pid`` says it is ready; return its pid.
+
+    Its output goes to ``logfile`` (appended, never through a symlink).
+    """
     refuse_root(run_as)
-    opts = ["-p", str(port), "-k", str(socket_dir), "-c", f"listen_addresses={listen}"]
+    args: list[str] = [str(bindir() / "postgres"), "-D", str(datadir), "-p", str(port),
+                       "-k", str(socket_dir), "-c", f"listen_addresses={listen}"]
     extra = list(settings) + (list(FAST_SETTINGS) if os.environ.get("BALSAM_PG_FAST") else [])
-    for s in extra:
-        opts += ["-c", s]
-    # -l is essential: without it the postmaster inherits our pipes and pg_ctl never returns.
-    args = [bindir() / "pg_ctl", "-D", datadir, "-l", logfile, "-w", "-t", "60",
-            "-o", _quote_opts(opts), "start"]
-    proc = _run(args, run_as)
-    if proc.returncode != 0:
-        tail = _log_tail(logfile)
-        message = f"PostgreSQL did not start: {tail or proc.stderr.strip()}"
-        raise PostgresError(message)
-
-
-def _quote_opts(opts: list[str]) -> str:
-    """pg_ctl passes -o through a shell; quote each option (paths may hold spaces)."""
-    return " ".join(shlex.quote(o) for o in opts)
-
-
-def _log_tail(logfile: Path) -> str:
+    for setting in extra:
+        args += ["-c", setting]
+    log = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o600)
     try:
-        lines = [ln for ln in logfile.read_text().splitlines() if "FATAL" in ln or "ERROR" in ln]
+        offset = os.fstat(log).st_size
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                cwd=datadir, start_new_session=True, **_as_user(run_as))
+    finally:
+        os.close(log)
+    deadline = time.monotonic() + timeout
+    while not _ready(datadir, proc.pid):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            tail = _log_tail(logfile, offset)
+            if "Address already in use" in tail:
+                message = f"port {port} is taken by another program"
+                raise PortTaken(message)
+            message = f"PostgreSQL did not start: {tail or f'exit status {proc.returncode}'}"
+            raise PostgresError(message)
+        time.sleep(0.01)
+    _started[datadir] = proc
+    return proc.pid
+
+
+def _as_user(run_as: str | None) -> dict[str, object]:
+    """Popen arguments that run a child as ``run_as`` (when we are root), with its own HOME."""
+    if not run_as or os.geteuid() != 0:
+        return {}
+    pw = pwd.getpwnam(run_as)
+    env = dict(os.environ, HOME=pw.pw_dir, USER=run_as, LOGNAME=run_as)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "env": env}
+
+
+def _ready(datadir: Path, pid: int) -> bool:
+    """Whether ``postmaster.pid`` is this postmaster's and says ``ready`` (line 8)."""
+    try:
+        lines = (datadir / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+
+
+def _log_tail(logfile: Path, offset: int) -> str:
+    """The complaint the server logged after ``offset``: a failed bind, else the last FATAL or
+    ERROR line."""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(max(offset, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
-    return lines[-1].strip() if lines else ""
+    found = [ln for ln in lines if "FATAL" in ln or "ERROR" in ln]
+    bind = [ln for ln in lines if "Address already in use" in ln]
+    return (bind or found or [""])[-1].strip()
 
 
 def stop(datadir: Path, *, run_as: str | None = None, mode: str = "fast") -> None:
     """Stop the postmaster (``fast``: roll back open transactions, disconnect clients)."""
     proc = _run([bindir() / "pg_ctl", "-D", datadir, "-w", "-t", "60", "-m", mode, "stop"], run_as)
     _check(proc, "pg_ctl stop")
+    child = _started.pop(datadir, None)
+    if child is not None:
+        child.wait(timeout=60)
 
 
 def is_running(datadir: Path, *, run_as: str | None = None) -> bool:

@@ -80,7 +80,13 @@ class Scheduler(ABC):
     @abstractmethod
     def cancel(self, scheduler_id: str, *, force: bool = False) -> None:
         """Stop a job: gracefully (SIGTERM to the job script, so the launcher marks its running
-        tasks RUN_TIMEOUT) unless ``force``, which kills it outright."""
+        tasks RUN_TIMEOUT) unless ``force``, which kills it outright. Called only for ids in the
+        user's private record (:mod:`balsam_launcher.submitted`)."""
+
+    def details(self, scheduler_id: str) -> dict[str, Any]:
+        """What to keep in the submitter's private record about a job just submitted, beyond
+        its id (the local scheduler: which process it is)."""
+        return {}
 
     def run(self, args: Sequence[str | os.PathLike[str]], *, cwd: Path | None = None,
             what: str | None = None) -> str:

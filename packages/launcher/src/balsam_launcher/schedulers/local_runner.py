@@ -4,7 +4,9 @@ Only the standard library, and run by file path (``python local_runner.py SCRIPT
 STATE_DIR WALL_MINUTES``), so that starting a job costs one interpreter start and no imports.
 It runs the script with bash, forwards SIGTERM to it, enforces the wall time like a real
 scheduler (SIGTERM, then SIGKILL after ``KILL_WAIT``) and records the job's start and end in
-``STATE_DIR/<pid>.start`` and ``<pid>.end``.
+``STATE_DIR/<pid>.start`` and ``<pid>.end``. Those are in the shared work zone: written under a
+random name (``O_EXCL|O_NOFOLLOW``) and renamed, read without following a symlink; the output is
+appended to without following one either.
 """
 
 from __future__ import annotations
@@ -38,19 +40,24 @@ def spawn(script: Path, output: Path, state_dir: Path, wall_minutes: float) -> i
             os.dup2(devnull, fd)
         os._exit(run_job(script, output, state_dir, wall_minutes))
     os.close(go_read)
-    record = {"host": socket.gethostname(), "boot": start_ticks(pid), "started_at": now()}
-    write_json(state_dir / f"{pid}.start", record)
+    boot = start_ticks(pid)
+    write_json(state_dir / f"{pid}.start",
+               {"host": socket.gethostname(), "boot": boot, "started_at": now()})
     os.write(go_write, b"x")
     os.close(go_write)
-    print(pid)
+    print(pid, boot)  # the job id, and what tells this process from a later one with its pid
     return 0
 
 
 def run_job(script: Path, output: Path, state_dir: Path, wall_minutes: float) -> int:
     """Run ``script`` with bash, forwarding SIGTERM/SIGINT, and record how it ended."""
-    with open(output, "ab") as out:
+    out = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o660)
+    try:
         child = subprocess.Popen(["bash", str(script)], stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL)
+    finally:
+        os.close(out)
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
@@ -87,6 +94,15 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def is_runner(pid: int) -> bool:
+    """Whether ``pid`` runs this file (a job runner, not some other process of the user)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(arg.endswith(b"/local_runner.py") for arg in argv[:4])
+
+
 def now() -> str:
     return now_dt().isoformat()
 
@@ -97,14 +113,19 @@ def now_dt() -> datetime:
 
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o660)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
     os.replace(tmp, path)
 
 
