@@ -5,7 +5,6 @@ a viewer or nobody, dave is outside the group. Group modes, roles, authenticatio
 from __future__ import annotations
 
 import grp
-import json
 import os
 import pwd
 import shutil
@@ -17,29 +16,9 @@ from pathlib import Path
 import pytest
 
 from balsam.project import Project
+from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, sql_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
-
-ACTIVATE = '. balsamactivate "$P" >/dev/null'
-
-#: Run SQL statements (argv[1], a JSON list) as the activated user (as the administrative role
-#: with ADMIN=1); print each result as JSON.
-RUN_SQL = """
-import json, os, sys
-from balsam.db import connect, wrap_db_errors
-from balsam.errors import BalsamError
-from balsam.project import Project
-out = []
-with connect(Project.from_env(), admin=bool(os.environ.get("ADMIN"))) as conn:
-    for statement in json.loads(sys.argv[1]):
-        try:
-            with wrap_db_errors():
-                cur = conn.execute(statement)
-                out.append(cur.fetchall() if cur.description else "ok")
-        except BalsamError as exc:
-            out.append(f"{type(exc).__name__}: {exc}")
-print(json.dumps(out, default=str))
-"""
 
 
 def init(run_as, where: Path, name: str = "my-balsam-project", *args: str) -> Path:
@@ -47,20 +26,7 @@ def init(run_as, where: Path, name: str = "my-balsam-project", *args: str) -> Pa
     return where / name
 
 
-def sh(run_as, user: str, root: Path, script: str, check: bool = True, **env: str):
-    """Run a bash script as ``user`` with ``$P`` naming the project."""
-    return run_as(user, ["bash", "-c", script], cwd=root.parent, env={"P": str(root), **env},
-                  check=check)
-
-
-def sql_as(run_as, user: str, root: Path, *statements: str, **env: str) -> list:
-    proc = sh(run_as, user, root, f'{ACTIVATE} && python -c "$CODE" "$STATEMENTS"',
-              CODE=RUN_SQL, STATEMENTS=json.dumps(statements), **env)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def balsam(run_as, user: str, root: Path, *args: str, check: bool = True):
-    return run_as(user, ["balsam", *args], env={"BALSAM_DB_PATH": str(root)}, check=check)
+balsam = balsam_as
 
 
 def modes(root: Path) -> dict[str, tuple[int, str]]:

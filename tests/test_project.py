@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -145,3 +146,19 @@ def test_unauthorised_user_with_project_path_is_told_whom_to_ask(run_as, shared_
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"Error: you (carol) are not authorised on the project {root}; "
                                    "ask its owner (alice) to run: balsam server --add-user carol")
+
+
+def test_a_project_path_with_shell_syntax_runs_nothing(run_as, shared_dir):
+    """No shell ever sees the project's path: init, start (the postmaster is started directly,
+    not through pg_ctl's shell), a batch job script, stop."""
+    name = "we $(touch PWNED) `touch PWNED2` \"q\" 'x'"
+    root = _init(run_as, shared_dir, name)
+    script = ('. balsamactivate "$P" && balsam submit-launch -t 5 -n 1 --dry-run >/dev/null && '
+              'balsam which && balsam server stop')
+    out = run_as("alice", ["bash", "-c", script], env={"P": str(root)}, cwd=shared_dir).stdout
+    assert f"project  {root}" in out and "state    running" in out
+    assert Project.load(root).info["port"]
+    planted = [p for where in (shared_dir, Path("/home/alice"), root / "balsamdb")
+               for p in where.rglob("PWNED*")]
+    assert planted == []
+    assert not (root / "balsamdb" / "postmaster.pid").exists()

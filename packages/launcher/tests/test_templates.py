@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import shlex
 import subprocess
 
@@ -109,3 +111,64 @@ def test_bad_requests_are_refused(fields, message):
     request = JobRequest(**{"num_nodes": 1, "wall_time_minutes": 10, **fields})
     with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)")):
         request.validate()
+
+
+# --- trust -------------------------------------------------------------------------------------
+
+
+def write_template(path, text, mode=0o640):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_a_template_someone_else_could_write_is_refused(project, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file away")
+    local = write_template(project.root / "job-templates" / "local.sh", "mine\n")
+    assert rendered(project, "local") == "mine\n"
+    os.chown(local, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(TemplateError, match=r"^job template 'local.sh': refusing .*local.sh: "
+                                            r"owned by nobody, not root"):
+        rendered(project, "local")
+    os.chown(local, 0, -1)
+    os.chmod(local, 0o664)
+    with pytest.raises(TemplateError, match="writable by group"):
+        rendered(project, "local")
+    os.chmod(local, 0o644)
+    os.chmod(local.parent, 0o777)
+    with pytest.raises(TemplateError, match=r"refusing .*/job-templates: writable by group"):
+        rendered(project, "local")
+
+
+def test_a_planted_symlink_is_refused_not_followed(project, tmp_path):
+    target = write_template(tmp_path / "elsewhere.sh", "followed\n")
+    (project.root / "job-templates").mkdir()
+    (project.root / "job-templates" / "slurm.sh").symlink_to(target)
+    with pytest.raises(TemplateError, match="a symbolic link, which balsam does not follow"):
+        rendered(project, "slurm")
+
+
+def test_a_home_template_others_can_write_is_refused(project, tmp_path):
+    write_template(tmp_path / "home" / "job-templates" / "pbs.sh", "home\n", 0o646)
+    with pytest.raises(TemplateError, match=r"writable by everyone; it must be yours and "
+                                            r"writable only by you \(chmod go-w\)"):
+        rendered(project, "pbs")
+
+
+@pytest.mark.parametrize("text", [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ cycler.__init__.__globals__.os.system('true') }}",
+    "{{ job.update({'id': 1}) }}",
+])
+def test_templates_render_in_a_sandbox(project, text):
+    write_template(project.root / "job-templates" / "local.sh", text + "\n")
+    with pytest.raises(TemplateError, match="unsafe|not safely callable"):
+        rendered(project, "local")
+
+
+def test_a_template_name_cannot_leave_the_template_directories(project):
+    write_template(project.root / "server-info", "{}\n")
+    with pytest.raises(TemplateError, match="job template '../server-info' not found"):
+        rendered(project, "local", template="../server-info")

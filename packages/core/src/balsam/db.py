@@ -64,7 +64,7 @@ def _connect_error(target: Project | str, exc: psycopg.OperationalError, *,
             f"{ADMIN_ROLE} is reachable only from their account, over the project's socket")
     if target.embedded and ("certificate verify failed" in text or "does not match host" in text):
         return ServerDown(
-            f"refusing the server at {target.info.get('host')}:{target.info.get('port')}: it did "
+            f"refusing the server at {target.tcp_host()}:{target.info.get('port')}: it did "
             f"not prove it is the project's ({first}); no password was sent")
     if target.embedded and "role" in text and "does not exist" in text:
         user = current_user()

@@ -220,7 +220,7 @@ class Project:
                 raise PermissionDenied(message)
             params["user"] = ADMIN_ROLE
         if tcp:
-            params["host"] = os.environ.get("BALSAM_DB_HOST") or self.info.get("host")
+            params["host"] = self.tcp_host()
             params["sslmode"] = "verify-full"
             params["sslrootcert"] = str(self.checked_ca())
             password = read_password(self)
@@ -230,6 +230,10 @@ class Project:
             params["host"] = str(self.checked_socket_dir())
         params.update(overrides)
         return make_conninfo(**params)
+
+    def tcp_host(self) -> str:
+        """The server's host for TCP clients: ``$BALSAM_DB_HOST`` if set, else server-info's."""
+        return str(os.environ.get("BALSAM_DB_HOST") or self.info.get("host"))
 
     def checked_socket_dir(self) -> Path:
         """The socket directory, refused if anyone but the owner could plant a socket in it."""

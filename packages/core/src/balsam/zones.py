@@ -77,7 +77,7 @@ class Guard:
         safe). ``private`` paths must not even be readable by others; ``modes=False`` for files
         inside a checked private directory, which guards them whatever their own mode."""
         if stat.S_ISLNK(st.st_mode):
-            return "a symbolic link (balsam follows none in the control zone)"
+            return "a symbolic link, which balsam does not follow"
         if st.st_uid not in self.trusted:
             return f"owned by {user_name(st.st_uid)}, not {user_name(self.owner)}"
         if not modes:
@@ -124,7 +124,8 @@ def project_guard(root: Path, owner_uid: int) -> Guard:
     """The guard of a project's control zone: its directory's owner writes it."""
     owner = user_name(owner_uid)
     if os.geteuid() == owner_uid:
-        fix = "repair it with: balsam perms fix (after checking its contents)"
+        fix = ("check it, then repair it with: balsam perms fix (which also brings a project "
+               "of the old layout up to date)")
     else:
         fix = f"ask the project owner {owner} to run: balsam perms fix"
     return Guard(owner_uid, fix)

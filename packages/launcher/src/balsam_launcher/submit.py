@@ -99,9 +99,9 @@ class TrustedLoader(jinja2.BaseLoader):
             if not path.exists() and not path.is_symlink():
                 continue
             try:
+                text = guard.read(path)
                 for directory in [base, *path.parents[:len(pieces) - 1][::-1]]:
                     guard.check(directory)
-                text = guard.read(path)
             except UnsafeFile as exc:
                 message = f"job template {template!r}: {exc}"
                 raise TemplateError(message) from None

@@ -137,13 +137,7 @@ def create(project: Project, packages: tuple[str, ...]) -> None:
 
 def migrate(project: Project, packages: tuple[str, ...]) -> list[str]:
     """Apply pending migrations of core and the given plugin packages (as ``balsam_admin``, who
-    owns the schema), then make sure the owner has their everyday role.
-
-    A project made before the admin split (its owner was the bootstrap superuser) is converted
-    first, over the socket, as the owner.
-    """
-    if project.embedded:
-        roles.split_admin(project)
+    owns the schema), then make sure the owner has their everyday role."""
     with connect(project, admin=True) as conn, wrap_db_errors():
         applied = upgrade(conn, packages)
         if project.embedded:

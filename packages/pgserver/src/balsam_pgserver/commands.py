@@ -9,7 +9,7 @@ from rich.table import Table
 
 from balsam.migrate import plugin_packages
 from balsam.plugins import plugin_manager
-from balsam.project import Project
+from balsam.project import ADMIN_ROLE, Project
 from balsam_pgserver import cluster, roles
 
 
@@ -118,5 +118,8 @@ def migrate() -> None:
     """
     project = _project()
     cluster.require_owner(project, "migrate the schema")
+    if roles.split_admin(project):
+        click.echo(f"{ADMIN_ROLE} is now the administrative role (over the project's socket, "
+                   f"from your account); {project.owner} is an everyday member role")
     applied = cluster.migrate(project, plugin_packages(plugin_manager()))
     click.echo("\n".join(applied) if applied else "schema is up to date")

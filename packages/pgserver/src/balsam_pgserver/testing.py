@@ -9,12 +9,13 @@ created if missing, because PostgreSQL refuses to run as root.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +171,49 @@ def project(tmp_path_factory: pytest.TempPathFactory, db_dsn: str,
     monkeypatch.setenv("BALSAM_DB_PATH", str(proj.root))
     monkeypatch.setenv("BALSAM_HOME", str(root.parent / "home"))
     return proj
+
+
+# --- helpers for multi-user tests (``run_as`` is the root conftest's fixture) ---------------------
+
+RunAs = Callable[..., subprocess.CompletedProcess[str]]
+#: Activate the project named by ``$P`` quietly.
+ACTIVATE = '. balsamactivate "$P" >/dev/null'
+#: Run SQL statements (argv[1], a JSON list) as the activated user (as the administrative role
+#: with ADMIN=1, over TCP with BALSAM_DB_TRANSPORT=tcp); print each result as JSON, an error as
+#: ``"ErrorClass: message"``.
+RUN_SQL = """
+import json, os, sys
+from balsam.db import connect, wrap_db_errors
+from balsam.errors import BalsamError
+from balsam.project import Project
+out = []
+with connect(Project.from_env(), admin=bool(os.environ.get("ADMIN"))) as conn:
+    for statement in json.loads(sys.argv[1]):
+        try:
+            with wrap_db_errors():
+                cur = conn.execute(statement)
+                out.append(cur.fetchall() if cur.description else "ok")
+        except BalsamError as exc:
+            out.append(f"{type(exc).__name__}: {exc}")
+print(json.dumps(out, default=str))
+"""
+
+
+def sh(run_as: RunAs, user: str, root: Path, script: str, check: bool = True,
+       **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a bash script as ``user`` in the project's parent, with ``$P`` naming the project."""
+    return run_as(user, ["bash", "-c", script], cwd=root.parent, env={"P": str(root), **env},
+                  check=check)
+
+
+def sql_as(run_as: RunAs, user: str, root: Path, *statements: str, **env: str) -> list[Any]:
+    """Activate the project as ``user`` and run ``statements`` (see :data:`RUN_SQL`)."""
+    proc = sh(run_as, user, root, f'{ACTIVATE} && python -c "$CODE" "$STATEMENTS"',
+              CODE=RUN_SQL, STATEMENTS=json.dumps(statements), **env)
+    return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def balsam_as(run_as: RunAs, user: str, root: Path, *args: str,
+              check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    """``balsam ARGS`` as ``user`` with the project active (no activation)."""
+    return run_as(user, ["balsam", *args], env={"BALSAM_DB_PATH": str(root), **env}, check=check)

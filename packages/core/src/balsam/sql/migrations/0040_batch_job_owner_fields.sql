@@ -7,7 +7,7 @@ CREATE FUNCTION balsam_batch_job_owner_fields() RETURNS trigger LANGUAGE plpgsql
 SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     IF session_user::text IS DISTINCT FROM OLD.owner THEN
-        RAISE EXCEPTION 'permission denied: only % may change the scheduler id or script of batch job % (% is not its owner)',
+        RAISE EXCEPTION 'only % may change the scheduler id or script of batch job % (% is not its owner)',
             OLD.owner, OLD.id, session_user USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
