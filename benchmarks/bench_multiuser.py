@@ -1,5 +1,6 @@
-"""What sharing costs: connecting with peer vs scram-sha-256, the forged-owner triggers on bulk
-inserts by a member, and ``balsam perms check``/``fix`` over a large project tree.
+"""What sharing costs: connecting with peer vs scram-sha-256 (in clear, and over TLS verified
+against a project CA as every TCP client of an embedded server does), the forged-owner triggers
+on bulk inserts by a member, and ``balsam perms check``/``fix`` over a large project tree.
 
 A throwaway cluster (run as an unprivileged user when root) listens on a private socket (peer
 authentication, the benchmark's OS user mapped to a member role through pg_ident.conf) and on
@@ -16,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,8 @@ from balsam.db import connect
 from balsam.migrate import upgrade
 from balsam.project import Project, current_user, new_info
 from balsam_perms import policy
-from balsam_pgserver import roles
-from balsam_pgserver.testing import cluster_os_user, throwaway_cluster
+from balsam_pgserver import roles, tls
+from balsam_pgserver.testing import PgServer, cluster_os_user, throwaway_cluster
 
 PG_USER = "balsam-pgtest"
 MEMBER = "bench_member_user"
@@ -55,12 +57,38 @@ def cluster() -> Iterator[dict[str, Any]]:
                                                     b"scram-sha-256").decode()
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(MEMBER), sql.Literal(verifier)))
+        ca = enable_tls(pg)
+        tcp = {"host": "127.0.0.1", "port": pg.port, "user": MEMBER, "dbname": "bench",
+               "password": password}
         yield {
             "admin": pg.dsn("bench"),
             "peer": make_conninfo(pg.dsn("bench"), user=MEMBER),
-            "scram": make_conninfo(host="127.0.0.1", port=pg.port, user=MEMBER, dbname="bench",
-                                   password=password),
+            "scram": make_conninfo(**tcp, sslmode="disable"),
+            "tls": make_conninfo(**tcp, sslmode="verify-full", sslrootcert=str(ca)),
         }
+
+
+def enable_tls(pg: PgServer) -> Path:
+    """Give the cluster a certificate signed by a new CA, as an embedded server has (switched on
+    by a reload); return the CA certificate's path."""
+    ca_key, ca_cert = tls.make_ca("bench", datetime.now(UTC))
+    key, cert = tls.make_server_cert(ca_key, ca_cert, tls.host_names(), tls.host_addresses(),
+                                     datetime.now(UTC))
+    owner = pg.datadir.stat()
+    for name, data in ((tls.SERVER_KEY, key), (tls.SERVER_CERT, cert)):
+        path = pg.datadir / name
+        path.write_bytes(data)
+        os.chmod(path, 0o600)
+        os.chown(path, owner.st_uid, owner.st_gid)
+    (pg.sockdir / "ca.pem").write_bytes(ca_cert)
+    with connect(pg.dsn()) as conn:
+        for setting, value in (("ssl_cert_file", tls.SERVER_CERT),
+                               ("ssl_key_file", tls.SERVER_KEY), ("ssl", "on")):
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(setting),
+                                                                  sql.Literal(value)))
+        conn.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)  # the reload is asynchronous
+    return pg.sockdir / "ca.pem"
 
 
 def connect_rate(conninfo: str, n: int) -> float:
@@ -151,9 +179,12 @@ def run(quick: bool) -> list[dict[str, Any]]:
     with cluster() as dsn:
         peer = connect_rate(dsn["peer"], connections)
         scram = connect_rate(dsn["scram"], connections)
+        over_tls = connect_rate(dsn["tls"], connections)
         rows += [_row("connect peer (socket)", peer, "conn/s"),
-                 _row("connect scram-sha-256 (TCP)", scram, "conn/s"),
-                 _row("scram cost per connection", 1000 / scram - 1000 / peer, "ms")]
+                 _row("connect scram-sha-256 (TCP, in clear)", scram, "conn/s"),
+                 _row("connect scram-sha-256 (TCP, TLS verify-full)", over_tls, "conn/s"),
+                 _row("scram cost per connection", 1000 / scram - 1000 / peer, "ms"),
+                 _row("TLS cost per connection", 1000 / over_tls - 1000 / scram, "ms")]
         rates = insert_rates(dsn["peer"], dsn["admin"], tasks, rounds=3 if quick else 5)
         with_triggers, without = rates[True], rates[False]
         rows += [_row(f"member inserts {tasks} tasks, owner triggers", with_triggers, "tasks/s"),

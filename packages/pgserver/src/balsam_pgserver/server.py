@@ -179,9 +179,12 @@ def start(datadir: Path, *, port: int, socket_dir: Path, logfile: Path,
     log = os.open(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                   0o600)
     try:
+        user = _as_user(run_as)
+        if user:  # root starting a test cluster: the log is its user's
+            os.fchown(log, int(user["user"]), int(user["group"]))  # type: ignore[call-overload]
         offset = os.fstat(log).st_size
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                cwd=datadir, start_new_session=True, **_as_user(run_as))
+                                cwd=datadir, start_new_session=True, **user)
     finally:
         os.close(log)
     deadline = time.monotonic() + timeout
