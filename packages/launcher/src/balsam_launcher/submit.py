@@ -174,7 +174,8 @@ def render(project: Project, scheduler: Scheduler, job: dict[str, Any],
         message = f"job template {name!r} not found in {searched} or the balsam-launcher package"
         raise TemplateError(message) from None
     except jinja2.TemplateError as exc:
-        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        lineno = getattr(exc, "lineno", None)
+        where = f" (line {lineno})" if lineno else ""
         message = f"job template {name!r}{where}: {exc.message or type(exc).__name__}"
         raise TemplateError(message) from None
 

@@ -50,11 +50,12 @@ def settings(major: int, max_connections: int = MAX_CONNECTIONS) -> tuple[str, .
     TCP is TLS only (pg_hba.conf); the certificate is named relative to the data directory, so a
     moved project still starts.
     """
-    base = (f"max_connections={max_connections}",
-            f"superuser_reserved_connections={ADMIN_RESERVED}",
-            "authentication_timeout=5s", "unix_socket_permissions=0770", "ssl=on",
-            f"ssl_cert_file={tls.SERVER_CERT}", f"ssl_key_file={tls.SERVER_KEY}",
-            "ssl_min_protocol_version=TLSv1.2", "password_encryption=scram-sha-256")
+    base: tuple[str, ...] = (f"max_connections={max_connections}",
+                             f"superuser_reserved_connections={ADMIN_RESERVED}",
+                             "authentication_timeout=5s", "unix_socket_permissions=0770",
+                             "ssl=on", f"ssl_cert_file={tls.SERVER_CERT}",
+                             f"ssl_key_file={tls.SERVER_KEY}", "ssl_min_protocol_version=TLSv1.2",
+                             "password_encryption=scram-sha-256")
     if major >= 16:
         base += (f"reserved_connections={max_connections // 10}",)
     return base

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from balsam.errors import BalsamError
 from balsam.project import ADMIN_ROLE
@@ -181,7 +182,7 @@ def start(datadir: Path, *, port: int, socket_dir: Path, logfile: Path,
     try:
         user = _as_user(run_as)
         if user:  # root starting a test cluster: the log is its user's
-            os.fchown(log, int(user["user"]), int(user["group"]))  # type: ignore[call-overload]
+            os.fchown(log, user["user"], user["group"])
         offset = os.fstat(log).st_size
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 cwd=datadir, start_new_session=True, **user)
@@ -203,7 +204,7 @@ def start(datadir: Path, *, port: int, socket_dir: Path, logfile: Path,
     return proc.pid
 
 
-def _as_user(run_as: str | None) -> dict[str, object]:
+def _as_user(run_as: str | None) -> dict[str, Any]:
     """Popen arguments that run a child as ``run_as`` (when we are root), with its own HOME."""
     if not run_as or os.geteuid() != 0:
         return {}

@@ -208,8 +208,9 @@ def sh(run_as: RunAs, user: str, root: Path, script: str, check: bool = True,
 
 def sql_as(run_as: RunAs, user: str, root: Path, *statements: str, **env: str) -> list[Any]:
     """Activate the project as ``user`` and run ``statements`` (see :data:`RUN_SQL`)."""
-    proc = sh(run_as, user, root, f'{ACTIVATE} && python -c "$CODE" "$STATEMENTS"',
-              CODE=RUN_SQL, STATEMENTS=json.dumps(statements), **env)
+    proc = run_as(user, ["bash", "-c", f'{ACTIVATE} && python -c "$CODE" "$STATEMENTS"'],
+                  cwd=root.parent, env={"P": str(root), "CODE": RUN_SQL,
+                                        "STATEMENTS": json.dumps(statements), **env})
     return list(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
