@@ -113,6 +113,9 @@ def test_owner_adds_a_member_who_works_and_an_outsider_is_refused(run_as, shared
     root = init(run_as, shared_dir)
     out = sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob").stdout
     assert "bob may now use the project as member" in out
+    assert ("A launcher runs only the tasks of users its user trusts: for yours to run bob's "
+            "tasks, run 'balsam trust add bob' (and bob runs 'balsam trust add alice' for theirs "
+            "to run yours).") in out
     # carol is in the group but was not added.
     carol = sh(run_as, "carol", root, ACTIVATE, check=False)
     assert carol.returncode == 1
