@@ -26,6 +26,7 @@ from balsam.zones import (
     SERVER_CA,
     SERVER_INFO,
     SOCKET_DIR,
+    TEMPLATES_DIR,
     WORK_DIRS,
     Guard,
     project_guard,
@@ -146,7 +147,7 @@ class Project:
 
     @property
     def templates_dir(self) -> Path:
-        return self.root / "job-templates"
+        return self.root / TEMPLATES_DIR
 
     @property
     def data_dir(self) -> Path:
