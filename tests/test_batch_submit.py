@@ -36,7 +36,6 @@ exit ${STUB_EXIT:-0}
 def cli(project, monkeypatch):
     monkeypatch.delenv("BALSAM_SCHEDULER", raising=False)
     monkeypatch.setenv("COLUMNS", "250")
-    (project.root / "job-templates").mkdir()
     (project.root / "job-templates" / "local.sh").write_text(STUB)
     runner = CliRunner()
     pm = get_plugin_manager()
