@@ -81,7 +81,7 @@ def test_launchers_of_three_users_share_one_project(run_as, shared_dir):
     env = {"BALSAM_DB_PATH": str(root)}
     run_as("alice", ["bash", "-c", '. balsamactivate "$BALSAM_DB_PATH"'], env=env)
     run_as("alice", ["balsam", "server", "--add-user", "bob", "--add-user", "carol"], env=env)
-    counts = root / "counts"
+    counts = root / "data" / "counts"  # the work zone: every launcher's tasks write it
     out = run_as("alice", [sys.executable, "-c", SETUP, str(root), str(counts), "1200"], env=env)
     ids = json.loads(out.stdout)
     args = ["--job-mode", "serial", "--nodes", "4", "--consume-all", "--poll-interval", "0.5"]

@@ -287,7 +287,8 @@ def test_bobs_launcher_leaves_files_alice_can_write(run_as, shared_dir):
     sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob")
     home = shared_dir / "bob-balsam-home"  # bob's ~/.balsam for this test only
     run_as("bob", ["mkdir", "-m", "700", "-p", str(home / "job-templates")])
-    run_as("bob", ["tee", str(home / "job-templates/local.sh")], input=TEMPLATE)
+    run_as("bob", ["install", "-m", "600", "/dev/stdin", str(home / "job-templates/local.sh")],
+           input=TEMPLATE)  # his alone: a template runs as whoever renders it
     bob = {"BALSAM_HOME": str(home)}
     # bob's shell umask would lock everyone else out; balsam applies the project's instead.
     sh(run_as, "bob", root, f'umask 077 && {ACTIVATE} && python -c "$CODE" && '

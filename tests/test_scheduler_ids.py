@@ -35,7 +35,8 @@ def test_queue_kill_acts_only_on_jobs_the_user_submitted(run_as, shared_dir):
     run_as("alice", ["balsam", "init", "proj"], cwd=shared_dir)
     root = shared_dir / "proj"
     sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob")
-    run_as("alice", ["tee", str(root / "job-templates/local.sh")], input=HOLD)
+    run_as("alice", ["install", "-m", "640", "/dev/stdin", str(root / "job-templates/local.sh")],
+           input=HOLD)
     out = balsam_as(run_as, "alice", root, "submit-launch", "-t", "5", "-n", "1").stdout
     assert "Submitted batch job 1" in out
     marker = root / "qsubmit/marker"

@@ -3,6 +3,7 @@ writing without following one."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import stat
@@ -37,6 +38,14 @@ def test_problem(mode, uid, private, reason):
     assert (found is None) if reason is None else (reason in found)
 
 
+def test_group_write_on_the_owners_private_group_is_the_owners_alone():
+    me = pwd.getpwuid(os.geteuid())
+    guard = Guard(me.pw_uid, "x")
+    assert guard.problem(st(stat.S_IFREG | 0o660, me.pw_uid, me.pw_gid)) is None
+    other = next(g.gr_gid for g in grp.getgrall() if g.gr_gid != me.pw_gid)
+    assert "writable by group" in guard.problem(st(stat.S_IFREG | 0o660, me.pw_uid, other))
+
+
 def test_modes_are_not_judged_inside_a_private_directory():
     assert GUARD.problem(st(stat.S_IFREG | 0o666), modes=False) is None
     assert "owned by" in GUARD.problem(st(stat.S_IFREG | 0o600, uid=4242), modes=False)
@@ -53,8 +62,8 @@ def test_read_refuses_a_symlink_and_a_file_others_can_write(tmp_path):
     with pytest.raises(UnsafeFile, match=r"^refusing .*/link: a symbolic link, which balsam does "
                                          r"not follow; fix it$"):
         guard.read(link)
-    os.chmod(good, 0o660)
-    with pytest.raises(UnsafeFile, match="writable by group"):
+    os.chmod(good, 0o646)
+    with pytest.raises(UnsafeFile, match="writable by everyone"):
         guard.read(good)
     with pytest.raises(FileNotFoundError):
         guard.read(tmp_path / "missing")

@@ -13,6 +13,7 @@ replaces another's files. No tool follows a symlink it did not make: control fil
 from __future__ import annotations
 
 import errno
+import functools
 import grp
 import os
 import pwd
@@ -58,6 +59,18 @@ def group_name(gid: int) -> str:
         return str(gid)
 
 
+@functools.cache
+def private_group(gid: int, uid: int) -> bool:
+    """Whether ``gid`` is ``uid``'s own group (their primary group, listing nobody else): group
+    write on it is the user's alone (``umask g=rwx`` with user private groups)."""
+    try:
+        user = pwd.getpwuid(uid)
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return False
+    return user.pw_gid == gid and members <= {user.pw_name}
+
+
 @dataclass(frozen=True)
 class Guard:
     """Who may write the files of one trust domain (a project's control zone, or a user's own
@@ -84,7 +97,7 @@ class Guard:
             return None
         if private and st.st_mode & 0o077:
             return f"mode {stat.S_IMODE(st.st_mode):04o}: others may reach it"
-        if st.st_mode & 0o020:
+        if st.st_mode & 0o020 and not private_group(st.st_gid, self.owner):
             return f"writable by group {group_name(st.st_gid)}"
         if st.st_mode & 0o002:
             return "writable by everyone"
