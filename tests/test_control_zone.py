@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_pgserver.testing import ACTIVATE, balsam_as, sh
+from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, write_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -141,8 +141,7 @@ def test_planted_templates_never_run(run_as, shared_dir):
     assert "local.sh: a symbolic link, which balsam does not follow" in one_error_line(proc)
     # Even a template alice trusts (her own) cannot run code: it renders in a sandbox.
     run_as("alice", ["rm", str(home / "job-templates/local.sh")])
-    run_as("alice", ["install", "-m", "640", "/dev/stdin", str(templates / "local.sh")],
-           input=PAYLOAD % marker)
+    write_as(run_as, "alice", templates / "local.sh", PAYLOAD % marker)
     proc = balsam_as(run_as, "alice", root, *submit, "--dry-run", check=False)
     assert "is unsafe" in one_error_line(proc)
     assert not marker.exists()

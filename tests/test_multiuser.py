@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from balsam.project import Project
-from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, sql_as
+from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, sql_as, write_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -287,8 +287,8 @@ def test_bobs_launcher_leaves_files_alice_can_write(run_as, shared_dir):
     sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob")
     home = shared_dir / "bob-balsam-home"  # bob's ~/.balsam for this test only
     run_as("bob", ["mkdir", "-m", "700", "-p", str(home / "job-templates")])
-    run_as("bob", ["install", "-m", "600", "/dev/stdin", str(home / "job-templates/local.sh")],
-           input=TEMPLATE)  # his alone: a template runs as whoever renders it
+    # His alone: a template runs as whoever renders it.
+    write_as(run_as, "bob", home / "job-templates/local.sh", TEMPLATE, 0o600)
     bob = {"BALSAM_HOME": str(home)}
     # bob's shell umask would lock everyone else out; balsam applies the project's instead.
     sh(run_as, "bob", root, f'umask 077 && {ACTIVATE} && python -c "$CODE" && '

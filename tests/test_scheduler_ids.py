@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from balsam_launcher.schedulers.local_runner import start_ticks
-from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, sql_as
+from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, sql_as, write_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -35,8 +35,7 @@ def test_queue_kill_acts_only_on_jobs_the_user_submitted(run_as, shared_dir):
     run_as("alice", ["balsam", "init", "proj"], cwd=shared_dir)
     root = shared_dir / "proj"
     sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob")
-    run_as("alice", ["install", "-m", "640", "/dev/stdin", str(root / "job-templates/local.sh")],
-           input=HOLD)
+    write_as(run_as, "alice", root / "job-templates/local.sh", HOLD)
     out = balsam_as(run_as, "alice", root, "submit-launch", "-t", "5", "-n", "1").stdout
     assert "Submitted batch job 1" in out
     marker = root / "qsubmit/marker"

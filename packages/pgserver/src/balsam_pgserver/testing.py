@@ -214,6 +214,12 @@ def sql_as(run_as: RunAs, user: str, root: Path, *statements: str, **env: str) -
     return list(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def write_as(run_as: RunAs, user: str, path: Path, text: str, mode: int = 0o640) -> None:
+    """Write ``path`` as ``user`` with ``mode``, whatever umask the test process has."""
+    run_as(user, ["bash", "-c", 'umask 077 && cat > "$F" && chmod "$M" "$F"'],
+           env={"F": str(path), "M": f"{mode:o}"}, input=text)
+
+
 def balsam_as(run_as: RunAs, user: str, root: Path, *args: str,
               check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
     """``balsam ARGS`` as ``user`` with the project active (no activation)."""
