@@ -9,22 +9,17 @@ each; ``startup`` times whole ``balsam ls`` / ``balsam job`` processes on a smal
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 from balsam import api
-from balsam.db import Connection, connect
-from balsam.lifecycle import init_project
-from balsam.plugins import get_plugin_manager
-from balsam_pgserver.testing import throwaway_cluster
+from balsam.db import Connection
+from balsam_pgserver.testing import throwaway_project
 
 BALSAM = str(Path(sys.executable).parent / "balsam")
 BENCH = "tasks"
@@ -121,17 +116,11 @@ def bench_million(conn: Connection, total: int, repeat: int) -> list[dict[str, A
 
 def run(quick: bool) -> list[dict[str, Any]]:
     inserts, repeat, total = (20_000, 3, 100_000) if quick else (100_000, 5, 1_000_000)
-    with (throwaway_cluster(prefix="balsam-bench-tasks-", dbname="bench") as pg,
-          tempfile.TemporaryDirectory() as tmp):
-        dsn = pg.dsn("bench")
-        with patch.dict(os.environ, {"BALSAM_HOME": str(Path(tmp) / "home")}):
-            project = init_project(Path(tmp) / "project", {"dsn": dsn}, get_plugin_manager())
-            os.environ["BALSAM_DB_PATH"] = str(project.root)
-            with connect(dsn) as conn:
-                api.add_app("sim", "/bin/echo", conn=conn)
-                rows = bench_startup(repeat)
-                rows += bench_insert(conn, inserts)
-                rows += bench_million(conn, total, repeat)
+    with throwaway_project(prefix="balsam-bench-tasks-") as (_, conn):
+        api.add_app("sim", "/bin/echo", conn=conn)
+        rows = bench_startup(repeat)
+        rows += bench_insert(conn, inserts)
+        rows += bench_million(conn, total, repeat)
     return rows
 
 

@@ -63,11 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({**row, "module": path.stem})
         console.print(f"  done in {time.perf_counter() - start:.1f}s")
 
-    table = Table("benchmark", "metric", "value", "unit", title="Balsam benchmarks")
+    # Optional columns: a row may carry the target it is measured against and earlier figures.
+    extra = [k for k in ("target", "before", "legacy") if any(r.get(k) for r in rows)]
+    table = Table("benchmark", "metric", "value", "unit", *extra, title="Balsam benchmarks")
     for r in rows:
         value = r["value"]
         shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
-        table.add_row(str(r["benchmark"]), str(r["metric"]), shown, str(r.get("unit", "")))
+        table.add_row(str(r["benchmark"]), str(r["metric"]), shown, str(r.get("unit", "")),
+                      *(str(r.get(k, "")) for k in extra))
     console.print(table)
 
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,53 @@ def test_plugins_command_lists_versions_and_hooks():
 def test_blocked_plugin_is_not_loaded(monkeypatch):
     monkeypatch.setenv("BALSAM_DISABLED_PLUGINS", "testplugin")
     cli = build_cli(get_plugin_manager())
-    assert "hello" not in cli.commands
-    assert "init" in cli.commands
+    names = cli.list_commands(click.Context(cli))
+    assert "hello" not in names and "goodbye" not in names
+    assert "init" in names
+
+
+def test_commands_are_imported_only_when_they_run():
+    """``balsam --help`` lists a lazily registered command from its registration alone; the
+    command's module is imported when it runs. A plugin's click command still works."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from balsam.plugins import get_plugin_manager\n"
+        "from balsam_cli.main import build_cli\n"
+        "cli = build_cli(get_plugin_manager())\n"
+        "help = CliRunner().invoke(cli, ['--help']).output\n"
+        "before = sorted(m for m in sys.modules if m.startswith(('balsam_testplugin.', "
+        "'balsam_launcher.', 'balsam_pgserver.', 'balsam_perms.', 'psycopg')) "
+        "and not m.endswith('.plugin'))\n"
+        "hello = CliRunner().invoke(cli, ['hello']).output\n"
+        "after = 'balsam_testplugin.commands' in sys.modules\n"
+        "bye = CliRunner().invoke(cli, ['goodbye']).output\n"
+        "print(repr((before, after, 'Say hello (a site plugin).' in help, hello, bye)))\n")
+    import ast
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    before, after, listed, hello, bye = ast.literal_eval(proc.stdout.strip())
+    assert before == [], f"imported before any command ran: {before}"
+    assert after and listed
+    assert hello == "hello world from balsam-testplugin\n"
+    assert bye == "goodbye from balsam-testplugin\n"
+
+
+def test_a_lazy_command_that_cannot_load_names_its_plugin():
+    class Broken:
+        @hookimpl
+        def register_commands(self, register):
+            register("oops", "balsam_no_such_module:cmd", help="broken")
+
+    pm = get_plugin_manager(autoload=False)
+    pm.register(Broken(), name="site-broken")
+    result = CliRunner().invoke(build_cli(pm), ["oops"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: command 'oops' of plugin 'site-broken' cannot be "
+                                    "loaded from balsam_no_such_module:cmd")
 
 
 def test_broken_plugin_fails_loudly(tmp_path, monkeypatch):
@@ -63,6 +108,16 @@ def test_hook_register_commands():
     pm = get_plugin_manager(autoload=False)
     pm.register(_Clash("a"), name="site-a")
     assert "start" in build_cli(pm).commands
+
+    class Lazy:
+        @hookimpl
+        def register_commands(self, register):
+            register("start", "balsam_cli.project_commands:which", help="a lazy start")
+
+    pm.register(Lazy(), name="site-lazy")
+    with pytest.raises(BalsamError, match="command 'start' from plugin 'site-.*' clashes with"):
+        build_cli(pm)
+    pm.unregister(name="site-lazy")
     pm.register(_Clash("b"), name="site-b")
     with pytest.raises(BalsamError, match="command 'start' from plugin 'site-.' clashes with"):
         build_cli(pm)

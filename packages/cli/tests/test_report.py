@@ -98,9 +98,9 @@ def test_utilization_table(history, run_cli):
     lines = result.output.splitlines()
     # Bin [00:10, 00:15): alice's and bob's 4 nodes available; alice's task ends at 00:11.
     row = next(line for line in lines if "00:10:00" in line)
-    assert [cell.strip() for cell in row.split("│")[2:5]] == ["8.00", "4.40", "55.0%"]
-    alice = next(line for line in lines if line.startswith("│ alice"))
-    assert [cell.strip() for cell in alice.split("│")[2:5]] == ["0.33", "1.33", "25.0%"]
+    assert row.split()[1:4] == ["8.00", "4.40", "55.0"]
+    alice = next(line for line in lines if line.startswith("alice "))
+    assert alice.split()[1:4] == ["0.33", "1.33", "25.0"]
 
 
 def test_utilization_json_matches_the_api(history, run_cli):
@@ -128,7 +128,7 @@ def test_throughput_and_errors(history, run_cli):
     errors = run_cli("errors", *WINDOW, "--by", "user")
     assert errors.exit_code == 0, errors.output
     row = next(line for line in errors.output.splitlines() if "exit status 3" in line)
-    assert [cell.strip() for cell in row.split("│")[1:4]] == ["RUN_ERROR", "bob", "1"]
+    assert row.split()[:3] == ["RUN_ERROR", "bob", "1"]
     assert "1 error events: RUN_ERROR 1" in errors.output
 
 
@@ -139,7 +139,7 @@ def test_summary(history, run_cli):
     assert "Errors             1 (RUN_ERROR 1, RUN_TIMEOUT 0, FAILED 0)" in result.output
     assert "Utilisation        42.9%" in result.output
     job = next(line for line in result.output.splitlines() if "4242" in line)
-    assert "alice" in job and "finished" in job and job.rstrip(" │").endswith("25.0%")
+    assert "alice" in job and "finished" in job and job.endswith("25.0")
     data = json.loads(run_cli("summary", *WINDOW, "--json", "--by", "workflow").output)
     assert {g["key"]: g["tasks_finished"] for g in data["groups"]} == {"sim": 1, "ana": 0}
     assert data["batch_jobs"][0]["allocated_node_seconds"] == pytest.approx(4800)

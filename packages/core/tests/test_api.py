@@ -363,3 +363,13 @@ def test_concurrent_bulk_inserts_map_ids_to_their_rows(db_dsn, db, sim):
     assert len(names) == 900
     for k, ids in results.items():
         assert [names[i] for i in ids] == [f"w{k}-{i}" for i in range(300)]
+
+
+def test_bulk_rows_validate_each_value_by_its_type(db, sim):
+    """A value seen before is not re-validated, but True is not 1 for an integer field."""
+    with pytest.raises(InvalidInput, match="task 2: num_nodes must be an integer, got True"):
+        api.add_tasks([{"app": "sim", "num_nodes": 1}, {"app": "sim", "num_nodes": True}],
+                      conn=db)
+    ids = api.add_tasks(({"app": "sim", "workflow": "w", "num_nodes": 2} for _ in range(3)),
+                        conn=db)
+    assert [t.num_nodes for t in api.get_tasks(ids=ids, conn=db)] == [2, 2, 2]

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import shlex
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from balsam.errors import InvalidInput
 from balsam.lifecycle import activate as activate_project
 from balsam.lifecycle import init_project
+from balsam.output import Output, options
 from balsam.plugins import installed_entry_points, plugin_manager
 from balsam.project import Project, known_projects
+from balsam_cli import listings
 
 
 @click.command("init")
@@ -22,9 +22,25 @@ from balsam.project import Project, known_projects
 @click.option("--group", help="UNIX group sharing the project (default: the directory's group).")
 def init(path: Path, dsn: str | None, group: str | None) -> None:
     """Create a project directory with its own PostgreSQL cluster."""
+    if dsn is not None:
+        check_dsn(dsn)
     project = init_project(path, {"dsn": dsn, "group": group}, plugin_manager())
     click.echo(f"Created Balsam project {project.root}")
     click.echo(f"Activate it with: source balsamactivate {shlex.quote(str(path))}")
+
+
+def check_dsn(dsn: str) -> None:
+    """Refuse a connection string that cannot be parsed, before anything is created."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        first = str(exc).strip().splitlines()[0]
+        message = (f"--dsn {dsn!r} is not a PostgreSQL connection string ({first}); use "
+                   "postgresql://USER@HOST:PORT/DBNAME or 'host=H dbname=D user=U'")
+        raise InvalidInput(message) from None
 
 
 @click.command("activate")
@@ -69,20 +85,16 @@ def which(list_all: bool, project: str | None) -> None:
 
 
 @click.command("plugins")
-def plugins() -> None:
+@options
+def plugins(out: Output) -> None:
     """List installed plugins, their versions and the hooks they implement."""
+    from balsam_cli.main import versions
+
     pm = plugin_manager()
-    table = Table("name", "distribution", "version", "hooks")
-    for ep in installed_entry_points():
+    rows = []
+    for (name, dist, ver), ep in zip(versions(), installed_entry_points(), strict=True):
         plugin = pm.get_plugin(ep.name)
-        dist = ep.dist.name if ep.dist else "?"
-        try:
-            ver = version(dist)
-        except PackageNotFoundError:
-            ver = "?"
-        if plugin is None:
-            table.add_row(ep.name, dist, ver, "(blocked)")
-            continue
-        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        table.add_row(ep.name, dist, ver, ", ".join(hooks))
-    Console().print(table)
+        hooks = "(blocked)" if plugin is None else \
+            ", ".join(sorted(h.name for h in pm.get_hookcallers(plugin) or []))
+        rows.append((name, dist, ver, hooks))
+    out.write(listings.PLUGINS, rows)

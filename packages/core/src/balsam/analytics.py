@@ -41,6 +41,7 @@ from psycopg.rows import dict_row
 
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import InvalidInput
+from balsam.output import iso_time
 from balsam.queries import query
 
 #: Ways to split a report into groups.
@@ -327,7 +328,7 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [to_plain(v) for v in obj]
     if isinstance(obj, datetime):
-        return obj.isoformat()
+        return iso_time(obj)
     return obj
 
 

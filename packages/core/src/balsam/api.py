@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from balsam import dag
+from balsam import bulk, dag
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, CycleError, InvalidInput, NotFound
 from balsam.models import (
-    TASK_FIELDS,
     App,
     Event,
     Task,
@@ -49,14 +47,6 @@ __all__ = [
 TaskRef = int | Task
 AppRef = str | int | App
 
-#: Columns written for each new task, in COPY order (after the staging row number).
-_COLUMNS = ("name", "workflow", "app_id", "args", "data", "user_workdir", "description",
-            "wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
-            "threads_per_core", "cpu_affinity", "node_packing_count", "environ_vars",
-            "input_files", "post_error_handler", "post_timeout_handler", "auto_timeout_retry",
-            "state")
-_DEFAULTS = {f.name: f.default_factory() if callable(f.default_factory) else f.default
-             for f in fields(Task) if f.name in TASK_FIELDS}
 _JSON = ("data", "environ_vars")
 
 _cached: tuple[tuple[int, str], Project, Connection] | None = None
@@ -191,68 +181,7 @@ def add_tasks(tasks: Iterable[Mapping[str, Any]], *, conn: Connection | None = N
     Each mapping holds task fields as for :func:`add_task`, plus ``app`` (name, id or App) and
     optionally ``parents`` (ids or Tasks that already exist).
     """
-    conn = _conn(conn)
-    specs = list(tasks)
-    if not specs:
-        return []
-    app_ids: dict[Any, int] = {}
-    rows: list[dict[str, Any]] = []
-    edges: list[tuple[int, int]] = []  # (parent id, row index)
-    for index, spec in enumerate(specs):
-        row, parent_ids = _task_row(spec, app_ids, conn)
-        rows.append(row)
-        edges += [(p, index) for p in parent_ids]
-    _check_exist(conn, {p for p, _ in edges}, "parent task")
-    with wrap_db_errors(), conn.transaction():
-        if len(rows) == 1:
-            ids = [_insert_one(conn, rows[0])]
-        else:
-            ids = _copy_many(conn, rows)
-        if edges:
-            conn.execute(_q("insert_edges"), {"parents": [p for p, _ in edges],
-                                              "children": [ids[i] for _, i in edges]})
-    return ids
-
-
-def _task_row(spec: Mapping[str, Any], app_ids: dict[Any, int],
-              conn: Connection) -> tuple[dict[str, Any], list[int]]:
-    """A validated row for ``tasks`` and the parent ids of one task specification."""
-    spec = dict(spec)
-    app = spec.pop("app", None)
-    app = spec.pop("application", app)
-    app = spec.pop("app_id", app)
-    parent_refs = spec.pop("parents", None) or ()
-    if app is None or app == "":
-        message = "a task needs an app (app='name')"
-        raise InvalidInput(message)
-    key = app.id if isinstance(app, App) and app.id is not None else app
-    if key not in app_ids:
-        app_ids[key] = get_app(app, conn=conn).id  # type: ignore[assignment]
-    row = dict(_DEFAULTS)
-    for name, value in spec.items():
-        column = task_field(name)
-        row[column] = coerce_task_field(column, value)
-    parent_ids = sorted({_task_id(p) for p in parent_refs})
-    row["app_id"] = app_ids[key]
-    row["state"] = State.AWAITING_PARENTS.value if parent_ids else State.READY.value
-    return row, parent_ids
-
-
-def _insert_one(conn: Connection, row: dict[str, Any]) -> int:
-    params = {c: Jsonb(row[c]) if c in _JSON else row[c] for c in _COLUMNS}
-    found = conn.execute(_q("insert_task"), params).fetchone()
-    assert found is not None
-    return int(found["id"])
-
-
-def _copy_many(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-    conn.execute(_q("create_new_tasks_table"))
-    with conn.cursor().copy(_q("copy_new_tasks")) as copy:  # type: ignore[arg-type]
-        for index, row in enumerate(rows):
-            copy.write_row((index, *(Jsonb(row[c]) if c in _JSON else row[c] for c in _COLUMNS)))
-    ids = sorted(r["id"] for r in conn.execute(_q("insert_new_tasks")))
-    conn.execute(_q("drop_new_tasks_table"))
-    return ids
+    return bulk.insert_tasks(_conn(conn), tasks)
 
 
 def _task_id(ref: TaskRef) -> int:

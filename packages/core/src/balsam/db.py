@@ -101,6 +101,9 @@ def translate(exc: psycopg.Error) -> BalsamError:
         return PermissionDenied(f"permission denied: {primary}")
     if isinstance(exc, psycopg.OperationalError):
         return ServerDown(f"database connection lost: {primary}")
+    if isinstance(exc, pgerr.NumericValueOutOfRange):
+        return InvalidInput(f"a number is too large ({primary}): counts and sizes go up to "
+                            f"2147483647, ids up to 9223372036854775807")
     for driver, ours in _MAP:
         if isinstance(exc, driver):
             detail = diag.message_detail if diag and diag.message_detail else ""

@@ -132,13 +132,18 @@ def select_tasks(
 
 @hookspec
 def register_commands(register: Callable[..., None]) -> None:
-    """Add click commands to the ``balsam`` CLI.
+    """Add commands to the ``balsam`` CLI.
 
-    :param register: call it once per command or group: ``register(command)`` adds a top-level
-        command, ``register(command, group="report")`` a subcommand of another plugin's group.
-        A name already taken by another plugin is an error naming both plugins.
+    :param register: call it once per command or group:
+        ``register("name", "module:attribute", help="one line")`` registers a click command by
+        import path, imported only when it runs (``balsam --help`` shows ``help``); the older
+        ``register(click_command)`` registers an imported command. ``group="report"`` (either
+        form) adds a subcommand to another plugin's group. A name already taken by another
+        plugin is an error naming both plugins.
 
     All implementations are called; return values are ignored.
+
+    .. versionchanged:: 0.1.4 commands may be registered by import path.
     """
 
 

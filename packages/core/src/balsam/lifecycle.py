@@ -11,7 +11,6 @@ from typing import Any
 import pluggy
 
 from balsam.errors import AlreadyExists, BalsamError, InvalidInput
-from balsam.migrate import plugin_packages
 from balsam.project import SUBDIRS, Project, current_user, new_info, remember_project
 from balsam.zones import TEMPLATES_DIR, user_name
 
@@ -34,6 +33,8 @@ def init_project(root: Path, options: dict[str, Any], pm: pluggy.PluginManager) 
     if not root.parent.is_dir():
         message = f"parent directory {root.parent} does not exist"
         raise InvalidInput(message)
+    from balsam.migrate import plugin_packages  # here: it brings the database driver
+
     created = not root.exists()
     old_umask = os.umask(0o007)
     try:

@@ -7,9 +7,13 @@ looks dead, how long a workflow has left) are pure functions, tested without a d
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from psycopg import sql
+from psycopg.rows import tuple_row
 
 from balsam.db import Connection, wrap_db_errors
 from balsam.queries import query
@@ -43,6 +47,9 @@ class LauncherStatus:
     alive: bool
     suspect: str
     running: int
+    wf_filter: str = ""
+    ended_at: datetime | None = None
+    end_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,8 @@ def launchers(conn: Connection, *, alive_only: bool = False) -> list[LauncherSta
                 batch_job_id=row["batch_job_id"], scheduler_id=row["scheduler_id"],
                 job_mode=row["job_mode"], num_nodes=row["num_nodes"],
                 started_at=row["started_at"], heartbeat_age=row["heartbeat_age"], alive=alive,
-                suspect=suspect, running=row["running"]))
+                suspect=suspect, running=row["running"], wf_filter=row["wf_filter"],
+                ended_at=row["ended_at"], end_reason=row["end_reason"]))
     return found
 
 
@@ -152,3 +160,86 @@ def workflow_progress(conn: Connection) -> list[WorkflowProgress]:
                              finished.get(wf, 0),
                              eta_seconds(remaining_tasks(by_state), finished.get(wf, 0)))
             for wf, by_state in sorted(counts.items())]
+
+
+# --- why a task does not run ---------------------------------------------------------------------
+
+#: States a launcher starts from (a task waiting in one of them for nodes).
+WAITING_FOR_NODES = (State.READY, State.STAGED_IN, State.PREPROCESSED, State.RESTART_READY)
+
+
+def unrunnable(workflow: str, num_nodes: int, ranks_per_node: int,
+               live: Sequence[LauncherStatus]) -> str:
+    """Why no live launcher can run a task waiting for nodes, or "" if one could."""
+    live = [lc for lc in live if lc.alive]
+    if not live:
+        return "no launcher alive"
+    serving = [lc for lc in live if not lc.wf_filter or lc.wf_filter in workflow]
+    if not serving:
+        filters = ", ".join(sorted({lc.wf_filter for lc in live}))
+        return f"workflow {workflow or '(none)'}: no live launcher serves it (they run {filters})"
+    big = [lc for lc in serving if lc.num_nodes >= num_nodes]
+    if not big:
+        most = max(lc.num_nodes for lc in serving)
+        return f"needs {num_nodes} nodes; the live launchers have at most {most}"
+    if all(lc.job_mode == "serial" for lc in big) and (num_nodes > 1 or ranks_per_node > 1):
+        return (f"needs MPI ({num_nodes} node(s) x {ranks_per_node} ranks); the live launchers "
+                f"serving it run in serial mode")
+    return ""
+
+
+# --- the rows of balsam ls ------------------------------------------------------------------------
+
+_LAST_RUN_MESSAGE = ("(SELECT e.message FROM task_events e WHERE e.task_id = t.id "
+                     "AND e.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT') ORDER BY e.id DESC LIMIT 1)")
+#: What :func:`tasks` can read, by key: constant SQL expressions over ``tasks t`` and
+#: ``apps a`` (JSON columns as text: a listing that does not show them does not parse them).
+#: ``cause`` is a failed or errored run's cause (that of its last run, else its own message).
+TASK_EXPRESSIONS: dict[str, str] = {
+    "id": "t.id", "name": "t.name", "workflow": "t.workflow", "app": "a.name",
+    "state": "t.state", "info": "t.state_message", "state_message": "t.state_message",
+    "num_nodes": "t.num_nodes", "ranks_per_node": "t.ranks_per_node",
+    "threads_per_rank": "t.threads_per_rank", "threads_per_core": "t.threads_per_core",
+    "cpu_affinity": "t.cpu_affinity", "node_packing_count": "t.node_packing_count",
+    "wall_time_minutes": "t.wall_time_minutes", "args": "t.args",
+    "environ_vars": "t.environ_vars::text", "data": "t.data::text",
+    "input_files": "t.input_files", "post_error_handler": "t.post_error_handler",
+    "post_timeout_handler": "t.post_timeout_handler",
+    "auto_timeout_retry": "t.auto_timeout_retry", "user_workdir": "t.user_workdir",
+    "workdir": "coalesce(t.user_workdir, 'data/' || coalesce(nullif(t.workflow, ''), '_') "
+               "|| '/' || coalesce(nullif(t.name, ''), 'task') || '_' || t.id)",
+    "description": "t.description", "owner": "t.owner", "launcher_id": "t.launcher_id",
+    "attempts": "t.attempts", "created_at": "t.created_at",
+    "state_changed_at": "t.state_changed_at",
+    "cause": "CASE WHEN t.state IN ('FAILED', 'RUN_ERROR', 'RUN_TIMEOUT') THEN "
+             f"balsam_failure_cause(coalesce({_LAST_RUN_MESSAGE}, t.state_message)) END",
+}
+
+
+def tasks(conn: Connection, columns: Sequence[str], *, filters: dict[str, Any],
+          limit: int | None = None, chunk: int = 2000) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``balsam ls`` (the given keys of :data:`TASK_EXPRESSIONS`, in order), in id
+    order, streamed through a server-side cursor: the first row comes at once and memory holds
+    one chunk. ``filters`` are resolved ones (ids, workflow, states, name, app_id). Close the
+    generator (``contextlib.closing``) when stopping early: that ends the cursor."""
+    select = sql.SQL(", ").join(
+        sql.SQL("{} AS {}").format(sql.SQL(TASK_EXPRESSIONS[c]), sql.Identifier(c))  # type: ignore[arg-type]
+        for c in columns)
+    stmt = sql.SQL(query("balsam", "monitor_tasks")).format(columns=select)  # type: ignore[arg-type]
+    params = {"ids": None, "workflow": None, "states": None, "name": None, "app_id": None,
+              **filters, "limit": limit}
+    with wrap_db_errors(), conn.transaction(), \
+            conn.cursor(name="balsam_ls", row_factory=tuple_row) as cur:  # type: ignore[call-overload]
+        cur.itersize = chunk
+        cur.execute(stmt, params)
+        yield from cur
+
+
+def changes(conn: Connection, entity: str, entity_id: int) -> list[dict[str, Any]]:
+    """The recorded changes of an app or a task (``entity`` is ``"app"`` or ``"task"``), oldest
+    first: id, entity, entity_id, field, old_value, new_value, changed_by, changed_at. Empty
+    while the schema records none."""
+    present = _rows(conn, "monitor_has_changes")
+    if not present or not present[0]["present"]:
+        return []
+    return _rows(conn, "monitor_changes", {"entity": entity, "id": entity_id})

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import make_conninfo
-
 from balsam.errors import InvalidInput, PermissionDenied, ProjectNotFound, UnsafeFile
 from balsam.zones import (
     CONTROL_FILE_MODE,
@@ -204,6 +202,8 @@ class Project:
         TCP with TLS (the server verified against the project's CA) and the user's generated
         password elsewhere. ``admin``: the administrative role, over the socket only.
         ``transport`` (``"socket"`` or ``"tcp"``) overrides the choice."""
+        from psycopg.conninfo import make_conninfo  # here: commands that never connect skip it
+
         if not self.embedded:
             return make_conninfo(str(self.info["dsn"]), **overrides)
         tcp = transport == "tcp" or (transport is None and not self.uses_socket())

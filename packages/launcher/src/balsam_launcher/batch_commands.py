@@ -7,33 +7,41 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
+from balsam.config import load_settings
 from balsam.db import connect, wrap_db_errors
+from balsam.durations import wall_time_type
+from balsam.output import Column, Listing, Output, options
 from balsam.plugins import plugin_manager
 from balsam.project import Project
 from balsam_launcher import batch_jobs, submit
 from balsam_launcher.service import Policy, Service
 from balsam_launcher.submit import JOB_MODES, JobRequest
 
-SCHEDULER_HELP = ("Batch scheduler (default: $BALSAM_SCHEDULER, else 'scheduler' in the "
+SCHEDULER_HELP = ("Batch scheduler (default: 'scheduler' of 'balsam config', else the "
                   "project's server-info, else local).")
 
 
+def _setting(key: str) -> Any:
+    """A default from the site configuration (``balsam config``), read when the option is."""
+    return lambda: load_settings().get(key)
+
+
 @click.command("submit-launch")
-@click.option("-A", "--project", "account", default="", help="Project (allocation) to charge.")
-@click.option("-q", "--queue", default="", help="Queue (Slurm partition) to submit to.")
-@click.option("-t", "--time-minutes", type=int, required=True, help="Wall time in minutes.")
+@click.option("-A", "--account", "--project", "account", default=_setting("account"),
+              help="Account (project, allocation) to charge (legacy: --project).")
+@click.option("-q", "--queue", default=_setting("queue"),
+              help="Queue (Slurm partition) to submit to.")
+@click.option("-t", "--wall-time", "--time-minutes", "time_minutes", type=wall_time_type(),
+              required=True, help="Wall time: minutes (90), 1:30:00 or 2h.")
 @click.option("-n", "--nodes", type=int, required=True, help="Number of nodes.")
-@click.option("--job-mode", type=click.Choice(JOB_MODES), default="mpi", show_default=True,
-              help="How the launcher runs tasks.")
+@click.option("--job-mode", type=click.Choice(JOB_MODES), default=_setting("job_mode"),
+              show_default=True, help="How the launcher runs tasks.")
 @click.option("--wf-filter", default="", help="Run only tasks of this workflow.")
-@click.option("--scheduler", help=SCHEDULER_HELP)
+@click.option("--scheduler", default=_setting("scheduler"), help=SCHEDULER_HELP)
 @click.option("--template", help="Job template name (default: the scheduler's).")
 @click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
 def submit_launch(account: str, queue: str, time_minutes: int, nodes: int, job_mode: str,
@@ -61,10 +69,12 @@ def submit_launch(account: str, queue: str, time_minutes: int, nodes: int, job_m
 @click.option("--kill", "kill", type=int, multiple=True, metavar="ID",
               help="Cancel this batch job (repeatable): its launcher marks running tasks "
                    "RUN_TIMEOUT and exits.")
-@click.option("--force", is_flag=True, help="With --kill: kill outright, no grace.")
+@click.option("--now", "--force", "force", is_flag=True,
+              help="With --kill: kill outright, no grace (legacy: --force).")
 @click.option("--no-sync", is_flag=True, help="Show the recorded states without asking the "
               "scheduler.")
-def queue(show_all: bool, kill: Sequence[int], force: bool, no_sync: bool) -> None:
+@options
+def queue(show_all: bool, kill: Sequence[int], force: bool, no_sync: bool, out: Output) -> None:
     """List the project's batch jobs (synced with the scheduler), or cancel some."""
     project = Project.from_env()
     pm = plugin_manager()
@@ -78,24 +88,17 @@ def queue(show_all: bool, kill: Sequence[int], force: bool, no_sync: bool) -> No
             batch_jobs.sync(conn, project, pm)
         with wrap_db_errors():
             rows = batch_jobs.list_jobs(conn, include_ended=show_all)
-    print_batch_jobs(rows)
+    out.records(BATCH_JOBS, rows)
 
 
-def print_batch_jobs(rows: Sequence[dict[str, Any]], console: Console | None = None) -> None:
-    """A table of batch_jobs rows (also used by ``balsam ls --batch-jobs``)."""
-    table = Table("id", "owner", "scheduler", "project", "queue", "nodes", "min", "mode",
-                  "filter", "state", "submitted", "started", "ended", "message")
-    for r in rows:
-        table.add_row(str(r["id"]), r["owner"], f"{r['scheduler']} {r['scheduler_id'] or ''}",
-                      r["project"], r["queue"], str(r["num_nodes"]),
-                      str(r["wall_time_minutes"]), r["job_mode"], r["wf_filter"], r["state"],
-                      _when(r["submitted_at"]), _when(r["started_at"]), _when(r["ended_at"]),
-                      r["state_message"])
-    (console or Console()).print(table)
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone().strftime("%m-%d %H:%M:%S") if value else ""
+BATCH_JOBS = Listing(tuple(Column(*c.split(":")) for c in (
+    "id:id", "owner:text", "scheduler:state", "scheduler_id:id", "project:text", "queue:text",
+    "num_nodes:number", "wall_time_minutes:number", "job_mode:state", "wf_filter:text",
+    "state:state", "submitted_at:time", "started_at:time", "ended_at:time",
+    "state_message:text", "script_path:text")),
+    ("id", "owner", "scheduler", "scheduler_id", "project", "queue", "num_nodes",
+     "wall_time_minutes", "job_mode", "wf_filter", "state", "submitted_at", "started_at",
+     "ended_at", "state_message"))
 
 
 @click.command("service")
@@ -105,15 +108,17 @@ def _when(value: datetime | None) -> str:
               help="Largest job, in nodes.")
 @click.option("--min-nodes", type=int, default=1, show_default=True,
               help="Smallest job, in nodes.")
-@click.option("--wall-time", "wall_time", type=int, default=60, show_default=True,
-              help="Wall time of each job, in minutes.")
-@click.option("-q", "--queue", default="", help="Queue to submit to.")
-@click.option("-A", "--project", "account", default="", help="Project (allocation) to charge.")
-@click.option("--job-mode", type=click.Choice(JOB_MODES), default="mpi", show_default=True)
+@click.option("-t", "--wall-time", "wall_time", type=wall_time_type(), default=60,
+              show_default=True, help="Wall time of each job: minutes (90), 1:30:00 or 2h.")
+@click.option("-q", "--queue", default=_setting("queue"), help="Queue to submit to.")
+@click.option("-A", "--account", "--project", "account", default=_setting("account"),
+              help="Account (project, allocation) to charge (legacy: --project).")
+@click.option("--job-mode", type=click.Choice(JOB_MODES), default=_setting("job_mode"),
+              show_default=True)
 @click.option("--wf-filter", default="", help="Only count and run tasks of this workflow.")
 @click.option("--interval", type=float, default=60.0, show_default=True,
               help="Seconds between rounds.")
-@click.option("--scheduler", help=SCHEDULER_HELP)
+@click.option("--scheduler", default=_setting("scheduler"), help=SCHEDULER_HELP)
 @click.option("--once", is_flag=True, help="Run one round and exit.")
 def service(max_queued: int, max_nodes: int, min_nodes: int, wall_time: int, queue: str,
             account: str, job_mode: str, wf_filter: str, interval: float,

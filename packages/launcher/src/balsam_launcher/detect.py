@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,53 +86,16 @@ def is_remote(host: str) -> bool | None:
     return not (addresses <= mine or all(a.startswith("127.") for a in addresses))
 
 
-_BRACKET = re.compile(r"\[([^\]]*)\]")
-
-
 def expand_hostlist(text: str) -> list[str]:
-    """Expand a Slurm hostlist (``n[01-03,7],gpu2`` -> n01 n02 n03 n7 gpu2), keeping order."""
-    hosts: list[str] = []
-    for item in _split_top_level(text.strip()):
-        if item:
-            hosts.extend(_expand_one(item))
-    return list(dict.fromkeys(hosts))
+    """Expand a Slurm hostlist (``n[01-03,7],gpu2`` -> n01 n02 n03 n7 gpu2), keeping order and
+    each host once, with python-hostlist (the parser Slurm sites use for their own tools)."""
+    import hostlist
 
-
-def _split_top_level(text: str) -> list[str]:
-    items, depth, current = [], 0, ""
-    for ch in text:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        if ch == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += ch
-    if depth != 0:
-        message = f"malformed hostlist {text!r}: unbalanced brackets"
-        raise InvalidInput(message)
-    items.append(current)
-    return items
-
-
-def _expand_one(item: str) -> list[str]:
-    match = _BRACKET.search(item)
-    if not match:
-        return [item]
-    prefix, rest = item[: match.start()], item[match.end():]
-    tails = _expand_one(rest)
-    out = []
-    for part in match.group(1).split(","):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            message = f"malformed hostlist range {part!r} in {item!r}"
-            raise InvalidInput(message)
-        width = len(lo)
-        for n in range(int(lo), int(hi or lo) + 1):
-            out.extend(f"{prefix}{n:0{width}d}{tail}" for tail in tails)
-    return out
+    try:
+        return list(dict.fromkeys(hostlist.expand_hostlist(text.strip())))
+    except hostlist.BadHostlist as exc:
+        message = f"malformed hostlist {text!r}: {exc}"
+        raise InvalidInput(message) from None
 
 
 def expand_ranges(text: str) -> list[int]:

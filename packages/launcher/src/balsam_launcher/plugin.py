@@ -1,39 +1,55 @@
-"""balsam-launcher hook implementations: thin calls into the launcher's modules."""
+"""balsam-launcher hook implementations: thin calls into the launcher's modules, imported when a
+hook runs (a command that does not launch does not import the launcher)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from balsam import hookimpl
-from balsam.models import Task
-from balsam.resources import Node, Resources
-from balsam_launcher import batch_commands, commands, mpi, policy
-from balsam_launcher.schedulers import builtin_schedulers
+
+if TYPE_CHECKING:
+    from balsam.models import Task
+    from balsam.resources import Node, Resources
+
+#: name -> (module:attribute, one-line help)
+COMMANDS = {
+    "submit-launch": ("balsam_launcher.batch_commands:submit_launch",
+                      "Submit a batch job that runs a launcher."),
+    "queue": ("balsam_launcher.batch_commands:queue",
+              "List the project's batch jobs, or cancel some."),
+    "service": ("balsam_launcher.batch_commands:service",
+                "Keep launchers queued while runnable tasks exist."),
+    "launcher": ("balsam_launcher.commands:launcher",
+                 "Run the project's tasks on this batch job's nodes."),
+    "log": ("balsam_launcher.commands:log", "Show a task's output or a launcher's log."),
+}
 
 
 @hookimpl(trylast=True)
 def register_schedulers() -> dict[str, type]:
+    from balsam_launcher.schedulers import builtin_schedulers
+
     return builtin_schedulers()
 
 
 @hookimpl
-def register_commands(register: Callable[[click.Command], None]) -> None:
-    for command in batch_commands.COMMANDS:
-        register(command)
-    register(commands.launcher)
-    register(commands.log)
+def register_commands(register: Callable[..., None]) -> None:
+    for name, (target, text) in COMMANDS.items():
+        register(name, target, help=text)
 
 
 @hookimpl(trylast=True)
 def select_tasks(candidates: Sequence[Task], resources: Resources,
                  launcher: dict[str, Any]) -> list[Task]:
+    from balsam_launcher import policy
+
     return policy.largest_first(candidates, resources)
 
 
 @hookimpl(trylast=True)
 def mpi_command(task: Task, command: list[str], nodes: list[Node], env: dict[str, str],
                 launcher: dict[str, Any]) -> list[str]:
+    from balsam_launcher import mpi
+
     return mpi.default_command(task, command, nodes, env, launcher)

@@ -9,7 +9,8 @@ renders it. They see: ``job`` (the batch_jobs row: id, owner, scheduler, project
 wall_time_minutes, job_mode, wf_filter), ``scheduler``, ``project_dir``, ``script``, ``output``,
 ``bin_dir``, ``activate`` (the balsamactivate script), ``umask`` (``0007``), ``walltime``
 (``HH:MM:SS``), ``launcher`` (the shell-quoted launcher command), ``launcher_args`` (its
-argument list) and the filter ``quote`` (shell quoting).
+argument list), ``scheduler_flags`` (extra directives from ``balsam config``) and the filter
+``quote`` (shell quoting).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import jinja2
 import jinja2.sandbox
 import pluggy
 
+from balsam.config import load_settings
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import BalsamError, InvalidInput, UnsafeFile
 from balsam.project import Project, balsam_home
@@ -166,6 +168,7 @@ def render(project: Project, scheduler: Scheduler, job: dict[str, Any],
         "walltime": f"{minutes // 60:02d}:{minutes % 60:02d}:00",
         "launcher": shlex.join(args),
         "launcher_args": args,
+        "scheduler_flags": load_settings().get("scheduler_flags"),
     }
     try:
         return environment(project).get_template(name).render(context)

@@ -1,19 +1,21 @@
-"""balsam-perms hook implementations: thin calls into policy and hooks."""
+"""balsam-perms hook implementations: thin calls into policy and hooks, imported when a hook
+runs."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from balsam import hookimpl
-from balsam.project import Project
-from balsam_perms import commands, hooks
+
+if TYPE_CHECKING:
+    from balsam.project import Project
 
 
 @hookimpl(wrapper=True)
 def on_init(project: Project, options: dict[str, Any]) -> Generator[None, None, None]:
+    from balsam_perms import hooks
+
     group = hooks.claim_group(project, options.get("group"))
     result = yield
     hooks.apply_policy(project, group)
@@ -22,6 +24,8 @@ def on_init(project: Project, options: dict[str, Any]) -> Generator[None, None, 
 
 @hookimpl(wrapper=True)
 def on_activate(project: Project, user: str) -> Generator[None, list[Any], list[Any]]:
+    from balsam_perms import hooks
+
     hooks.repair_control_zone(project, user)
     result = yield
     hooks.warn_about_modes(project)
@@ -30,14 +34,19 @@ def on_activate(project: Project, user: str) -> Generator[None, list[Any], list[
 
 @hookimpl
 def on_add_user(project: Project, username: str, role: str) -> None:
+    from balsam_perms import hooks
+
     hooks.warn_if_outside_group(project, username)
 
 
 @hookimpl
 def describe_project(project: Project) -> dict[str, Any]:
+    from balsam_perms import hooks
+
     return hooks.describe(project)
 
 
 @hookimpl
-def register_commands(register: Callable[[click.Command], None]) -> None:
-    register(commands.perms)
+def register_commands(register: Callable[..., None]) -> None:
+    register("perms", "balsam_perms.commands:perms",
+             help="Check and repair the project's group permissions.")

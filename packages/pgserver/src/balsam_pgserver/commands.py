@@ -4,10 +4,9 @@ and ``--list-users`` for the owner."""
 from __future__ import annotations
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from balsam.migrate import plugin_packages
+from balsam.output import Column, Listing, Output
 from balsam.plugins import plugin_manager
 from balsam.project import ADMIN_ROLE, Project
 from balsam_pgserver import cluster, roles
@@ -67,10 +66,13 @@ def _manage_users(add_users: tuple[str, ...], role: str, drop_users: tuple[str, 
         sessions = f" ({ended} session(s) ended)" if ended else ""
         click.echo(f"{name} may no longer use the project{sessions}")
     if list_users:
-        table = Table("user", "role", "sessions")
-        for row in roles.project_users(project):
-            table.add_row(row["name"], row["role"], str(row["sessions"]))
-        Console().print(table)
+        Output.resolve().write(USERS, [(r["name"], r["role"], r["sessions"])
+                                       for r in roles.project_users(project)])
+
+
+USERS = Listing((Column("user"), Column("role", "state"), Column("sessions", "number")))
+CONNECTIONS = Listing((Column("pid", "id"), Column("user"), Column("client"), Column("app"),
+                       Column("state", "state"), Column("since", "time")))
 
 
 @server.command()
@@ -102,11 +104,8 @@ def status() -> None:
 def connections() -> None:
     """List client sessions of the project database."""
     rows = cluster.connections(_project())
-    table = Table("pid", "user", "client", "app", "state", "since")
-    for r in rows:
-        table.add_row(str(r["pid"]), r["user"] or "", r["client"] or "local", r["app"] or "",
-                      r["state"] or "", r["backend_start"].strftime("%Y-%m-%d %H:%M:%S"))
-    Console().print(table)
+    Output.resolve().write(CONNECTIONS, [(r["pid"], r["user"], r["client"] or "local", r["app"],
+                                          r["state"], r["backend_start"]) for r in rows])
 
 
 @server.command()

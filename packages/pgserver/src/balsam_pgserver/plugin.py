@@ -1,15 +1,15 @@
-"""balsam-pgserver hook implementations: thin calls into cluster and commands."""
+"""balsam-pgserver hook implementations: thin calls into cluster and commands, imported when a
+hook runs (``balsam --version`` and other plugins' commands do not pay for them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, Any
 
 from balsam import hookimpl
-from balsam.project import Project
-from balsam_pgserver import cluster, commands, roles
+
+if TYPE_CHECKING:
+    from balsam.project import Project
 
 
 @hookimpl
@@ -19,24 +19,33 @@ def migration_packages() -> list[str]:
 
 @hookimpl(tryfirst=True)
 def on_init(project: Project, options: dict[str, Any]) -> None:
+    from balsam_pgserver import cluster
+
     cluster.create(project, tuple(options.get("migrations", ())))
 
 
 @hookimpl(tryfirst=True)
 def on_add_user(project: Project, username: str, role: str) -> None:
+    from balsam_pgserver import roles
+
     roles.add_project_user(project, username, role)
 
 
 @hookimpl(tryfirst=True)
 def on_activate(project: Project, user: str) -> dict[str, str]:
+    from balsam_pgserver import cluster
+
     return cluster.activate(project, user)
 
 
 @hookimpl
 def describe_project(project: Project) -> dict[str, Any]:
+    from balsam_pgserver import cluster
+
     return cluster.status(project)
 
 
 @hookimpl
-def register_commands(register: Callable[[click.Command], None]) -> None:
-    register(commands.server)
+def register_commands(register: Callable[..., None]) -> None:
+    register("server", "balsam_pgserver.commands:server",
+             help="Manage the project's database server and who may use it.")

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from psycopg import sql
@@ -115,6 +116,21 @@ def throwaway_cluster(prefix: str = "balsam-pg-", dbname: str | None = None, *,
             server.stop(pg.datadir, run_as=run_as, mode="immediate")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def throwaway_project(prefix: str = "balsam-pg-") -> Iterator[tuple[Project, Connection]]:
+    """An active project (external-DSN mode) on a throwaway cluster, and a connection to its
+    database, for benchmarks: ``BALSAM_DB_PATH`` and ``BALSAM_HOME`` point at it meanwhile."""
+    with (throwaway_cluster(prefix=prefix, dbname="bench") as pg,
+          tempfile.TemporaryDirectory() as tmp):
+        home = {"BALSAM_HOME": str(Path(tmp) / "home")}
+        with patch.dict(os.environ, home):
+            project = init_project(Path(tmp) / "project", {"dsn": pg.dsn("bench")},
+                                   get_plugin_manager())
+            os.environ["BALSAM_DB_PATH"] = str(project.root)
+            with connect(pg.dsn("bench")) as conn:
+                yield project, conn
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,16 @@
-"""balsam-web's hook implementations: ``balsam web`` and ``balsam report html``."""
+"""balsam-web's hook implementations: ``balsam web`` and ``balsam report html``, registered by
+import path (the web server's modules are imported only when one of them runs)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from balsam import hookimpl
-from balsam_web import commands
 
 
 @hookimpl
 def register_commands(register: Callable[..., None]) -> None:
-    register(commands.web)
-    register(commands.report_html, group="report")
+    register("web", "balsam_web.commands:web",
+             help="Serve a live, read-only status page of the active project.")
+    register("html", "balsam_web.commands:report_html", group="report",
+             help="The overview and charts as one self-contained HTML file.")

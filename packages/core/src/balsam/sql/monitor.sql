@@ -5,7 +5,8 @@
 -- Every launcher (or only those whose row says they run), newest first, with its batch job's
 -- scheduler id and state and how many of its tasks are RUNNING. Ages are from the server's clock.
 SELECT l.id, l.owner, l.hostname, l.pid, l.batch_job_id, b.scheduler_id, b.state AS batch_state,
-       l.job_mode, l.num_nodes, l.started_at, l.ended_at IS NOT NULL AS ended,
+       l.job_mode, l.num_nodes, l.started_at, l.ended_at IS NOT NULL AS ended, l.wf_filter,
+       l.ended_at, l.end_reason,
        date_part('epoch', now() - l.heartbeat_at)::float8 AS heartbeat_age,
        date_part('epoch', l.heartbeat_timeout)::float8 AS heartbeat_timeout,
        (SELECT count(*) FROM tasks t
@@ -19,9 +20,7 @@ ORDER BY l.id DESC;
 -- Failures since a time (NULL: ever), optionally of one workflow, grouped by cause. A failure is
 -- an event into RUN_ERROR or RUN_TIMEOUT (a run that failed), or into FAILED from any other state
 -- (FAILED after RUN_ERROR is the same failure, counted once). The cause is what the message says,
--- shortened to its head and its last line: the launcher writes "exit 3: line | line | last line"
--- (the last lines of the output), so the cause is "exit 3: last line"; a duration in the head
--- ("stopped after 12.5s") is dropped so that equal causes group together.
+-- read by balsam_failure_cause (migration 0021): "exit 3: last line of output".
 WITH failures AS (
     SELECT e.task_id, e.at, btrim(e.message) AS message
     FROM task_events e
@@ -34,20 +33,8 @@ WITH failures AS (
            OR EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id
                       AND t.workflow = %(workflow)s::text))
 ),
-parts AS (
-    SELECT f.task_id, f.at,
-           regexp_replace(split_part(f.message, ': ', 1), ' after [0-9.]+s$', '') AS head,
-           CASE WHEN strpos(f.message, ': ') > 0
-                THEN substr(f.message, strpos(f.message, ': ') + 2) ELSE '' END AS detail
-    FROM failures f
-),
 causes AS (
-    SELECT p.task_id, p.at,
-           left(CASE WHEN p.detail <> ''
-                     THEN p.head || ': ' || btrim(regexp_replace(p.detail, '^.*( \| |\n)', ''))
-                     WHEN p.head <> '' THEN btrim(regexp_replace(p.head, '^.*\n', ''))
-                     ELSE '(no message)' END, 300) AS cause
-    FROM parts p
+    SELECT f.task_id, f.at, balsam_failure_cause(f.message) AS cause FROM failures f
 )
 SELECT cause, count(*)::integer AS count, max(at) AS latest_at,
        (array_agg(DISTINCT task_id ORDER BY task_id DESC))[1:%(sample)s] AS task_ids
@@ -71,3 +58,25 @@ FROM (SELECT (SELECT t.workflow FROM tasks t WHERE t.id = e.task_id) AS workflow
         AND e.at >= now() - make_interval(secs => %(seconds)s)) f
 WHERE f.workflow IS NOT NULL
 GROUP BY f.workflow;
+
+-- name: monitor_tasks
+-- The rows of 'balsam ls', in id order, read through a server-side cursor (a NULL limit: all).
+-- {columns} is composed by balsam.monitor from its constant TASK_EXPRESSIONS.
+SELECT {columns}
+FROM tasks t JOIN apps a ON a.id = t.app_id
+WHERE (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
+  AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+  AND (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s::text[]))
+  AND (%(name)s::text IS NULL OR strpos(t.name, %(name)s::text) > 0)
+  AND (%(app_id)s::bigint IS NULL OR t.app_id = %(app_id)s::bigint)
+ORDER BY t.id
+LIMIT %(limit)s;
+
+-- name: monitor_has_changes
+-- Whether the schema records changes (the audit trail of what launchers would execute).
+SELECT to_regclass('changes') IS NOT NULL AS present;
+
+-- name: monitor_changes
+-- Who changed what a launcher would execute, oldest first (run only when the table exists).
+SELECT id, entity, entity_id, field, old_value, new_value, changed_by, changed_at
+FROM changes WHERE entity = %(entity)s AND entity_id = %(id)s ORDER BY id;

@@ -206,3 +206,7 @@ ORDER BY parent_id, child_id;
 
 -- name: task_history
 SELECT * FROM task_events WHERE task_id = %(id)s ORDER BY id;
+
+-- name: app_ids
+-- Every app's name and id (a bulk insert resolves app names from it).
+SELECT id, name FROM apps;

@@ -6,7 +6,8 @@
 #PBS -j oe
 {% if job.queue %}#PBS -q {{ job.queue }}
 {% endif %}{% if job.project %}#PBS -A {{ job.project }}
-{% endif %}
+{% endif %}{% for flag in scheduler_flags %}#PBS {{ flag }}
+{% endfor %}
 # Balsam batch job {{ job.id }}: {{ job.num_nodes }} node(s), {{ job.wall_time_minutes }} min, {{ job.job_mode }} mode.
 # Rendered from the default PBS template; override it with job-templates/pbs.sh in the
 # project or in ~/.balsam (for example to add a site's -l filesystems=... resources).

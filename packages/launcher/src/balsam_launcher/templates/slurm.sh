@@ -5,7 +5,8 @@
 #SBATCH --output={{ output }}
 {% if job.queue %}#SBATCH --partition={{ job.queue }}
 {% endif %}{% if job.project %}#SBATCH --account={{ job.project }}
-{% endif %}
+{% endif %}{% for flag in scheduler_flags %}#SBATCH {{ flag }}
+{% endfor %}
 # Balsam batch job {{ job.id }}: {{ job.num_nodes }} node(s), {{ job.wall_time_minutes }} min, {{ job.job_mode }} mode.
 # Rendered from the default Slurm template; override it with job-templates/slurm.sh in the
 # project or in ~/.balsam.

@@ -1,6 +1,8 @@
 """A third-party site plugin, installed from its own package like a site's would be.
 
-It adds ``balsam hello`` and a ``select_tasks`` policy (smallest tasks first). The policy is
+It adds ``balsam hello`` (registered by import path: its module is imported only when it runs),
+``balsam goodbye`` (registered the older way, as a click command) and a ``select_tasks`` policy
+(smallest tasks first). The policy is
 active only when ``BALSAM_TESTPLUGIN_POLICY=smallest-first``, so installing this package does not
 change the default behaviour the other tests rely on.
 """
@@ -16,16 +18,16 @@ import click
 from balsam import hookimpl
 
 
-@click.command("hello")
-@click.argument("name", default="world")
-def hello(name: str) -> None:
-    """Say hello (a command contributed by a site plugin)."""
-    click.echo(f"hello {name} from balsam-testplugin")
+@click.command("goodbye")
+def goodbye() -> None:
+    """Say goodbye (registered as a click command, as plugins before balsam-core 0.1.2 did)."""
+    click.echo("goodbye from balsam-testplugin")
 
 
 @hookimpl
-def register_commands(register: Callable[[click.Command], None]) -> None:
-    register(hello)
+def register_commands(register: Callable[..., None]) -> None:
+    register("hello", "balsam_testplugin.commands:hello", help="Say hello (a site plugin).")
+    register(goodbye)
 
 
 @hookimpl

@@ -1,0 +1,150 @@
+"""The command line: start-up, ``balsam job``, ``balsam ls`` piped and streamed, bulk creation.
+
+Whole processes are timed, as a user or a script runs them, on a project (external-DSN mode) in
+a throwaway cluster. Beside each figure: the issue's target and, where the issue gives them, the
+figures of the CLI before this work and of legacy Balsam 0.5 on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from balsam import api
+from balsam.db import Connection
+from balsam_pgserver.testing import throwaway_project
+
+BALSAM = str(Path(sys.executable).parent / "balsam")
+BENCH = "cli"
+#: (target, before this work, legacy Balsam 0.5), from issue 13.
+REFERENCE: dict[str, tuple[str, str, str]] = {
+    "start-up: balsam --version": ("<= 120 ms", "250-370 ms", ""),
+    "start-up: balsam ls (empty project)": ("<= 120 ms", "250-370 ms", ""),
+    "balsam job (one task)": ("<= 150 ms", "360 ms", ""),
+    "balsam ls piped, 10k tasks": ("<= 0.3 s", "4.3 s (12k)", "0.43 s"),
+    "api add_tasks": (">= 100,000 tasks/s", "31,000 tasks/s", "6,300-7,900 tasks/s"),
+    "balsam job --from - (JSON lines)": (">= 20,000 tasks/s", "3 tasks/s (a loop)", ""),
+    "balsam job --sweep": (">= 20,000 tasks/s", "3 tasks/s (a loop)", ""),
+}
+
+
+def _row(metric: str, value: float, unit: str) -> dict[str, Any]:
+    target, before, legacy = next((v for k, v in REFERENCE.items() if metric.startswith(k)),
+                                  ("", "", ""))
+    return {"benchmark": BENCH, "metric": metric, "value": round(value, 3), "unit": unit,
+            "target": target, "before": before, "legacy": legacy}
+
+
+def _median(args: Sequence[str], repeat: int, stdin: bytes | None = None) -> float:
+    """Median wall seconds of a whole ``balsam`` process whose output goes to a pipe."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([BALSAM, *args], input=stdin, capture_output=True,
+                       check=True, timeout=600)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _stream(args: Sequence[str]) -> tuple[float, float, float, int]:
+    """First line (s), whole run (s), peak resident memory (MiB) and lines of a streamed
+    listing read through a pipe."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([BALSAM, *args], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = 0.0
+    lines, peak = 0, 0
+    for _ in proc.stdout:
+        lines += 1
+        if lines == 1:
+            first = time.perf_counter() - start
+        if lines % 50_000 == 0:
+            peak = max(peak, _rss_mib(proc.pid))
+    proc.wait(timeout=600)
+    return first, time.perf_counter() - start, peak, lines
+
+
+def _rss_mib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((ln for ln in status.splitlines() if ln.startswith("VmHWM:")), "VmHWM: 0 kB")
+    return int(line.split()[1]) // 1024
+
+
+def _specs(count: int, workflow: str) -> list[dict[str, Any]]:
+    return [{"app": "sim", "name": f"t{i}", "workflow": workflow, "args": f"--seed {i}",
+             "num_nodes": 1 + i % 4} for i in range(count)]
+
+
+def bench_startup(repeat: int) -> list[dict[str, Any]]:
+    return [
+        _row("start-up: balsam --version", _median(["--version"], repeat) * 1000, "ms"),
+        _row("start-up: balsam ls (empty project)", _median(["ls"], repeat) * 1000, "ms"),
+        _row("balsam job (one task)", _median(["job", "--name", "j", "--workflow", "cli",
+                                                "--app", "sim"], repeat) * 1000, "ms"),
+    ]
+
+
+def bench_bulk(conn: Connection, count: int) -> list[dict[str, Any]]:
+    specs = _specs(count, "api")
+    start = time.perf_counter()
+    api.add_tasks(specs, conn=conn)
+    rate = count / (time.perf_counter() - start)
+    label = f"{count // 1000}k"
+    rows = [_row(f"api add_tasks {label}", rate, "tasks/s")]
+    lines = "".join(json.dumps({"name": f"t{i}", "args": f"--seed {i}"}) + "\n"
+                    for i in range(count)).encode()
+    seconds = _median(["job", "--from", "-", "--app", "sim", "--workflow", "jsonl"], 1, lines)
+    rows.append(_row(f"balsam job --from - (JSON lines), {label} tasks", count / seconds,
+                     "tasks/s"))
+    seconds = _median(["job", "--app", "sim", "--workflow", "sweep", "--name", "s{i}",
+                       "--args", "-n {i}", "--sweep", f"i=1:{count}"], 1)
+    rows.append(_row(f"balsam job --sweep, {label} tasks", count / seconds, "tasks/s"))
+    return rows
+
+
+def bench_ls(conn: Connection, repeat: int, big: int) -> list[dict[str, Any]]:
+    conn.execute("TRUNCATE tasks CASCADE")
+    api.add_tasks(_specs(10_000, "ls"), conn=conn)
+    conn.execute("VACUUM ANALYZE tasks")
+    rows = []
+    for mode in ("plain", "tsv", "json"):
+        seconds = _median(["ls", "--all", "-o", mode], repeat)
+        rows.append(_row(f"balsam ls piped, 10k tasks, --all -o {mode}", seconds, "s"))
+    have = 10_000
+    while have < big:
+        size = min(200_000, big - have)
+        api.add_tasks(_specs(size, f"wf{have % 10}"), conn=conn)
+        have += size
+    conn.execute("VACUUM ANALYZE tasks")
+    first, total, peak, lines = _stream(["ls", "--all", "-o", "plain"])
+    label = f"{big / 1e6:g}M" if big >= 1_000_000 else f"{big // 1000}k"
+    assert lines == big + 1, lines
+    rows += [_row(f"balsam ls piped, {label} tasks: whole listing", total, "s"),
+             _row(f"balsam ls piped, {label} tasks: first line", first * 1000, "ms"),
+             _row(f"balsam ls piped, {label} tasks: peak memory", peak, "MiB")]
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    repeat, count, big = (5, 20_000, 100_000) if quick else (15, 100_000, 1_000_000)
+    with throwaway_project(prefix="balsam-bench-cli-") as (_, conn):
+        api.add_app("sim", "/bin/echo", conn=conn)
+        rows = bench_startup(repeat)
+        rows += bench_bulk(conn, count)
+        rows += bench_ls(conn, repeat, big)
+    return rows
+
+
+if __name__ == "__main__":
+    for r in run(quick="--quick" in sys.argv):
+        print(f"{r['metric']:<60} {r['value']:>12,.3f} {r['unit']:<8} target {r['target']}; "
+              f"before {r['before'] or '-'}; legacy {r['legacy'] or '-'}")

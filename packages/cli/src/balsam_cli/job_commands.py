@@ -1,0 +1,323 @@
+"""``balsam job``: add one task (legacy options), many from a file (``--from``), or a parameter
+sweep (``--sweep``), all or none, through COPY.
+
+A sweep expands ``{VAR}`` placeholders (with Python format specs: ``{i:03d}``) in the string
+options for every combination of its variables::
+
+    balsam job --app sim --workflow scan --name 'run{i:03d}' --args '-n {i} -T {t}' \\
+        --sweep i=1:100 --sweep t=0.5,1.0,2.0          # 300 tasks
+
+``VALUES`` is an inclusive range ``A:B`` or ``A:B:STEP`` (also Slurm's ``A-B``), a list ``a,b,c``
+or ``@FILE`` (one value a line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from balsam import api, bulk
+from balsam.durations import wall_time_type
+from balsam.errors import InvalidInput
+from balsam.output import plain
+
+#: Options that are task fields, as click names them, with the field they set.
+FIELDS = ("name", "workflow", "app_name", "args", "description", "wall_time_minutes",
+          "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "cpu_affinity",
+          "node_packing_count", "env", "data", "input_files", "post_error_handler",
+          "post_timeout_handler", "auto_timeout_retry", "workdir", "parents")
+#: Most values one sweep variable may take, and most tasks one sweep may make.
+MAX_VALUES = 10_000_000
+_RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$|^(\d+)-(\d+)$")
+_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@click.command("job")
+@click.option("--name", help="Task name (part of its working directory).")
+@click.option("--workflow", "--wf", "workflow", help="Workflow it belongs to.")
+@click.option("--app", "--application", "app_name", help="Name of its app.")
+@click.option("--args", default="", help="Command-line arguments for the app.")
+@click.option("--description", default="", help="Free text.")
+@click.option("--wall-time", "--wall-time-minutes", "--wall-minutes", "wall_time_minutes",
+              type=wall_time_type(), default=1, show_default=True,
+              help="Expected run time: minutes (90), 1:30:00 or 2h.")
+@click.option("--num-nodes", type=int, default=1, show_default=True)
+@click.option("--ranks-per-node", type=int, default=1, show_default=True)
+@click.option("--threads-per-rank", type=int, default=1, show_default=True)
+@click.option("--threads-per-core", type=int, default=1, show_default=True)
+@click.option("--cpu-affinity", default="none", show_default=True)
+@click.option("--node-packing-count", type=int, default=1, show_default=True,
+              help="How many such tasks may share a node (serial mode).")
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
+              help="Environment variable for the task (repeatable).")
+@click.option("--data", default="{}", metavar="JSON", help="A JSON object for the task's use.")
+@click.option("--input-files", default="", metavar="GLOB",
+              help="Patterns of files to copy from the parents' directories.")
+@click.option("--post-error-handler", "--post-handle-error", "post_error_handler",
+              is_flag=True, help="Let the postprocess script handle a run error.")
+@click.option("--post-timeout-handler", "--post-handle-timeout", "post_timeout_handler",
+              is_flag=True, help="Let the postprocess script handle a timeout.")
+@click.option("--auto-timeout-retry/--no-auto-timeout-retry", default=True, show_default=True,
+              help="Run it again after a timeout.")
+@click.option("--workdir", default=None,
+              help="Working directory (default: data/WORKFLOW/NAME_ID in the project).")
+@click.option("--parent", "parents", type=int, multiple=True, metavar="ID",
+              help="A task this one waits for (repeatable).")
+@click.option("--from", "from_file", metavar="FILE",
+              help="Add one task per line of FILE ('-': standard input): JSON objects, or CSV "
+                   "with a header of field names. Options given here are the defaults.")
+@click.option("--sweep", "--range", "sweeps", multiple=True, metavar="VAR=VALUES",
+              help="Add a task per value (A:B inclusive, A:B:STEP, a,b,c or @FILE), {VAR} "
+                   "filled in the other options; several --sweep make every combination.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the tasks as JSON lines instead of adding them.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new task(s) as JSON.")
+@click.option("--yes", "-y", is_flag=True, hidden=True, help="Accepted for legacy scripts.")
+@click.pass_context
+def job(ctx: click.Context, from_file: str | None, sweeps: tuple[str, ...], dry_run: bool,
+        as_json: bool, yes: bool, **options: Any) -> None:
+    """Add a task: an app run with arguments and resources; or many (--from, --sweep)."""
+    given = {k: v for k, v in options.items()
+             if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    if from_file and sweeps:
+        message = "give --from or --sweep, not both"
+        raise click.UsageError(message)
+    if from_file:
+        with _open(from_file) as stream:
+            run_bulk(from_lines(stream, _spec(given)), dry_run, as_json)
+        return
+    specs: Iterable[dict[str, Any]]
+    if sweeps:
+        specs = expand(_spec(given), [parse_sweep(s) for s in sweeps])
+    else:
+        missing = [f"--{k.replace('_name', '')}" for k in ("name", "workflow", "app_name")
+                   if not options[k]]
+        if missing:
+            message = f"missing option {', '.join(missing)} (or use --from FILE or --sweep)"
+            raise click.UsageError(message)
+        specs = [_spec(options)]
+    if sweeps or dry_run:
+        run_bulk(specs, dry_run, as_json)
+        return
+    (task_id,) = api.add_tasks(specs)
+    task = api.get_task(task_id)
+    if as_json:
+        from balsam_cli.ls_commands import plain_task
+
+        click.echo(json.dumps(plain(plain_task(task)), indent=2, ensure_ascii=False))
+        return
+    click.echo(f"Added task {task.id} ({task.state}) in {task.workdir}")
+
+
+def _spec(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Task fields from option values (``app_name`` is ``app``, ``env`` a list of NAME=VALUE)."""
+    spec = {("app" if k == "app_name" else k): v for k, v in options.items() if k in FIELDS}
+    if "env" in spec:
+        spec["env"] = list(spec["env"])
+    if "parents" in spec:
+        spec["parents"] = list(spec["parents"])
+    return spec
+
+
+def run_bulk(specs: Iterable[dict[str, Any]], dry_run: bool, as_json: bool) -> None:
+    """Print the tasks (dry run) or add them, all or none."""
+    if dry_run:
+        for spec in specs:
+            click.echo(json.dumps(plain(spec), ensure_ascii=False))
+        return
+    progress = Progress() if sys.stderr.isatty() else None
+    ids = bulk.insert_tasks(api.connection(), specs, progress=progress,
+                            where=lambda i: f"task {i + 1}")
+    if progress:
+        progress.done()
+    if as_json:
+        click.echo(json.dumps({"count": len(ids), "ids": ids}))
+    elif ids:
+        click.echo(f"Added {len(ids):,} tasks (ids {ids[0]} to {ids[-1]})")
+    else:
+        click.echo("No task to add.")
+
+
+class Progress:
+    """A one-line progress report on a terminal's stderr, at most ten times a second."""
+
+    def __init__(self) -> None:
+        self.start = self.shown = time.monotonic()
+
+    def __call__(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self.shown >= 0.1:
+            self.shown = now
+            rate = count / max(now - self.start, 1e-9)
+            click.echo(f"\r{count:,} tasks sent ({rate:,.0f}/s)", nl=False, err=True)
+
+    def done(self) -> None:
+        click.echo("\r\033[K", nl=False, err=True)
+
+
+# --- sweeps ------------------------------------------------------------------------------------
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """``VAR=VALUES`` as the variable and its values (see the module's docstring)."""
+    var, sep, values = text.partition("=")
+    var = var.strip()
+    if not sep or not _VAR.match(var):
+        message = f"--sweep {text!r}: expected VAR=VALUES, e.g. i=1:100 or x=0.1,0.2"
+        raise InvalidInput(message)
+    return var, parse_values(values.strip(), var)
+
+
+def parse_values(text: str, var: str = "x") -> list[Any]:
+    """``1:10``, ``1:10:3``, ``1-10``, ``a,b,c`` or ``@FILE`` as a list of values (numbers
+    where every item is one)."""
+    if text.startswith("@"):
+        try:
+            items = [ln.strip() for ln in Path(text[1:]).read_text().splitlines() if ln.strip()]
+        except OSError as exc:
+            message = f"--sweep {var}: cannot read {text[1:]}: {exc.strerror}"
+            raise InvalidInput(message) from None
+        return _typed(items)
+    match = _RANGE.match(text)
+    if match:
+        a, b, step, lo, hi = match.groups()
+        first, last = (int(a), int(b)) if a is not None else (int(lo), int(hi))
+        step_n = int(step) if step else (1 if last >= first else -1)
+        if step_n == 0 or (last - first) * step_n < 0:
+            message = f"--sweep {var}={text}: the step {step_n} never gets from {first} to {last}"
+            raise InvalidInput(message)
+        count = (last - first) // step_n + 1
+        if count > MAX_VALUES:
+            message = f"--sweep {var}={text}: {count:,} values, more than {MAX_VALUES:,}"
+            raise InvalidInput(message)
+        return list(range(first, last + (1 if step_n > 0 else -1), step_n))
+    items = [v.strip() for v in text.split(",")]
+    if not text or any(not v for v in items):
+        message = f"--sweep {var}={text!r}: expected A:B, A:B:STEP, a,b,c or @FILE"
+        raise InvalidInput(message)
+    return _typed(items)
+
+
+def _typed(items: list[str]) -> list[Any]:
+    for kind in (int, float):
+        try:
+            return [kind(v) for v in items]
+        except ValueError:
+            continue
+    return items
+
+
+def expand(template: Mapping[str, Any], sweeps: list[tuple[str, list[Any]]]) -> Iterator[
+        dict[str, Any]]:
+    """One task specification per combination of the sweep values, in order (the last
+    variable varies fastest), with ``{VAR}`` filled in every string of ``template``."""
+    names = [v for v, _ in sweeps]
+    if len(set(names)) != len(names):
+        message = f"--sweep names a variable twice: {', '.join(names)}"
+        raise InvalidInput(message)
+    total = 1
+    for _, values in sweeps:
+        total *= len(values)
+    if total > MAX_VALUES:
+        message = f"the sweep makes {total:,} tasks, more than {MAX_VALUES:,}"
+        raise InvalidInput(message)
+    for combo in itertools.product(*(values for _, values in sweeps)):
+        env = dict(zip(names, combo, strict=True))
+        yield {k: _fill(v, env, k) for k, v in template.items()}
+
+
+def _fill(value: Any, env: dict[str, Any], field: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return value.format_map(env)
+        except KeyError as exc:
+            message = (f"--{field.replace('_', '-')} {value!r} uses {{{exc.args[0]}}}, which no "
+                       "--sweep defines (write {{ and }} for literal braces)")
+            raise InvalidInput(message) from None
+        except (ValueError, IndexError) as exc:
+            message = f"--{field.replace('_', '-')} {value!r}: {exc}"
+            raise InvalidInput(message) from None
+    if isinstance(value, list):
+        return [_fill(v, env, field) for v in value]
+    return value
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def _open(path: str) -> contextlib.AbstractContextManager[IO[str]]:
+    """The file to read tasks from (``-``: standard input, left open)."""
+    if path == "-":
+        return contextlib.nullcontext(sys.stdin)
+    try:
+        return open(path, encoding="utf-8", newline="")
+    except OSError as exc:
+        message = f"cannot read {path}: {exc.strerror}"
+        raise InvalidInput(message) from None
+
+
+def from_lines(stream: IO[str], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Task specifications from JSON lines or CSV (told apart by the first character), each
+    over ``defaults``; InvalidInput names the line of a bad one."""
+    try:
+        first = stream.readline()
+        while first and not first.strip():
+            first = stream.readline()
+        if not first:
+            return
+        rest = itertools.chain([first], stream)
+        if first.lstrip().startswith("{"):
+            yield from _json_lines(rest, defaults)
+        else:
+            yield from _csv_rows(rest, defaults)
+    except UnicodeDecodeError as exc:
+        message = f"the input is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise InvalidInput(message) from None
+
+
+def _json_lines(lines: Iterable[str], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            spec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            message = f"line {number}: not a JSON object ({exc.msg} at column {exc.colno})"
+            raise InvalidInput(message) from None
+        if not isinstance(spec, dict):
+            message = f"line {number}: expected a JSON object, got {type(spec).__name__}"
+            raise InvalidInput(message)
+        yield {**defaults, **spec}
+
+
+def _csv_rows(lines: Iterable[str], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    reader = csv.reader(lines)
+    header = [h.strip() for h in next(reader)]
+    if not all(header) or len(set(header)) != len(header):
+        message = f"line 1: the CSV header must name each column once, got {','.join(header)}"
+        raise InvalidInput(message)
+    for number, row in enumerate(reader, 2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            message = f"line {number}: {len(row)} values for {len(header)} columns"
+            raise InvalidInput(message)
+        spec = {**defaults}
+        for key, value in zip(header, row, strict=True):
+            if key == "parents":
+                spec[key] = [int(p) if p.isdigit() else p
+                             for p in re.split(r"[\s;]+", value.strip()) if p]
+            elif value != "" or key not in defaults:
+                spec[key] = value
+        yield spec
+

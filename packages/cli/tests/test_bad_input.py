@@ -1,0 +1,133 @@
+"""No tracebacks: every command fed bad input answers with one line on stderr, a non-zero exit
+status, nothing on stdout, and changes nothing (real processes, real database)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from balsam import api
+
+pytestmark = pytest.mark.pg
+
+BALSAM = str(Path(sys.executable).parent / "balsam")
+HUGE = "9" * 30
+
+CASES = [
+    ["init", "{tmp}/new", "--dsn", "garbage"],
+    ["init", "{tmp}/no/such/parent/x"],
+    ["init", "{tmp}"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--num-nodes", "abc"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--num-nodes", HUGE],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--wall-time", "soon"],
+    ["job", "--name", "ü/../x", "--workflow", "w", "--app", "sim"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "nope"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--data", "[1, 2"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--env", "1X=2"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--parent", HUGE],
+    ["job", "--app", "sim", "--workflow", "w", "--from", "{tmp}/missing.jsonl"],
+    ["job", "--app", "sim", "--workflow", "w", "--from", "{tmp}/bad.jsonl"],
+    ["job", "--app", "sim", "--workflow", "w", "--from", "{tmp}/binary.csv"],
+    ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=1:10:0"],
+    ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=1:20000000"],
+    ["job", "--app", "sim", "--workflow", "w", "--name", "t{j}", "--sweep", "i=1:3"],
+    ["ls", "--limit", "x"],
+    ["ls", "--limit", HUGE],
+    ["ls", "--id", HUGE],
+    ["ls", "--state", "DONE"],
+    ["ls", "--output", "xml"],
+    ["ls", "--history", "12345"],
+    ["ls", "--app", "ghost"],
+    ["modify", "1", "num_nodes", "many"],
+    ["modify", "1", "num_nodes", HUGE],
+    ["modify", "1", "colour", "red"],
+    ["dep", "1", "1"],
+    ["rm", "999"],
+    ["kill", "999"],
+    ["retry", "--state", "READY"],
+    ["app", "--name", "sim", "--executable", "/bin/true"],
+    ["app", "modify", "ghost", "executable", "x"],
+    ["report", "utilization", "--bin", "0"],
+    ["report", "errors", "--since", "yesterday-ish"],
+    ["submit-launch", "-t", "forever", "-n", "1"],
+    ["submit-launch", "-t", "10", "-n", "1", "-q", "bad\nqueue"],
+    ["config", "colour"],
+    ["log", "999"],
+    ["no-such-command"],
+]
+
+
+def _counts() -> dict[str, int]:
+    conn = api.connection()
+    count = sql.SQL("SELECT count(*) AS n FROM {}")
+    return {t: conn.execute(count.format(sql.Identifier(t))).fetchone()["n"]
+            for t in ("apps", "tasks", "task_parents", "task_events", "batch_jobs")}
+
+
+@pytest.fixture
+def seeded(project, tmp_path):
+    api.add_app("sim", "/bin/echo")
+    api.add_task("sim", name="a", workflow="w")
+    (tmp_path / "bad.jsonl").write_text('{"name": "ok"}\n{"name": "x", "num_nodes": 0}\n')
+    (tmp_path / "binary.csv").write_bytes(b"name,args\nx,\xff\xfe\n")
+    return tmp_path
+
+
+def one_line_error(args: list[str], env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([BALSAM, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0, (args, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert proc.stdout == "", proc.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", CASES, ids=lambda a: " ".join(a)[:60])
+def test_bad_input_is_one_line_and_changes_nothing(seeded, args):
+    before, files = _counts(), sorted(seeded.rglob("*"))
+    one_line_error([a.replace("{tmp}", str(seeded)) for a in args])
+    assert _counts() == before
+    assert sorted(seeded.rglob("*")) == files
+
+
+def test_messages_say_what_to_do(seeded, monkeypatch):
+    assert "not a PostgreSQL connection string" in one_line_error(
+        ["init", str(seeded / "p"), "--dsn", "garbage"])
+    assert one_line_error(["job", "--app", "sim", "--workflow", "w", "--from",
+                           str(seeded / "bad.jsonl")]).endswith(
+        "task 2: num_nodes must be at least 1, got 0")
+    assert "(see 'balsam ls --help')" in one_line_error(["ls", "--limit", "x"])
+    monkeypatch.delenv("BALSAM_DB_PATH")
+    assert "no active project: run 'source balsamactivate PROJECT'" in one_line_error(["ls"])
+
+
+def test_a_broken_configuration_is_one_line(seeded, monkeypatch):
+    home = Path(os.environ["BALSAM_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text("queue = [unclosed\n")
+    assert "config.toml is not valid TOML" in one_line_error(["ls"])
+    (home / "config.toml").write_text('colour = "red"\n')
+    assert "unknown setting 'colour'" in one_line_error(["config"])
+
+
+@pytest.mark.multiuser
+def test_unreadable_directories(seeded, run_as, shared_dir):
+    """As an ordinary user: a directory they cannot write, a project they cannot read."""
+    locked = shared_dir / "locked"
+    locked.mkdir(mode=0o700)
+    for args, env in (
+            (["balsam", "init", str(locked / "p")], {}),
+            (["balsam", "ls"], {"BALSAM_DB_PATH": str(locked)}),
+            (["balsam", "init", "/root/p"], {})):
+        proc = run_as("dave", args, env=env, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert list(locked.iterdir()) == []

@@ -1,0 +1,175 @@
+"""Site configuration: defaults for account, queue, scheduler, extra scheduler flags and output
+mode, from (last wins) the built-in defaults, ``~/.balsam/config.toml``, the project's
+``balsam.toml`` and ``BALSAM_<KEY>`` environment variables; a command-line option wins over all.
+
+``balsam.toml`` is in the project's control zone: it steers every member's tools, so it is read
+only when the project's owner owns it and nobody else can write it (a refusal names the fix).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from balsam.errors import InvalidInput, PermissionDenied
+
+PROJECT_FILE = "balsam.toml"
+USER_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class Option:
+    """A configuration key: its default and how a text value (environment) is parsed."""
+
+    key: str
+    default: Any
+    help: str
+    kind: str = "str"  # str, flags, choice
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> str:
+        return f"BALSAM_{self.key.upper()}"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("account", "", "Project (allocation) charged by submit-launch and service (-A)."),
+    Option("queue", "", "Queue or partition for submit-launch and service (-q)."),
+    Option("scheduler", None, "Batch scheduler: local, slurm, pbs, cobalt or a plugin's."),
+    Option("scheduler_flags", [], "Extra scheduler directives written into every job script, "
+                                  "e.g. ['--constraint=knl', '--qos=debug'].", "flags"),
+    Option("job_mode", "mpi", "Default job mode of submit-launch and service.", "choice",
+           ("mpi", "serial")),
+    Option("output", "auto", "How listings print: auto (table on a terminal, plain in a "
+                              "pipe), table, plain, tsv or json.", "choice",
+           ("auto", "table", "plain", "tsv", "json")),
+)
+BY_KEY = {o.key: o for o in OPTIONS}
+_FLAG = re.compile(r"^-[^\x00-\x1f\x7f]*$")
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    value: Any
+    source: str  # "default", a file path, or an environment variable
+    env: str
+
+
+class Settings:
+    """Resolved configuration: ``get(key)`` and, per key, where its value came from."""
+
+    def __init__(self, items: dict[str, Setting]) -> None:
+        self.items = items
+
+    def get(self, key: str) -> Any:
+        return self.items[key].value
+
+    def __iter__(self) -> Any:
+        return iter(self.items.values())
+
+
+def user_file() -> Path:
+    from balsam.project import balsam_home
+
+    return balsam_home() / USER_FILE
+
+
+def project_file(root: Path | None = None) -> Path | None:
+    """The active project's ``balsam.toml`` (None without an active project)."""
+    if root is None:
+        path = os.environ.get("BALSAM_DB_PATH")
+        if not path:
+            return None
+        root = Path(path)
+    return root / PROJECT_FILE
+
+
+def load_settings(project_root: Path | None = None,
+                  env: dict[str, str] | None = None) -> Settings:
+    """The configuration in force (InvalidInput or PermissionDenied name the bad file)."""
+    env = dict(os.environ) if env is None else env
+    items = {o.key: Setting(o.key, o.default, "default", o.env) for o in OPTIONS}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for path in (user_file(), project_file(project_root)):
+        if path is not None and path.is_file():
+            if path.name == PROJECT_FILE:
+                check_control_file(path)
+            layers.append((str(path), read_toml(path)))
+    for source, values in layers:
+        for key, value in values.items():
+            items[key] = Setting(key, validate(key, value, source), source, BY_KEY[key].env)
+    for option in OPTIONS:
+        if env.get(option.env, "") != "":
+            value = parse_env(option, env[option.env])
+            items[option.key] = Setting(option.key, value, option.env, option.env)
+    return Settings(items)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        message = f"cannot read {path}: {exc}"
+        raise InvalidInput(message) from None
+    except tomllib.TOMLDecodeError as exc:
+        message = f"{path} is not valid TOML: {exc}"
+        raise InvalidInput(message) from None
+    unknown = sorted(set(data) - set(BY_KEY))
+    if unknown:
+        message = (f"{path}: unknown setting {unknown[0]!r}; known: "
+                   f"{', '.join(o.key for o in OPTIONS)}")
+        raise InvalidInput(message)
+    return data
+
+
+def validate(key: str, value: Any, source: str) -> Any:
+    """A value from a file or the environment, checked for its key."""
+    option = BY_KEY[key]
+    if option.kind == "flags":
+        if isinstance(value, str):
+            value = value.split()
+        if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+            message = f"{source}: {key} must be a list of strings"
+            raise InvalidInput(message)
+        bad = [f for f in value if not _FLAG.match(f)]
+        if bad:
+            message = (f"{source}: scheduler flag {bad[0]!r} must start with '-' and hold no "
+                       "control character (it becomes a directive line of the job script)")
+            raise InvalidInput(message)
+        return value
+    if not isinstance(value, str):
+        message = f"{source}: {key} must be a string, got {value!r}"
+        raise InvalidInput(message)
+    if option.kind == "choice" and value not in option.choices:
+        message = f"{source}: {key} must be one of {', '.join(option.choices)}, got {value!r}"
+        raise InvalidInput(message)
+    return value
+
+
+def parse_env(option: Option, text: str) -> Any:
+    return validate(option.key, text, option.env)
+
+
+def check_control_file(path: Path) -> None:
+    """Refuse a control-zone file that is a symlink, not owned by the project's owner, or
+    writable by anyone else (a small local check; the owner repairs it)."""
+    try:
+        info = path.lstat()
+        owner = path.parent.stat().st_uid
+    except OSError as exc:
+        message = f"cannot check {path}: {exc.strerror}"
+        raise PermissionDenied(message) from None
+    if stat.S_ISLNK(info.st_mode):
+        message = f"{path} is a symbolic link; the project's owner replaces it with a file"
+        raise PermissionDenied(message)
+    if info.st_uid != owner or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        message = (f"{path} must be owned by the project's owner and writable by no one "
+                   f"else; the owner fixes it with: chmod 644 {path} (or balsam perms fix)")
+        raise PermissionDenied(message)
