@@ -66,6 +66,14 @@ class LazySubcommand(click.Command):
         return ctx.command.invoke(ctx)
 
 
+def _same(a: click.Command, b: click.Command) -> bool:
+    """Whether two registrations are one command (groups are module globals: a CLI built twice
+    in one process meets its own earlier registration)."""
+    if isinstance(a, LazySubcommand) and isinstance(b, LazySubcommand):
+        return a.lazy == b.lazy
+    return a is b
+
+
 class BalsamGroup(click.Group):
     """Loads registered commands on demand, runs them with the plugin manager the CLI was built
     from and the project's umask, and ends every error in one line."""
@@ -95,7 +103,7 @@ class BalsamGroup(click.Group):
             if not isinstance(group, click.Group):
                 message = f"{command.name!r} is added to {group_name!r}, which is not a group"
                 raise PluginLoadError(message)
-            if group.commands.get(command.name or "", command) is not command:
+            if not _same(group.commands.get(command.name or "", command), command):
                 message = (f"command {group_name} {command.name!r} from plugin "
                            f"{owners.get(f'{group_name} {command.name}')!r} clashes with plugin "
                            f"{owners.get(group_name)!r}")
