@@ -52,7 +52,7 @@ def test_commands_are_imported_only_when_they_run():
         "cli = build_cli(get_plugin_manager())\n"
         "help = CliRunner().invoke(cli, ['--help']).output\n"
         "before = sorted(m for m in sys.modules if m.startswith(('balsam_testplugin.', "
-        "'balsam_launcher.', 'balsam_pgserver.', 'balsam_perms.', 'psycopg')) "
+        "'balsam_launcher.', 'balsam_pgserver.', 'balsam_perms.', 'balsam_web.', 'psycopg')) "
         "and not m.endswith('.plugin'))\n"
         "hello = CliRunner().invoke(cli, ['hello']).output\n"
         "after = 'balsam_testplugin.commands' in sys.modules\n"
@@ -69,6 +69,21 @@ def test_commands_are_imported_only_when_they_run():
     assert after and listed
     assert hello == "hello world from balsam-testplugin\n"
     assert bye == "goodbye from balsam-testplugin\n"
+
+
+def test_a_lazy_subcommand_of_another_plugins_lazy_group():
+    class Into:
+        @hookimpl
+        def register_commands(self, register):
+            register("hi", "balsam_testplugin.commands:hello", group="report", help="Greets.")
+
+    pm = get_plugin_manager()
+    pm.register(Into(), name="site-into")
+    cli = build_cli(pm)
+    listed = CliRunner().invoke(cli, ["report", "--help"])
+    assert listed.exit_code == 0 and "Greets." in listed.output
+    result = CliRunner().invoke(cli, ["report", "hi", "you"])
+    assert result.exit_code == 0 and result.output == "hello you from balsam-testplugin\n"
 
 
 def test_a_lazy_command_that_cannot_load_names_its_plugin():
