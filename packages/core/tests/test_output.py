@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 
 from balsam import monitor
-from balsam.config import check_control_file, load_settings
+from balsam.config import load_settings
 from balsam.durations import parse_minutes
-from balsam.errors import InvalidInput, PermissionDenied
+from balsam.errors import InvalidInput, UnsafeFile
 from balsam.output import Column, Listing, Output, fit, iso_time
 
 LISTING = Listing((Column("id", "id"), Column("state", "state"), Column("note"),
@@ -110,16 +110,19 @@ def test_configuration_layers_and_sources(tmp_path, monkeypatch):
 
 
 def test_a_project_file_others_can_write_is_refused(tmp_path):
-    path = tmp_path / "balsam.toml"
+    """balsam.toml is read through the control zone's guard: no symlink, nobody else's."""
+    project = tmp_path / "project"
+    project.mkdir()
+    path = project / "balsam.toml"
     path.write_text('queue = "q"\n')
-    os.chmod(path, 0o664)
-    with pytest.raises(PermissionDenied, match="writable by no one else"):
-        check_control_file(path)
+    os.chmod(path, 0o666)
+    with pytest.raises(UnsafeFile, match="writable by everyone"):
+        load_settings(project, env={})
     path.unlink()
-    (tmp_path / "elsewhere.toml").write_text("")
+    (tmp_path / "elsewhere.toml").write_text('queue = "q"\n')
     path.symlink_to(tmp_path / "elsewhere.toml")
-    with pytest.raises(PermissionDenied, match="symbolic link"):
-        check_control_file(path)
+    with pytest.raises(UnsafeFile, match="symbolic link"):
+        load_settings(project, env={})
 
 
 def _launcher(**kw) -> monitor.LauncherStatus:

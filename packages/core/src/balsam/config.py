@@ -3,19 +3,21 @@ mode, from (last wins) the built-in defaults, ``~/.balsam/config.toml``, the pro
 ``balsam.toml`` and ``BALSAM_<KEY>`` environment variables; a command-line option wins over all.
 
 ``balsam.toml`` is in the project's control zone: it steers every member's tools, so it is read
-only when the project's owner owns it and nobody else can write it (a refusal names the fix).
+through the zone's guard (:mod:`balsam.zones`): only when the project's owner owns it, nobody else
+can write it and it is no symlink (a refusal names the fix). ``~/.balsam/config.toml`` likewise
+must be the user's own.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from balsam.errors import InvalidInput, PermissionDenied
+from balsam.errors import InvalidInput
+from balsam.zones import Guard, home_guard, project_guard
 
 PROJECT_FILE = "balsam.toml"
 USER_FILE = "config.toml"
@@ -96,10 +98,8 @@ def load_settings(project_root: Path | None = None,
     items = {o.key: Setting(o.key, o.default, "default", o.env) for o in OPTIONS}
     layers: list[tuple[str, dict[str, Any]]] = []
     for path in (user_file(), project_file(project_root)):
-        if path is not None and path.is_file():
-            if path.name == PROJECT_FILE:
-                check_control_file(path)
-            layers.append((str(path), read_toml(path)))
+        if path is not None and (path.is_file() or path.is_symlink()):
+            layers.append((str(path), read_toml(path, _guard(path))))
     for source, values in layers:
         for key, value in values.items():
             items[key] = Setting(key, validate(key, value, source), source, BY_KEY[key].env)
@@ -110,11 +110,18 @@ def load_settings(project_root: Path | None = None,
     return Settings(items)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def _guard(path: Path) -> Guard:
+    """Who must own a configuration file: the project's owner, or the user."""
+    if path.name == PROJECT_FILE:
+        return project_guard(path.parent, path.parent.stat().st_uid)
+    return home_guard()
+
+
+def read_toml(path: Path, guard: Guard) -> dict[str, Any]:
     import tomllib
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(guard.read(path))
     except (OSError, UnicodeDecodeError) as exc:
         message = f"cannot read {path}: {exc}"
         raise InvalidInput(message) from None
@@ -155,21 +162,3 @@ def validate(key: str, value: Any, source: str) -> Any:
 
 def parse_env(option: Option, text: str) -> Any:
     return validate(option.key, text, option.env)
-
-
-def check_control_file(path: Path) -> None:
-    """Refuse a control-zone file that is a symlink, not owned by the project's owner, or
-    writable by anyone else (a small local check; the owner repairs it)."""
-    try:
-        info = path.lstat()
-        owner = path.parent.stat().st_uid
-    except OSError as exc:
-        message = f"cannot check {path}: {exc.strerror}"
-        raise PermissionDenied(message) from None
-    if stat.S_ISLNK(info.st_mode):
-        message = f"{path} is a symbolic link; the project's owner replaces it with a file"
-        raise PermissionDenied(message)
-    if info.st_uid != owner or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        message = (f"{path} must be owned by the project's owner and writable by no one "
-                   f"else; the owner fixes it with: chmod 644 {path} (or balsam perms fix)")
-        raise PermissionDenied(message)
