@@ -25,14 +25,11 @@ COUNT = sql.SQL("SELECT count(*) AS n FROM {}")
 def counts(db) -> dict[str, int]:
     """Rows in the tables a failed call must leave untouched."""
     return {t: db.execute(COUNT.format(sql.Identifier(t))).fetchone()["n"]
-            for t in ("apps", "tasks", "task_parents", "task_events")}
+            for t in ("apps", "tasks", "task_parents", "task_events", "changes")}
 
 
-def finish(db, *ids: int) -> None:
-    """Walk tasks from READY to JOB_FINISHED as a launcher would."""
-    for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED",
-                  "JOB_FINISHED"):
-        api.set_state(ids, state, message=f"to {state}", conn=db)
+#: From READY to JOB_FINISHED, as a launcher would move a task (the walk fixture).
+FINISH = ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
 
 
 @pytest.fixture
@@ -104,8 +101,8 @@ def test_add_task_fields_and_workdir(db, sim):
 
 
 @pytest.mark.parametrize(("fields", "error"), [
-    ({"num_nodes": -2}, "num_nodes must be at least 1, got -2"),
-    ({"ranks_per_node": 0}, "ranks_per_node must be at least 1, got 0"),
+    ({"num_nodes": -2}, "num_nodes must be between 1 and 100,000, got -2"),
+    ({"ranks_per_node": 0}, "ranks_per_node must be between 1 and 10,000, got 0"),
     ({"wall_time_minutes": "soon"}, "wall_time_minutes must be an integer"),
     ({"data": "{oops"}, "data is not valid JSON"),
     ({"data": "[1, 2]"}, "data must be a JSON object"),
@@ -133,7 +130,7 @@ def test_unknown_app_or_parent_writes_nothing(db, sim):
     assert counts(db) == before
 
 
-def test_add_tasks_bulk_keeps_order_parents_and_events(db, sim):
+def test_add_tasks_bulk_keeps_order_parents_and_events(db, sim, walk):
     parent = api.add_task("sim", name="p", conn=db)
     specs = [{"app": "sim", "name": f"t{i}", "workflow": "bulk", "num_nodes": 1 + i % 3,
               "parents": [parent.id] if i % 2 else []} for i in range(500)]
@@ -146,7 +143,7 @@ def test_add_tasks_bulk_keeps_order_parents_and_events(db, sim):
         assert task.state == (State.AWAITING_PARENTS if i % 2 else State.READY)
     assert sorted(api.children(parent, conn=db)) == ids[1::2]
     assert counts(db)["task_events"] == 501
-    finish(db, parent.id)
+    walk(db, [parent.id], FINISH)
     assert api.count_by_state(workflow="bulk", conn=db) == {State.READY: 500}
 
 
@@ -154,7 +151,7 @@ def test_add_tasks_is_all_or_nothing(db, sim):
     before = counts(db)
     specs = [{"app": "sim", "name": f"t{i}"} for i in range(100)]
     specs[60]["num_nodes"] = 0
-    with pytest.raises(InvalidInput, match="num_nodes must be at least 1"):
+    with pytest.raises(InvalidInput, match="num_nodes must be between 1 and 100,000"):
         api.add_tasks(specs, conn=db)
     specs[60]["num_nodes"] = 1
     specs[70]["parents"] = [12345]
@@ -171,9 +168,9 @@ def test_add_tasks_in_an_outer_transaction_twice(db, sim):
     assert len(set(first + second)) == 6
 
 
-def test_tasks_with_finished_parents_start_ready(db, sim):
+def test_tasks_with_finished_parents_start_ready(db, sim, walk):
     parent = api.add_task("sim", conn=db)
-    finish(db, parent.id)
+    walk(db, [parent.id], FINISH)
     child = api.add_task("sim", parents=[parent], conn=db)
     assert child.state == State.READY
     assert [e.message for e in api.history(child, conn=db)] == ["", "all parents finished"]
@@ -219,18 +216,18 @@ def test_modify_task_fields_and_state(db, sim):
         api.modify_task(task.id, "state", "RUNNING", conn=db)
     with pytest.raises(InvalidInput, match="invalid state 'gone'"):
         api.modify_task(task.id, "state", "gone", conn=db)
-    with pytest.raises(InvalidInput, match="num_nodes must be at least 1"):
+    with pytest.raises(InvalidInput, match="num_nodes must be between 1 and 100,000"):
         api.modify_task(task.id, "num_nodes", "-1", conn=db)
     with pytest.raises(NotFound, match="no task 999"):
         api.modify_task(999, "name", "x", conn=db)
     assert api.get_task(task.id, conn=db).num_nodes == 8
 
 
-def test_renaming_a_started_task_keeps_its_directory(db, sim):
+def test_renaming_a_started_task_keeps_its_directory(db, sim, walk):
     fresh = api.add_task("sim", name="a", workflow="w", conn=db)
     assert api.modify_task(fresh.id, "name", "b", conn=db).workdir == f"data/w/b_{fresh.id}"
     started = api.add_task("sim", name="a", workflow="w", conn=db)
-    finish(db, started.id)
+    walk(db, [started.id], FINISH)
     renamed = api.modify_task(started.id, "workflow", "v", conn=db)
     assert (renamed.workflow, renamed.workdir) == ("v", f"data/w/a_{started.id}")
 
@@ -244,9 +241,9 @@ def test_a_claimed_task_cannot_be_modified(db, sim):
         api.modify_task(task.id, "num_nodes", 2, conn=db)
 
 
-def test_set_state_is_all_or_nothing(db, sim):
+def test_set_state_is_all_or_nothing(db, sim, walk):
     a, b = api.add_tasks([{"app": "sim"}, {"app": "sim"}], conn=db)
-    finish(db, a)
+    walk(db, [a], FINISH)
     with pytest.raises(InvalidTransition, match=f"task {a}: JOB_FINISHED -> STAGED_IN"):
         api.set_state([a, b], "STAGED_IN", conn=db)
     assert api.get_task(b, conn=db).state == State.READY
@@ -255,11 +252,10 @@ def test_set_state_is_all_or_nothing(db, sim):
     assert api.set_state([b], "READY", conn=db) == []
 
 
-def test_kill_notifies_launchers_and_skips_ended_tasks(db, db_dsn, sim):
+def test_kill_notifies_launchers_and_skips_ended_tasks(db, db_dsn, sim, walk):
     running, done = api.add_tasks([{"app": "sim"}, {"app": "sim"}], conn=db)
-    for state in ("STAGED_IN", "PREPROCESSED", "RUNNING"):
-        api.set_state([running], state, conn=db)
-    finish(db, done)
+    walk(db, [running], ("STAGED_IN", "PREPROCESSED", "RUNNING"))
+    walk(db, [done], FINISH)
     with psycopg.connect(db_dsn, autocommit=True) as listener:
         listener.execute("LISTEN balsam_kill")
         assert api.kill([running, done], message="enough", conn=db) == [running]
@@ -302,7 +298,9 @@ def test_remove_tasks(db, sim):
     with pytest.raises(NotFound):
         api.remove_tasks(ids=[parent], conn=db)
     assert api.remove_tasks(all_tasks=True, conn=db) == [other]
-    assert counts(db) == {"apps": 1, "tasks": 0, "task_parents": 0, "task_events": 0}
+    # Their history stays: three creations, three removals.
+    assert counts(db) == {"apps": 1, "tasks": 0, "task_parents": 0, "task_events": 3,
+                          "changes": 3}
 
 
 # --- the active project, from scripts and from inside tasks -------------------------------------

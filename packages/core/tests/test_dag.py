@@ -25,15 +25,7 @@ PROPERTY = settings(max_examples=25, deadline=None, database=None,
                                            HealthCheck.too_slow])
 
 
-def finish(conn, *ids: int) -> None:
-    for state in (*RUN, "POSTPROCESSED", "JOB_FINISHED"):
-        api.set_state(ids, state, conn=conn)
-
-
-def fail(conn, *ids: int) -> None:
-    for state in RUN:
-        api.set_state(ids, state, conn=conn)
-    api.set_state(ids, "FAILED", message="exit 1", conn=conn)
+FINISH = (*RUN, "POSTPROCESSED", "JOB_FINISHED")
 
 
 @pytest.fixture
@@ -72,7 +64,7 @@ dags = st.integers(min_value=1, max_value=8).flatmap(
 
 @PROPERTY
 @given(graph=dags, plan=st.lists(st.tuples(st.integers(0, 7), st.booleans()), max_size=12))
-def test_readiness_follows_the_parents(db, sim, graph, plan):
+def test_readiness_follows_the_parents(db, sim, walk, graph, plan):
     """Finish or fail READY tasks in any order: a task is READY exactly when it has not started
     and all its parents finished; a failed parent keeps its children waiting and says so."""
     reset(db)
@@ -89,7 +81,9 @@ def test_readiness_follows_the_parents(db, sim, graph, plan):
         if not ready:
             break
         task = ready[pick % len(ready)]
-        (finish if succeed else fail)(db, task)
+        walk(db, [task], FINISH if succeed else RUN)
+        if not succeed:
+            api.set_state([task], "FAILED", message="exit 1", conn=db)
         state[task] = S.JOB_FINISHED if succeed else S.FAILED
         for i in ids:
             if state[i] == S.AWAITING_PARENTS and dag.parents_finished(i, parents, state):
@@ -183,16 +177,17 @@ def test_concurrent_halves_of_a_cycle_cannot_both_commit(db_dsn, db, sim):
 # --- waiting and releasing ----------------------------------------------------------------------
 
 
-def test_a_failed_parent_keeps_children_waiting_and_ls_says_why(db, sim):
+def test_a_failed_parent_keeps_children_waiting_and_ls_says_why(db, sim, walk):
     good, bad = api.add_tasks([{"app": "sim"}] * 2, conn=db)
     child = api.add_task(sim, parents=[good, bad], conn=db)
-    finish(db, good)
-    fail(db, bad)
+    walk(db, [good], FINISH)
+    walk(db, [bad], RUN)
+    api.set_state([bad], "FAILED", message="exit 1", conn=db)
     assert api.get_task(child, conn=db).state == S.AWAITING_PARENTS
     assert api.waiting_reasons([child.id], conn=db) == {
         child.id: f"waiting for parent {bad} (FAILED)"}
     api.set_state([bad], "READY", message="retry", conn=db)
-    finish(db, bad)
+    walk(db, [bad], FINISH)
     assert api.get_task(child, conn=db).state == S.READY
 
 
@@ -221,9 +216,9 @@ def test_a_killed_waiting_task_reset_to_ready_waits_again(db, sim):
     assert moves[-2:] == [("USER_KILLED", "READY"), ("READY", "AWAITING_PARENTS")]
 
 
-def test_removing_a_dependency_or_a_parent_releases_the_child(db, sim):
+def test_removing_a_dependency_or_a_parent_releases_the_child(db, sim, walk):
     done, running, other = api.add_tasks([{"app": "sim"}] * 3, conn=db)
-    finish(db, done)
+    walk(db, [done], FINISH)
     child = api.add_task(sim, parents=[done, running], conn=db)
     assert child.state == S.AWAITING_PARENTS
     assert api.remove_dependency(running, child, conn=db).state == S.READY
@@ -233,10 +228,10 @@ def test_removing_a_dependency_or_a_parent_releases_the_child(db, sim):
     assert api.history(orphan, conn=db)[-1].message == "no unfinished parents left"
 
 
-def test_bulk_release_of_many_children(db, sim):
+def test_bulk_release_of_many_children(db, sim, walk):
     parent = api.add_task(sim, conn=db)
     kids = api.add_tasks([{"app": "sim", "parents": [parent]}] * 2000, conn=db)
-    finish(db, parent.id)
+    walk(db, [parent.id], FINISH)
     assert api.count_by_state(ids=kids, conn=db) == {S.READY: 2000}
 
 
@@ -250,11 +245,10 @@ def in_thread(target) -> threading.Thread:
     return thread
 
 
-def test_two_parents_finishing_at_once_release_the_child(db_dsn, db, sim):
+def test_two_parents_finishing_at_once_release_the_child(db_dsn, db, sim, walk):
     a, b = api.add_tasks([{"app": "sim"}] * 2, conn=db)
     child = api.add_task(sim, parents=[a, b], conn=db)
-    for state in (*RUN, "POSTPROCESSED"):
-        api.set_state([a, b], state, conn=db)
+    walk(db, [a, b], (*RUN, "POSTPROCESSED"))
     with connect(db_dsn) as first, connect(db_dsn) as second:
         with first.transaction():
             api.set_state([a], "JOB_FINISHED", conn=first)
@@ -263,10 +257,9 @@ def test_two_parents_finishing_at_once_release_the_child(db_dsn, db, sim):
     assert api.get_task(child, conn=db).state == S.READY
 
 
-def test_a_parent_finishing_while_a_child_is_added(db_dsn, db, sim):
+def test_a_parent_finishing_while_a_child_is_added(db_dsn, db, sim, walk):
     parent = api.add_task(sim, conn=db)
-    for state in (*RUN, "POSTPROCESSED"):
-        api.set_state([parent], state, conn=db)
+    walk(db, [parent.id], (*RUN, "POSTPROCESSED"))
     kids: list = []
     with connect(db_dsn) as first, connect(db_dsn) as second:
         with first.transaction():
@@ -277,10 +270,9 @@ def test_a_parent_finishing_while_a_child_is_added(db_dsn, db, sim):
     assert api.get_task(kids[0], conn=db).state == S.READY
 
 
-def test_a_child_added_while_its_parent_finishes(db_dsn, db, sim):
+def test_a_child_added_while_its_parent_finishes(db_dsn, db, sim, walk):
     parent = api.add_task(sim, conn=db)
-    for state in (*RUN, "POSTPROCESSED"):
-        api.set_state([parent], state, conn=db)
+    walk(db, [parent.id], (*RUN, "POSTPROCESSED"))
     with connect(db_dsn) as first, connect(db_dsn) as second:
         with first.transaction():
             child = api.add_task(sim, parents=[parent], conn=first)

@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 )
 
 from balsam import api
-from balsam.errors import CycleError, InvalidTransition
+from balsam.errors import CycleError, InvalidInput, InvalidTransition
 from balsam.states import FINAL, INITIAL, TRANSITIONS, State, allowed
 
 pytestmark = pytest.mark.pg
@@ -48,13 +48,14 @@ def test_every_state_is_reachable_from_an_initial_one():
         assert path[-1] == state and all(allowed(a, b) for a, b in pairwise(path))
 
 
-def test_the_database_allows_exactly_the_table(db):
+def test_the_database_allows_exactly_the_table(db, stand_in):
     app = api.add_app("sim", "/bin/true", conn=db)
     refused = accepted = 0
     for src in State:
         first, *rest = path_to(src)
-        task = db.execute("INSERT INTO tasks (app_id, state) VALUES (%s, %s) RETURNING id",
-                          [app.id, first.value]).fetchone()["id"]
+        # Claimed all along: the transitions are the state machine's to refuse, not the claim's.
+        task = db.execute("INSERT INTO tasks (app_id, state, launcher_id) VALUES (%s, %s, %s) "
+                          "RETURNING id", [app.id, first.value, stand_in]).fetchone()["id"]
         for step in rest:
             db.execute("UPDATE tasks SET state = %s WHERE id = %s", [step.value, task])
         for dst in State:
@@ -82,14 +83,15 @@ def test_the_database_allows_exactly_the_table(db):
 
 
 @pytest.mark.parametrize("state", sorted(set(State) - INITIAL))
-def test_tasks_cannot_be_created_in_a_later_state(db, state):
+def test_tasks_cannot_be_created_in_a_later_state(db, stand_in, state):
     app = api.add_app("sim", "/bin/true", conn=db)
     with pytest.raises(psycopg.Error, match=f"created in state {state}") as insert:
-        db.execute("INSERT INTO tasks (app_id, state) VALUES (%s, %s)", [app.id, state.value])
+        db.execute("INSERT INTO tasks (app_id, state, launcher_id) VALUES (%s, %s, %s)",
+                   [app.id, state.value, stand_in])
     with pytest.raises(psycopg.Error, match=f"created in state {state}") as copied:
-        with db.cursor().copy("COPY tasks (app_id, state) FROM STDIN") as copy:
-            copy.write_row((app.id, "READY"))
-            copy.write_row((app.id, state.value))
+        with db.cursor().copy("COPY tasks (app_id, state, launcher_id) FROM STDIN") as copy:
+            copy.write_row((app.id, "READY", stand_in))
+            copy.write_row((app.id, state.value, stand_in))
     assert insert.value.sqlstate == copied.value.sqlstate == "BA001"
     assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 0
 
@@ -182,6 +184,10 @@ def test_state_machine_against_the_database(db):
             current = self.model.state[task]
             if dst != current and not allowed(current, dst):
                 with pytest.raises(InvalidTransition):
+                    api.set_state([task], dst, conn=db)
+                return
+            if dst != current and dst == S.RUNNING:  # only a launcher holding the task may
+                with pytest.raises(InvalidInput, match="tasks_running_claimed"):
                     api.set_state([task], dst, conn=db)
                 return
             changed = api.set_state([task], dst, conn=db)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +26,35 @@ from balsam import bulk, dag
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, CycleError, InvalidInput, NotFound
 from balsam.models import (
+    ADMIN_ROLE,
     App,
+    Change,
     Event,
     Task,
+    Trust,
     coerce_app_field,
     coerce_task_field,
     task_field,
+    validate_user_name,
 )
 from balsam.project import Project
 from balsam.queries import query
 from balsam.states import INITIAL, State, parse_state
 
 __all__ = [
-    "add_app", "add_dependency", "add_task", "add_tasks", "children", "connection",
-    "count_by_state", "count_by_workflow", "current_task", "descendants", "edges", "get_app",
-    "get_task", "get_tasks", "history", "kill", "list_apps", "modify_app", "modify_task",
-    "parents", "remove_app", "remove_dependency", "remove_tasks", "set_state", "spawn_child",
-    "task_ids", "waiting_reasons", "workdir",
+    "add_app", "add_dependency", "add_task", "add_tasks", "add_trust", "app_history", "children",
+    "connection", "count_by_state", "count_by_workflow", "current_task", "descendants", "edges",
+    "get_app", "get_task", "get_tasks", "history", "kill", "list_apps", "list_trust",
+    "modify_app", "modify_task", "parents", "remove_app", "remove_dependency", "remove_tasks",
+    "remove_trust", "set_state", "spawn_child", "task_ids", "waiting_reasons", "workdir",
 ]
 
 TaskRef = int | Task
 AppRef = str | int | App
 
 _JSON = ("data", "environ_vars")
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 _cached: tuple[tuple[int, str], Project, Connection] | None = None
 
@@ -142,8 +149,9 @@ def modify_app(app: AppRef, field: str, value: str, *, conn: Connection | None =
 
 
 def remove_app(app: AppRef, *, force: bool = False, conn: Connection | None = None) -> list[int]:
-    """Remove an app. Refused while tasks use it, unless ``force``, which removes those tasks
-    too (still refused if other tasks wait for them). Returns the removed task ids."""
+    """Remove an app (its history stays: :func:`app_history`). Refused while tasks use it, unless
+    ``force``, which removes those tasks too (still refused if other tasks wait for them).
+    Returns the removed task ids."""
     conn = _conn(conn)
     with wrap_db_errors(), conn.transaction():
         found = get_app(app, conn=conn)
@@ -355,15 +363,34 @@ def count_by_workflow(*, conn: Connection | None = None) -> dict[str, dict[State
     return out
 
 
-def history(task: TaskRef, *, conn: Connection | None = None) -> list[Event]:
-    """Every state change of a task, oldest first."""
+def history(task: TaskRef, *, conn: Connection | None = None) -> list[Event | Change]:
+    """Every state change of a task and every change of what a launcher would run for it (and
+    its removal), oldest first. A removed task keeps its history."""
     conn = _conn(conn)
     task_id = _task_id(task)
-    with wrap_db_errors():
-        rows = conn.execute(_q("task_history"), {"id": task_id}).fetchall()
-    if not rows:
+    with wrap_db_errors(), conn.transaction():
+        events = conn.execute(_q("task_history"), {"id": task_id}).fetchall()
+        changes = conn.execute(_q("entity_changes"), {"entity": "task", "id": task_id}).fetchall()
+    if not events and not changes:
         get_task(task_id, conn=conn)  # NotFound for an unknown task
-    return [Event.from_row(r) for r in rows]
+    merged: list[Event | Change] = [Event.from_row(r) for r in events]
+    merged += [Change.from_row(r) for r in changes]
+    return sorted(merged, key=lambda entry: entry.at or _EPOCH)  # stable: events first on ties
+
+
+def app_history(app: AppRef, *, conn: Connection | None = None) -> list[Change]:
+    """Every change of what an app runs (and its removal), oldest first. A removed app is found
+    by its id."""
+    conn = _conn(conn)
+    with wrap_db_errors():
+        if isinstance(app, int) and not isinstance(app, bool):
+            app_id = app
+        else:
+            app_id = get_app(app, conn=conn).id  # type: ignore[assignment]
+        rows = conn.execute(_q("entity_changes"), {"entity": "app", "id": app_id}).fetchall()
+    if not rows:
+        get_app(app_id, conn=conn)  # NotFound for an unknown app
+    return [Change.from_row(r) for r in rows]
 
 
 def edges(ids: Iterable[int], *, conn: Connection | None = None) -> list[tuple[int, int]]:
@@ -447,7 +474,8 @@ def remove_tasks(*, ids: Iterable[int] | None = None, workflow: str | None = Non
                  state: str | Iterable[str] | None = None, name: str | None = None,
                  app: AppRef | None = None, all_tasks: bool = False, recursive: bool = False,
                  conn: Connection | None = None) -> list[int]:
-    """Delete the tasks matching the filters (``all_tasks=True`` for every task) and their history.
+    """Delete the tasks matching the filters (``all_tasks=True`` for every task). Their history
+    stays (:func:`history`), with who removed them.
 
     Refused if a task left behind waits for one of them, unless ``recursive``, which removes
     everything below them as well. Returns the removed ids.
@@ -489,3 +517,46 @@ def _remove_ids(conn: Connection, ids: Sequence[int]) -> None:
         raise InvalidInput(message)
     conn.execute(_q("delete_tasks"), {"ids": list(ids)})
 
+
+
+# --- trust --------------------------------------------------------------------------------------
+
+
+def add_trust(users: Iterable[str], *, conn: Connection | None = None) -> list[str]:
+    """Let your launchers run the tasks ``users`` own or changed, and those using apps they
+    changed. Returns the users newly trusted (others already were)."""
+    conn = _conn(conn)
+    names = sorted({validate_user_name(u) for u in users})
+    with wrap_db_errors(), conn.transaction():
+        me = conn.execute(_q("session_user")).fetchone()["name"]  # type: ignore[index]
+        for name in names:
+            if name in (me, ADMIN_ROLE):
+                message = f"{name} is always trusted"
+                raise InvalidInput(message)
+        known = {r["rolname"] for r in conn.execute(_q("login_roles"), {"names": names})}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            message = (f"no user {', '.join(unknown)} in this project's database (the owner adds "
+                       f"users with: balsam server --add-user NAME)")
+            raise NotFound(message)
+        rows = conn.execute(_q("add_trust"), {"users": names}).fetchall()
+    return sorted(r["trustee"] for r in rows)
+
+
+def remove_trust(users: Iterable[str], *, conn: Connection | None = None) -> list[str]:
+    """Stop trusting ``users`` (your launchers no longer start their tasks). Returns the users
+    who were trusted; NotFound if none of them was."""
+    names = sorted({validate_user_name(u) for u in users})
+    with wrap_db_errors():
+        rows = _conn(conn).execute(_q("remove_trust"), {"users": names}).fetchall()
+    if names and not rows:
+        message = f"you do not trust {', '.join(names)}"
+        raise NotFound(message)
+    return sorted(r["trustee"] for r in rows)
+
+
+def list_trust(*, conn: Connection | None = None) -> list[Trust]:
+    """Who trusts whom in this project (everyone may read it), by truster then trustee."""
+    with wrap_db_errors():
+        rows = _conn(conn).execute(_q("list_trust")).fetchall()
+    return [Trust.from_row(r) for r in rows]

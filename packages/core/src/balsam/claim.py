@@ -17,7 +17,7 @@ from typing import Any
 
 from balsam.db import Connection
 from balsam.errors import ClaimLost
-from balsam.models import Task
+from balsam.models import ADMIN_ROLE, Task, validate_user_name
 from balsam.queries import query
 from balsam.resources import Node, Resources
 from balsam.states import RUNNABLE, State
@@ -98,8 +98,9 @@ def reap_dead(conn: Connection) -> dict[str, Any]:
     """End launchers whose heartbeat is older than their timeout and recover their tasks.
 
     RUNNING tasks become RESTART_READY (or RUN_TIMEOUT when they have a timeout handler or no
-    automatic retry); tasks in other states are simply unclaimed. Safe to call from anywhere,
-    any number of times at once.
+    automatic retry); tasks in other states are simply unclaimed. Claims still held by a
+    launcher that has ended are recovered the same way. Safe to call from anywhere, any number
+    of times at once.
     """
     with conn.transaction():
         dead = [r["id"] for r in conn.execute(q("mark_dead_launchers"), {}).fetchall()]
@@ -107,7 +108,22 @@ def reap_dead(conn: Connection) -> dict[str, Any]:
         if dead:
             recovered = conn.execute(q("recover_claims"), {
                 "launchers": dead, "ids": None, "why": "presumed dead"}).fetchall()
+        # Belt and braces: claims an ended launcher still holds (written around the protocol).
+        ended = [r["id"] for r in conn.execute(q("ended_launchers_with_claims"), {}).fetchall()]
+        if ended:
+            recovered += conn.execute(q("recover_claims"), {
+                "launchers": ended, "ids": None, "why": "had ended"}).fetchall()
     return {"launchers": dead, "tasks": recovered}
+
+
+def trusted_users(conn: Connection, extra: Iterable[str] = ()) -> list[str]:
+    """Whose tasks a launcher of this session's user may run: that user, balsam_admin, the users
+    they trust in the project (``balsam trust``) and ``extra`` (the launcher's ``--trust``). The
+    SQL function ``balsam_untrusted(trusted, owner, changed_by, app_id)`` applies the list."""
+    names = [validate_user_name(n) for n in extra]
+    row = conn.execute(q("trusted_by_session_user")).fetchone()
+    assert row is not None
+    return sorted({row["me"], ADMIN_ROLE, *row["trustees"], *names})
 
 
 # --- claiming ----------------------------------------------------------------------------------

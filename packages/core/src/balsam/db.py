@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from balsam.errors import (
     AlreadyExists,
     BalsamError,
+    Busy,
     CycleError,
     InvalidInput,
     InvalidTransition,
@@ -98,7 +99,12 @@ def translate(exc: psycopg.Error) -> BalsamError:
     if exc.sqlstate == "BA002":
         return CycleError(primary)
     if isinstance(exc, pgerr.InsufficientPrivilege):
-        return PermissionDenied(f"permission denied: {primary}")
+        said = primary.startswith("permission denied")
+        return PermissionDenied(primary if said else f"permission denied: {primary}")
+    if isinstance(exc, pgerr.LockNotAvailable):
+        return Busy(primary)
+    if isinstance(exc, pgerr.CheckViolation):
+        return InvalidInput(primary)  # its detail is the whole row
     if isinstance(exc, psycopg.OperationalError):
         return ServerDown(f"database connection lost: {primary}")
     if isinstance(exc, pgerr.NumericValueOutOfRange):

@@ -46,6 +46,10 @@ class CycleError(BalsamError):
     """That dependency would create a cycle."""
 
 
+class Busy(BalsamError):
+    """Someone else holds what this needs: try again later."""
+
+
 class ClaimLost(BalsamError):
     """The launcher no longer holds the claim on this task."""
 

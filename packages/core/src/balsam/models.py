@@ -33,6 +33,8 @@ class App(_Row):
     id: int | None = None
     owner: str = ""
     created_at: datetime | None = None
+    changed_by: str = ""
+    changed_at: datetime | None = None
 
 
 @dataclass
@@ -64,10 +66,16 @@ class Task(_Row):
     attempts: int = 0
     created_at: datetime | None = None
     state_changed_at: datetime | None = None
+    changed_by: str = ""
+    changed_at: datetime | None = None
     app_name: str = ""
 
     def __post_init__(self) -> None:
         self.state = State(self.state)
+        # Stored before the database bounded it, too deep a value would crash every reader.
+        for name in _JSON_FIELDS:
+            if json_depth(getattr(self, name)) > JSON_MAX_DEPTH:
+                setattr(self, name, {UNREADABLE: f"nested more than {JSON_MAX_DEPTH} levels deep"})
 
     @property
     def workdir(self) -> str:
@@ -91,30 +99,80 @@ class Event(_Row):
     id: int | None = None
 
 
+@dataclass
+class Change(_Row):
+    """One change of what a launcher would execute, a deletion, or a change of trust (a row of
+    ``changes``): ``field`` is the column, or ``deleted`` (``old_value`` then holds the removed
+    row's main fields as JSON); for ``entity == "trust"`` it is the truster, and ``new_value``
+    (or ``old_value``) the user trusted (or no longer trusted)."""
+
+    entity: str
+    field: str
+    entity_id: int | None = None
+    old_value: str | None = None
+    new_value: str | None = None
+    changed_by: str = ""
+    changed_at: datetime | None = None
+    id: int | None = None
+
+    @property
+    def at(self) -> datetime | None:
+        """When, as :attr:`Event.at` (histories merge both by time)."""
+        return self.changed_at
+
+
+@dataclass
+class Trust(_Row):
+    """``truster`` lets their launchers run what ``trustee`` owns or changed."""
+
+    truster: str
+    trustee: str
+    granted_at: datetime | None = None
+
+
 # --- user-settable fields ----------------------------------------------------------------------
+# The limits below are also the database's (migration 0012_bounds.sql), which refuses what other
+# clients write; here they are checked first, with a message naming the limit.
+
+#: Longest name (task name, workflow, app name, cpu_affinity), in characters.
+NAME_CHARS = 256
+#: Longest path (a task's working directory), in UTF-8 bytes.
+PATH_BYTES = 4096
+#: Longest other text (args, an app's commands, descriptions, input file patterns), in bytes.
+TEXT_BYTES = 65536
+#: Deepest nesting of data and environ_vars (``{}`` is 1 level), and their largest size as JSON.
+JSON_MAX_DEPTH = 32
+JSON_MAX_BYTES = 1 << 20
+#: The key of what a reader gets instead of a value too deeply nested to read safely.
+UNREADABLE = "balsam_unreadable"
+
+_JSON_FIELDS = ("data", "environ_vars")
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """How a user-settable column is parsed: ``kind`` is str, name, path, int, bool, json or env."""
+    """How a user-settable column is parsed: ``kind`` is name (a directory name), word (a short
+    text), str, command (text that splits into arguments like a shell's), path, int (between
+    ``minimum`` and ``maximum``), bool, json or env."""
 
     kind: str
     minimum: int | None = None
+    maximum: int | None = None
 
 
 TASK_FIELDS: dict[str, FieldSpec] = {
     "name": FieldSpec("name"),
     "workflow": FieldSpec("name"),
-    "args": FieldSpec("str"),
+    "args": FieldSpec("command"),
     "description": FieldSpec("str"),
     "user_workdir": FieldSpec("path"),
-    "wall_time_minutes": FieldSpec("int", 0),
-    "num_nodes": FieldSpec("int", 1),
-    "ranks_per_node": FieldSpec("int", 1),
-    "threads_per_rank": FieldSpec("int", 1),
-    "threads_per_core": FieldSpec("int", 1),
-    "cpu_affinity": FieldSpec("str"),
-    "node_packing_count": FieldSpec("int", 1),
+    "wall_time_minutes": FieldSpec("int", 0, 525_600),
+    "num_nodes": FieldSpec("int", 1, 100_000),
+    "ranks_per_node": FieldSpec("int", 1, 10_000),
+    "threads_per_rank": FieldSpec("int", 1, 10_000),
+    "threads_per_core": FieldSpec("int", 1, 64),
+    "cpu_affinity": FieldSpec("word"),
+    "node_packing_count": FieldSpec("int", 1, 10_000),
     "environ_vars": FieldSpec("env"),
     "data": FieldSpec("json"),
     "input_files": FieldSpec("str"),
@@ -132,13 +190,38 @@ TASK_ALIASES: dict[str, str] = {
     "post_handle_timeout": "post_timeout_handler",
 }
 
-APP_FIELDS: tuple[str, ...] = (
-    "name", "executable", "description", "preprocess", "postprocess", "envscript",
-)
+APP_FIELDS: dict[str, FieldSpec] = {
+    "name": FieldSpec("word"),
+    "executable": FieldSpec("command"),
+    "description": FieldSpec("str"),
+    "preprocess": FieldSpec("command"),
+    "postprocess": FieldSpec("command"),
+    "envscript": FieldSpec("str"),
+}
 
+#: The administrative role of an embedded project's cluster: every launcher trusts it.
+ADMIN_ROLE = "balsam_admin"
+
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    """``repr(value)``, cut short: a refusal stays one short line whatever it was given."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[:width - 4]}...{text[-1]}"
+
+
+def validate_user_name(name: str) -> str:
+    """Refuse anything but a plain lower-case SQL identifier (the names of project users)."""
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name) or name.startswith("pg_"):
+        message = (f"invalid user name {_shown(name)}: expected a lower-case identifier (a-z, 0-9 "
+                   f"and _, not starting with a digit or pg_, at most 63 characters)")
+        raise InvalidInput(message)
+    return name
 
 
 def task_field(name: str) -> str:
@@ -147,7 +230,7 @@ def task_field(name: str) -> str:
     key = TASK_ALIASES.get(key, key)
     if key not in TASK_FIELDS:
         known = ", ".join(sorted(TASK_FIELDS))
-        message = f"unknown task field {name!r}; expected one of: {known}"
+        message = f"unknown task field {_shown(name)}; expected one of: {known}"
         raise InvalidInput(message)
     return key
 
@@ -156,7 +239,7 @@ def coerce_task_field(name: str, value: Any) -> Any:
     """Validate ``value`` for the task column ``name``, parsing strings (from the CLI)."""
     spec = TASK_FIELDS[name]
     if spec.kind == "int":
-        return _integer(name, value, spec.minimum)
+        return _integer(name, value, spec)
     if spec.kind == "bool":
         return _boolean(name, value)
     if spec.kind == "json":
@@ -165,27 +248,72 @@ def coerce_task_field(name: str, value: Any) -> Any:
         return parse_env(value)
     if spec.kind == "path" and value in (None, ""):
         return None
+    return _text(name, value, spec.kind)
+
+
+def coerce_app_field(name: str, value: Any) -> str:
+    """Validate an app column (all text; name and executable may not be empty)."""
+    if name not in APP_FIELDS:
+        known = ", ".join(APP_FIELDS)
+        message = f"unknown app field {_shown(name)}; expected one of: {known}"
+        raise InvalidInput(message)
+    if not isinstance(value, str):
+        message = f"app {name} must be a string, got {_shown(value)}"
+        raise InvalidInput(message)
+    if name in ("name", "executable") and not value.strip():
+        message = f"app {name} may not be empty"
+        raise InvalidInput(message)
+    return _text(f"app {name}", value, APP_FIELDS[name].kind)
+
+
+def _text(name: str, value: Any, kind: str) -> str:
     if not isinstance(value, str) or "\0" in value:
-        message = f"{name} must be a string, got {value!r}"
+        message = f"{name} must be a string, got {_shown(value)}"
         raise InvalidInput(message)
-    if spec.kind == "name" and ("/" in value or value in (".", "..")):
-        message = f"{name} {value!r} may not contain '/' or be '.' or '..' (it names a directory)"
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        message = f"{name} {_shown(value)} is not valid Unicode text"
+        raise InvalidInput(message) from None
+    if kind in ("name", "word"):
+        if len(value) > NAME_CHARS:
+            message = f"{name} is {len(value):,} characters long; the limit is {NAME_CHARS}"
+            raise InvalidInput(message)
+        if _CONTROL.search(value):
+            message = f"{name} {_shown(value)} may not contain control characters"
+            raise InvalidInput(message)
+    else:
+        limit = PATH_BYTES if kind == "path" else TEXT_BYTES
+        if size > limit:
+            message = f"{name} is {size:,} bytes long; the limit is {limit:,}"
+            raise InvalidInput(message)
+    if kind == "name" and ("/" in value or value in (".", "..")):
+        message = (f"{name} {_shown(value)} may not contain '/' or be '.' or '..' (it names a "
+                   f"directory)")
         raise InvalidInput(message)
+    if kind == "command":
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            message = (f"{name} {_shown(value)} cannot be split into arguments ({exc}): check its "
+                       f"quotes")
+            raise InvalidInput(message) from None
     return value
 
 
-def _integer(name: str, value: Any, minimum: int | None) -> int:
+def _integer(name: str, value: Any, spec: FieldSpec) -> int:
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            message = f"{name} must be an integer, got {value!r}"
+            message = f"{name} must be an integer, got {_shown(value)}"
             raise InvalidInput(message) from None
     if isinstance(value, bool) or not isinstance(value, int):
-        message = f"{name} must be an integer, got {value!r}"
+        message = f"{name} must be an integer, got {_shown(value)}"
         raise InvalidInput(message)
-    if minimum is not None and value < minimum:
-        message = f"{name} must be at least {minimum}, got {value}"
+    assert spec.minimum is not None and spec.maximum is not None
+    if not spec.minimum <= value <= spec.maximum:
+        message = f"{name} must be between {spec.minimum:,} and {spec.maximum:,}, got {value:,}"
         raise InvalidInput(message)
     return value
 
@@ -198,25 +326,51 @@ def _boolean(name: str, value: Any) -> bool:
         return True
     if text in _FALSE:
         return False
-    message = f"{name} must be true or false, got {value!r}"
+    message = f"{name} must be true or false, got {_shown(value)}"
     raise InvalidInput(message)
 
 
+def json_depth(value: Any, limit: int = JSON_MAX_DEPTH) -> int:
+    """How deep containers nest in ``value`` (0 for a scalar, 1 for ``{}``), counted without
+    recursion and no further than ``limit + 1``."""
+    depth = 0
+    level = [value]
+    while depth <= limit:
+        level = [v for v in level if isinstance(v, dict | list | tuple)]
+        if not level:
+            break
+        depth += 1
+        level = [item for v in level for item in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
 def _json_object(name: str, value: Any) -> dict[str, Any]:
+    too_deep = f"{name} is nested more than {JSON_MAX_DEPTH} levels deep"
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
-            message = f"{name} is not valid JSON ({exc.msg} at position {exc.pos}): {value!r}"
+            message = f"{name} is not valid JSON ({exc.msg} at position {exc.pos}): {_shown(value)}"
             raise InvalidInput(message) from None
+        except RecursionError:
+            raise InvalidInput(too_deep) from None
     if not isinstance(value, dict):
         message = f"{name} must be a JSON object, got {type(value).__name__}"
         raise InvalidInput(message)
+    if json_depth(value) > JSON_MAX_DEPTH:
+        raise InvalidInput(too_deep)
     try:
-        json.dumps(value)
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         message = f"{name} cannot be stored as JSON: {exc}"
         raise InvalidInput(message) from None
+    if "\\u0000" in text:
+        message = f"{name} cannot be stored: it contains a NUL character"
+        raise InvalidInput(message)
+    size = len(text.encode(errors="surrogatepass"))
+    if size > JSON_MAX_BYTES:
+        message = f"{name} is {size:,} bytes as JSON; the limit is {JSON_MAX_BYTES:,} (1 MiB)"
+        raise InvalidInput(message)
     return value
 
 
@@ -230,7 +384,7 @@ def parse_env(value: Any) -> dict[str, str]:
             try:
                 words = shlex.split(text)
             except ValueError as exc:
-                message = f"cannot parse environment {value!r}: {exc}"
+                message = f"cannot parse environment {_shown(value)}: {exc}"
                 raise InvalidInput(message) from None
             value = words
     if isinstance(value, list | tuple):
@@ -238,33 +392,18 @@ def parse_env(value: Any) -> dict[str, str]:
         for word in value:
             key, sep, val = str(word).partition("=")
             if not sep:
-                message = f"environment variable {word!r} must look like NAME=VALUE"
+                message = f"environment variable {_shown(word)} must look like NAME=VALUE"
                 raise InvalidInput(message)
             pairs[key] = val
         value = pairs
     if not isinstance(value, dict):
-        message = f"environ_vars must be a mapping of names to values, got {value!r}"
+        message = f"environ_vars must be a mapping of names to values, got {_shown(value)}"
         raise InvalidInput(message)
     for key, val in value.items():
         if not isinstance(key, str) or not _ENV_NAME.match(key):
-            message = f"invalid environment variable name {key!r}"
+            message = f"invalid environment variable name {_shown(key)}"
             raise InvalidInput(message)
         if not isinstance(val, str | int | float) or isinstance(val, bool):
-            message = f"environment variable {key} must be a string, got {val!r}"
+            message = f"environment variable {key} must be a string, got {_shown(val)}"
             raise InvalidInput(message)
-    return {k: str(v) for k, v in value.items()}
-
-
-def coerce_app_field(name: str, value: Any) -> str:
-    """Validate an app column (all text; name and executable may not be empty)."""
-    if name not in APP_FIELDS:
-        known = ", ".join(APP_FIELDS)
-        message = f"unknown app field {name!r}; expected one of: {known}"
-        raise InvalidInput(message)
-    if not isinstance(value, str):
-        message = f"app {name} must be a string, got {value!r}"
-        raise InvalidInput(message)
-    if name in ("name", "executable") and not value.strip():
-        message = f"app {name} may not be empty"
-        raise InvalidInput(message)
-    return value
+    return _json_object("environ_vars", {k: str(v) for k, v in value.items()})

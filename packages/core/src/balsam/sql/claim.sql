@@ -192,3 +192,11 @@ SELECT EXISTS (
            SELECT 1 FROM ancestors a JOIN tasks t ON t.id = a.id
            WHERE t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED', 'CREATED',
                                  'AWAITING_PARENTS')) AS remaining;
+
+-- name: ended_launchers_with_claims
+-- Launchers that have ended yet still hold tasks: none, unless claims were written around the
+-- protocol (by hand, or a bug). The reaper gives their claims back too (recover_claims).
+SELECT DISTINCT t.launcher_id AS id
+FROM tasks t JOIN launchers l ON l.id = t.launcher_id
+WHERE l.ended_at IS NOT NULL
+ORDER BY 1;

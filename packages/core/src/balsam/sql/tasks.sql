@@ -210,3 +210,7 @@ SELECT * FROM task_events WHERE task_id = %(id)s ORDER BY id;
 -- name: app_ids
 -- Every app's name and id (a bulk insert resolves app names from it).
 SELECT id, name FROM apps;
+
+-- name: entity_changes
+-- Changes of one app or task (their removal included), oldest first.
+SELECT * FROM changes WHERE entity = %(entity)s AND entity_id = %(id)s ORDER BY id;
