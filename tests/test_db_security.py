@@ -200,6 +200,12 @@ def test_a_writer_dates_a_change_only_between_the_previous_one_and_now(db, login
     now = db.execute("SELECT now() AS now").fetchone()["now"]
     assert created["state_changed_at"] <= staged["at"] <= now  # not in the future
     assert failed["at"] == staged["at"]  # not before the previous change
+    # Nor by creating a task in the past, to date its history back from there.
+    app_id = db.execute("SELECT app_id FROM tasks").fetchone()["app_id"]
+    for column in ("state_changed_at", "created_at"):
+        error = refused(bob, f"INSERT INTO tasks (app_id, {column}) VALUES (%s, '2001-01-01')",
+                        app_id)
+        assert isinstance(error, PermissionDenied) and "created now" in str(error)
 
 
 def test_changed_by_is_set_by_the_database_only(db, login):

@@ -56,17 +56,6 @@ def counts() -> dict[str, int]:
             for t in ("apps", "tasks", "task_parents", "task_events")}
 
 
-def finish(*ids: int) -> None:
-    for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED",
-                  "JOB_FINISHED"):
-        api.set_state(ids, state)
-
-
-def fail(*ids: int) -> None:
-    for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "FAILED"):
-        api.set_state(ids, state)
-
-
 # --- apps ---------------------------------------------------------------------------------------
 
 
@@ -127,8 +116,25 @@ def test_job_with_every_option(balsam, project):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--app", "ghost"], "Error: unknown app 'ghost'"),
-    (["--num-nodes", "-2"], "Error: num_nodes must be at least 1, got -2"),
-    (["--ranks-per-node", "0"], "Error: ranks_per_node must be at least 1, got 0"),
+    (["--num-nodes", "-2"], "Error: num_nodes must be between 1 and 100,000, got -2"),
+    (["--ranks-per-node", "0"], "Error: ranks_per_node must be between 1 and 10,000, got 0"),
+    (["--num-nodes", "1000000000"],
+     "Error: num_nodes must be between 1 and 100,000, got 1,000,000,000"),
+    (["--num-nodes", "1e9"], "Error: Invalid value for '--num-nodes': '1e9' is not a valid"),
+    (["--threads-per-core", "65"], "Error: threads_per_core must be between 1 and 64, got 65"),
+    (["--wall-time-minutes", "600000"],
+     "Error: wall_time_minutes must be between 0 and 525,600, got 600,000"),
+    (["--args", "'unbalanced"], "Error: args \"'unbalanced\" cannot be split into arguments "
+                                "(No closing quotation): check its quotes"),
+    (["--name", "n" * 10_000], "Error: name is 10,000 characters long; the limit is 256"),
+    (["--workflow", "w\x1b[31m"], "Error: workflow 'w\\x1b[31m' may not contain control"),
+    (["--description", "d" * 65_537], "Error: description is 65,537 bytes long; the limit is"),
+    (["--data", '{"d": ' + "[" * 900 + "]" * 900 + "}"],
+     "Error: data is nested more than 32 levels deep"),
+    (["--data", '{"d": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+     "Error: data is nested more than 32 levels deep"),
+    (["--data", '{"a": "' + "x" * (1 << 20) + '"}'], "Error: data is 1,048,585 bytes as JSON; "
+                                                    "the limit is 1,048,576 (1 MiB)"),
     (["--data", "{not json"], "Error: data is not valid JSON"),
     (["--data", "3"], "Error: data must be a JSON object, got int"),
     (["--env", "NOVALUE"], "Error: environment variable 'NOVALUE' must look like NAME=VALUE"),
@@ -155,7 +161,7 @@ def test_bad_references_and_names(balsam):
     assert error(balsam("modify", "1", "state", "sleeping")).startswith(
         "Error: invalid state 'sleeping'")
     assert error(balsam("modify", "1", "num_nodes", "-3")) == \
-        "Error: num_nodes must be at least 1, got -3"
+        "Error: num_nodes must be between 1 and 100,000, got -3"
     assert error(balsam("dep", "1", "42")) == "Error: no task 42"
     assert error(balsam("kill", "42", "43")) == "Error: no tasks 42, 43"
     assert error(balsam("ls", "--history", "42")) == "Error: no task 42"
@@ -173,7 +179,7 @@ def test_dependencies_tree_and_why_tasks_wait(balsam):
     assert error(balsam("dep", str(post), str(prep))) == (
         f"Error: dependency {post} -> {prep} would create a cycle: "
         f"{post} -> {prep} -> {sim} -> {post}")
-    fail(prep)
+    api.set_state([prep], "FAILED")
     table = ok(balsam("ls", "--workflow", "w"))
     assert f"waiting for parent {prep} (FAILED)" in table
     tree = ok(balsam("ls", "--tree")).splitlines()
@@ -240,7 +246,7 @@ def test_rm_asks_before_removing_several(balsam):
     api.add_tasks([{"app": "sim"}] * 2)
     assert "Removed 2 task(s)" in ok(balsam("rm", "jobs", "--all", "--force"))
     assert "Removed app sim" in ok(balsam("rm", "apps", "--all", "--force"))
-    assert counts() == {"apps": 0, "tasks": 0, "task_parents": 0, "task_events": 0}
+    assert counts() == {"apps": 0, "tasks": 0, "task_parents": 0, "task_events": 6}  # kept
 
 
 def test_rm_keeps_waiting_children_unless_recursive(balsam):
@@ -285,3 +291,53 @@ def test_the_installed_command_in_a_subprocess(project):
     bad = subprocess.run([BALSAM, "job", "--name", "b", "--workflow", "w", "--app", "nope"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stderr.strip() == "Error: unknown app 'nope'"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["args", "a 'b"], "Error: args \"a 'b\" cannot be split into arguments (No closing "
+                       "quotation): check its quotes"),
+    (["name", "x" * 257], "Error: name is 257 characters long; the limit is 256"),
+    (["num-nodes", "100001"], "Error: num_nodes must be between 1 and 100,000, got 100,001"),
+    (["data", "{" + '"a":{' * 40 + "}" * 41], "Error: data is nested more than 32 levels deep"),
+    (["env", "A='open"], "Error: cannot parse environment \"A='open\": No closing quotation"),
+])
+def test_bad_modify_input_is_one_line_and_changes_nothing(balsam, args, message):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    ok(balsam("job", "--name", "a", "--workflow", "w", "--app", "sim", "--args", "-v"))
+    before = (counts(), api.get_task(1))
+    assert error(balsam("modify", "1", *args)) == message
+    assert (counts(), api.get_task(1)) == before
+
+
+def test_unicode_names_and_args_are_fine(balsam):
+    ok(balsam("app", "--name", "模拟", "--executable", "/bin/echo"))
+    name = "計算-ü" * 36  # 216 characters, 540 bytes
+    ok(balsam("job", "--name", name, "--workflow", "wf", "--app", "模拟", "--args", "'é ñ' 😀"))
+    task = api.get_task(1)
+    assert (task.name, task.args, task.app_name) == (name, "'é ñ' 😀", "模拟")
+
+
+def test_history_shows_who_changed_what_it_runs_and_survives_rm(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    ok(balsam("job", "--name", "a", "--workflow", "w", "--app", "sim", "--args", "-v"))
+    ok(balsam("modify", "1", "args", "--quiet"))
+    ok(balsam("rm", "1"))
+    entries = json.loads(ok(balsam("ls", "--history", "1", "--json")))
+    assert [(e.get("to_state"), e.get("field"), e.get("new_value")) for e in entries] == [
+        ("READY", None, None), (None, "args", "--quiet"), (None, "deleted", None)]
+    table = ok(balsam("ls", "--history", "1"))
+    assert "args: '-v' -> '--quiet'" in table and "deleted" in table
+
+
+def test_ls_reads_a_deep_value_stored_before_the_bounds(balsam):
+    """A 900-deep data value stored before migration 0012 no longer crashes ls --json."""
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    ok(balsam("job", "--name", "a", "--workflow", "w", "--app", "sim"))
+    conn = api.connection()
+    with conn.transaction():  # as the schema's owner could, to write what came before 0012
+        conn.execute("ALTER TABLE tasks DISABLE TRIGGER tasks_json_update")
+        conn.execute("UPDATE tasks SET data = %s::jsonb", ['{"d": ' + "[" * 900 + "]" * 900 + "}"])
+        conn.execute("ALTER TABLE tasks ENABLE TRIGGER tasks_json_update")
+    listed = json.loads(ok(balsam("ls", "--json")))
+    assert listed[0]["data"] == {"balsam_unreadable": "nested more than 32 levels deep"}
+    assert "a" in ok(balsam("ls"))

@@ -27,10 +27,12 @@ COMMANDS = {
     "ls": ("balsam_cli.ls_commands:ls",
            "List tasks, apps, workflows or launchers; say why tasks wait."),
     "modify": ("balsam_cli.task_commands:modify", "Set a field of a task."),
-    "rm": ("balsam_cli.task_commands:rm", "Remove tasks (or apps) and their history."),
+    "rm": ("balsam_cli.task_commands:rm", "Remove tasks (or apps); their history stays."),
     "kill": ("balsam_cli.task_commands:kill", "Mark tasks USER_KILLED."),
     "retry": ("balsam_cli.task_commands:retry",
               "Run failed, errored and timed-out tasks again."),
+    "trust": ("balsam_cli.trust_commands:trust",
+              "Whose tasks your launchers run: you, balsam_admin and the users you trust."),
 }
 
 

@@ -9,7 +9,8 @@
 --     tasks: args, environ_vars, user_workdir, app_id, input_files). Set on insert and on any
 --     change of those fields, never by the writer: setting them directly is refused;
 --   * changes: one row per change of those fields and per deleted task or app;
---   * removing a task keeps its events and changes (they no longer cascade).
+--   * removing a task keeps its events and changes (they no longer cascade);
+--   * a task is created now: its times cannot be set on insert (to date its history back).
 -- The functions writing task_events and changes are SECURITY DEFINER (collaborators cannot
 -- write those tables themselves) and not executable by PUBLIC: otherwise a collaborator could
 -- attach them to a temporary table of their own and write whatever rows it holds.
@@ -36,6 +37,32 @@ CREATE OR REPLACE FUNCTION balsam_record_insert_event() RETURNS trigger LANGUAGE
 BEGIN
     INSERT INTO task_events (task_id, from_state, to_state, db_user, launcher_id, message)
     SELECT n.id, NULL, n.state, session_user, n.launcher_id, n.state_message FROM new_rows n;
+    RETURN NULL;
+END $$;
+
+-- A task is created now. 0006 lets a writer date a state change within (the task's previous
+-- change, now]; a task inserted with an old state_changed_at would let its whole history be
+-- dated back at will. Checked with the initial state, once per statement.
+CREATE OR REPLACE FUNCTION balsam_check_initial() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT n.id, n.state INTO bad FROM new_rows n JOIN task_states s ON s.state = n.state
+    WHERE NOT s.initial LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a task cannot be created in state %', bad.state USING ERRCODE = 'BA001';
+    END IF;
+    SELECT n.created_at, n.state_changed_at INTO bad FROM new_rows n
+    WHERE n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'permission denied: a task is created now, not at % (created_at and '
+            'state_changed_at are set by the database)',
+            CASE WHEN bad.created_at IS DISTINCT FROM now() THEN bad.created_at
+                 ELSE bad.state_changed_at END
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     RETURN NULL;
 END $$;
 
