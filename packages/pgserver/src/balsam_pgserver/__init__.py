@@ -1,3 +1,3 @@
 """balsam-pgserver."""
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"
