@@ -79,29 +79,25 @@ def test_numbers_are_bounded_alike_by_the_api_and_the_database(db, task, field):
         assert getattr(api.modify_task(task, field, good, conn=db), field) == good
 
 
-@pytest.mark.parametrize("field", sorted(f for f, s in TASK_FIELDS.items() if s.kind in LONGEST))
-def test_task_text_is_bounded_alike_by_the_api_and_the_database(db, task, field):
-    longest, too_long = LONGEST[TASK_FIELDS[field].kind]
-    before = snapshot(db)
-    with pytest.raises(InvalidInput, match=f"^{field} is .* long; the limit is"):
-        api.modify_task(task, field, too_long, conn=db)
-    with pytest.raises(psycopg.errors.CheckViolation, match=f"tasks_{field}_check"):
-        db.execute(sql.SQL("UPDATE tasks SET {} = %s").format(sql.Identifier(field)), [too_long])
-    assert snapshot(db) == before
-    assert getattr(api.modify_task(task, field, longest, conn=db), field) == longest
+TEXT = [("task", f) for f, s in sorted(TASK_FIELDS.items()) if s.kind in LONGEST] + [
+    ("app", f) for f in sorted(APP_FIELDS)]
 
 
-@pytest.mark.parametrize("field", sorted(APP_FIELDS))
-def test_app_text_is_bounded_alike_by_the_api_and_the_database(db, field):
-    app = api.add_app("sim", "/bin/echo", conn=db)
-    longest, too_long = LONGEST[APP_FIELDS[field].kind]
+@pytest.mark.parametrize(("entity", "field"), TEXT)
+def test_text_is_bounded_alike_by_the_api_and_the_database(db, task, entity, field):
+    kind = (TASK_FIELDS if entity == "task" else APP_FIELDS)[field].kind
+    longest, too_long = LONGEST[kind]
+    modify = api.modify_task if entity == "task" else api.modify_app
+    target = task if entity == "task" else "sim"
+    label = field if entity == "task" else f"app {field}"
     before = snapshot(db)
-    with pytest.raises(InvalidInput, match=f"^app {field} is .* long; the limit is"):
-        api.modify_app(app, field, too_long, conn=db)
-    with pytest.raises(psycopg.errors.CheckViolation, match=f"apps_{field}_check"):
-        db.execute(sql.SQL("UPDATE apps SET {} = %s").format(sql.Identifier(field)), [too_long])
+    with pytest.raises(InvalidInput, match=f"^{label} is .* long; the limit is"):
+        modify(target, field, too_long, conn=db)  # type: ignore[operator]
+    with pytest.raises(psycopg.errors.CheckViolation, match=f"{entity}s_{field}_check"):
+        db.execute(sql.SQL("UPDATE {} SET {} = %s").format(
+            sql.Identifier(f"{entity}s"), sql.Identifier(field)), [too_long])
     assert snapshot(db) == before
-    assert getattr(api.modify_app(app, field, longest, conn=db), field) == longest
+    assert getattr(modify(target, field, longest, conn=db), field) == longest  # type: ignore[operator]
 
 
 @pytest.mark.parametrize("field", ["data", "environ_vars"])

@@ -42,17 +42,12 @@ END $$;
 
 -- A task is created now. 0006 lets a writer date a state change within (the task's previous
 -- change, now]; a task inserted with an old state_changed_at would let its whole history be
--- dated back at will. Checked with the initial state, once per statement.
-CREATE OR REPLACE FUNCTION balsam_check_initial() RETURNS trigger LANGUAGE plpgsql
+-- dated back at will. Checked once per statement.
+CREATE FUNCTION balsam_check_created() RETURNS trigger LANGUAGE plpgsql
     SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     bad record;
 BEGIN
-    SELECT n.id, n.state INTO bad FROM new_rows n JOIN task_states s ON s.state = n.state
-    WHERE NOT s.initial LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'a task cannot be created in state %', bad.state USING ERRCODE = 'BA001';
-    END IF;
     SELECT n.created_at, n.state_changed_at INTO bad FROM new_rows n
     WHERE n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
     LIMIT 1;
@@ -65,6 +60,10 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+
+CREATE TRIGGER tasks_created_now AFTER INSERT ON tasks
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION balsam_check_created();
 
 -- Reports count the tasks that exist, as before: the events of a removed task stay in its
 -- history but leave the figures (as its busy time leaves task_busy_intervals, which joins tasks).
