@@ -177,8 +177,8 @@ def test_viewer_reads_and_dropped_users_are_cut_off(run_as, shared_dir):
                   "INSERT INTO apps (name, executable) VALUES ('mine', '/bin/true')",
                   "UPDATE apps SET description = 'x'") == [
         [{"name": "hello", "owner": "bob"}],
-        "PermissionDenied: permission denied: permission denied for table apps",
-        "PermissionDenied: permission denied: permission denied for table apps"]
+        "PermissionDenied: permission denied for table apps",
+        "PermissionDenied: permission denied for table apps"]
     listed = balsam(run_as, "alice", root, "server", "--list-users").stdout
     rows = [ln.split()[:2] for ln in listed.splitlines()[1:]]
     assert rows == [["balsam_admin", "admin"], ["alice", "owner"], ["bob", "member"],
@@ -321,3 +321,43 @@ def test_bobs_launcher_leaves_files_alice_can_write(run_as, shared_dir):
                     "SELECT DISTINCT db_user FROM task_events")
     assert owners == [[{"owner": "bob"}], [{"owner": "bob"}], [{"db_user": "bob"}]]
     assert balsam(run_as, "alice", root, "perms", "check").returncode == 0
+
+
+def test_trust_and_the_audit_between_real_users(run_as, shared_dir):
+    """bob trusts alice through the CLI; what he and carol try around it, with their own
+    database roles and raw SQL, is refused or recorded as theirs."""
+    root = init(run_as, shared_dir)
+    sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob "
+                              "&& balsam server --add-user carol --role viewer")
+    sh(run_as, "alice", root, f"{ACTIVATE} && balsam app --name sim --executable /bin/echo "
+                              "&& balsam job --name t --workflow w --app sim --args hi")
+    added = balsam(run_as, "bob", root, "trust", "add", "alice")
+    assert "Your launchers now run what alice owns or changes" in added.stdout
+    viewer = balsam(run_as, "carol", root, "trust", "add", "alice", check=False)
+    assert viewer.returncode == 1 and viewer.stderr.startswith("Error: permission denied")
+    assert sql_as(
+        run_as, "bob", root,
+        "INSERT INTO trust (truster, trustee) VALUES ('alice', 'bob')",
+        "INSERT INTO task_events (task_id, to_state) VALUES (1, 'JOB_FINISHED')",
+        "DELETE FROM changes",
+        "UPDATE tasks SET changed_by = 'balsam_admin' WHERE id = 1",
+        "UPDATE apps SET executable = '/bin/sh' WHERE name = 'sim' RETURNING changed_by",
+    ) == ["PermissionDenied: permission denied: new row violates row-level security policy "
+          "for table \"trust\"",
+          "PermissionDenied: permission denied for table task_events",
+          "PermissionDenied: permission denied for table changes",
+          "PermissionDenied: permission denied: tasks.changed_by and changed_at are set by the "
+          "database, not by the writer",
+          [{"changed_by": "bob"}]]
+    listed = json.loads(balsam(run_as, "alice", root, "trust", "ls", "--json").stdout)
+    assert [(t["truster"], t["trustee"]) for t in listed["trust"]] == [("bob", "alice")]
+    assert listed["your_launchers_run"] == ["alice", "balsam_admin"]
+    balsam(run_as, "alice", root, "rm", "1")
+    history = json.loads(balsam(run_as, "carol", root, "ls", "--history", "1", "--json").stdout)
+    assert [(h.get("to_state") or h["field"], h.get("db_user") or h["changed_by"])
+            for h in history] == [("READY", "alice"), ("deleted", "alice")]
+    changes = sql_as(run_as, "carol", root, "SELECT entity, field, changed_by FROM changes "
+                                            "ORDER BY id")
+    assert changes == [[{"entity": "trust", "field": "bob", "changed_by": "bob"},
+                        {"entity": "app", "field": "executable", "changed_by": "bob"},
+                        {"entity": "task", "field": "deleted", "changed_by": "alice"}]]
