@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from psycopg import sql
 
 from balsam import api, claim
@@ -456,3 +459,53 @@ def test_the_database_refuses_what_the_api_would(db, login):
     assert str(error) == "data is nested more than 32 levels deep"
     assert count(db, "tasks") == 1
     assert db.execute("SELECT data FROM tasks").fetchone() == {"data": {}}
+
+
+def test_trust_as_a_state_machine(db, login):
+    """Any sequence of grants and withdrawals by three members: the table, each member's
+    trusted users and the recorded changes follow a plain model."""
+    users = [login("member") for _ in range(3)]
+    names = [u.info.user for u in users]
+
+    class Trusts(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            db.execute("DELETE FROM trust")
+            self.model: set[tuple[str, str]] = set()
+            self.recorded = count(db, "changes")
+
+        @rule(truster=st.integers(0, 2), trustee=st.integers(0, 2))
+        def grant(self, truster: int, trustee: int) -> None:
+            pair = (names[truster], names[trustee])
+            if truster == trustee:
+                with pytest.raises(InvalidInput, match="always trusted"):
+                    api.add_trust([pair[1]], conn=users[truster])
+                return
+            added = api.add_trust([pair[1]], conn=users[truster])
+            assert added == ([] if pair in self.model else [pair[1]])
+            self.recorded += len(added)
+            self.model.add(pair)
+
+        @rule(truster=st.integers(0, 2), trustee=st.integers(0, 2))
+        def withdraw(self, truster: int, trustee: int) -> None:
+            pair = (names[truster], names[trustee])
+            if pair not in self.model:
+                with pytest.raises(NotFound):
+                    api.remove_trust([pair[1]], conn=users[truster])
+                return
+            assert api.remove_trust([pair[1]], conn=users[truster]) == [pair[1]]
+            self.recorded += 1
+            self.model.discard(pair)
+
+        @invariant()
+        def follows_the_model(self) -> None:
+            rows = api.list_trust(conn=users[0])
+            assert {(t.truster, t.trustee) for t in rows} == self.model
+            for user, name in zip(users, names, strict=True):
+                assert claim.trusted_users(user) == sorted(
+                    {name, ADMIN_ROLE} | {b for a, b in self.model if a == name})
+            assert count(db, "changes") == self.recorded
+
+    run_state_machine_as_test(Trusts, settings=settings(
+        max_examples=20, stateful_step_count=12, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck)))
