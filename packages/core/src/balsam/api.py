@@ -518,7 +518,6 @@ def _remove_ids(conn: Connection, ids: Sequence[int]) -> None:
     conn.execute(_q("delete_tasks"), {"ids": list(ids)})
 
 
-
 # --- trust --------------------------------------------------------------------------------------
 
 
