@@ -85,10 +85,13 @@ def test_failures_grouped_by_cause(db):
                 "exit 3: ValueError: bad input",
                 "killed by SIGKILL: step 1 | step 2",
                 "exit 1"]
+    held = _launcher(db)  # a RUNNING task is always held by a launcher
     for task_id, message in zip(ids, messages, strict=False):
-        _move(db, task_id, *RUN, ("RUN_ERROR", message), ("FAILED", "no error handler"))
+        _move(db, task_id, *RUN, ("RUN_ERROR", message), ("FAILED", "no error handler"),
+              launcher=held)
     _move(db, ids[5], ("STAGED_IN", ""), ("FAILED", "preprocess exited with 2: missing.dat"))
-    _move(db, ids[6], *RUN, ("RUN_TIMEOUT", "stopped after 12.5s: the launcher's time is up"))
+    _move(db, ids[6], *RUN, ("RUN_TIMEOUT", "stopped after 12.5s: the launcher's time is up"),
+          launcher=held)
     groups = monitor.failures_by_cause(db)
     assert [(g.cause, g.count) for g in groups[:1]] == [("exit 3: ValueError: bad input", 3)]
     assert groups[0].task_ids == tuple(sorted(ids[:3], reverse=True))
@@ -110,8 +113,10 @@ def test_workflow_progress(db):
     api.add_app("a", "/bin/true", conn=db)
     ids = api.add_tasks([{"app": "a", "workflow": "sim"} for _ in range(4)]
                         + [{"app": "a", "workflow": "post"}], conn=db)
+    held = _launcher(db)  # a RUNNING task is always held by a launcher
     for task_id in ids[:2]:
-        _move(db, task_id, *RUN, ("RUN_DONE", ""), ("POSTPROCESSED", ""), ("JOB_FINISHED", ""))
+        _move(db, task_id, *RUN, ("RUN_DONE", ""), ("POSTPROCESSED", ""), ("JOB_FINISHED", ""),
+              launcher=held)
     api.kill([ids[2]], conn=db)
     post, sim = monitor.workflow_progress(db)
     assert (post.workflow, post.counts, post.finished_last_hour, post.eta_seconds) == (
