@@ -29,7 +29,8 @@ from balsam.errors import (
     NotFound,
     PermissionDenied,
 )
-from balsam.models import ADMIN_ROLE, Change, Event
+from balsam.models import Change, Event
+from balsam.project import ADMIN_ROLE
 from balsam_pgserver import roles
 
 pytestmark = pytest.mark.pg

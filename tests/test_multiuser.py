@@ -5,6 +5,7 @@ a viewer or nobody, dave is outside the group. Group modes, roles, authenticatio
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil

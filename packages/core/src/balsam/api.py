@@ -26,7 +26,6 @@ from balsam import bulk, dag
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, CycleError, InvalidInput, NotFound
 from balsam.models import (
-    ADMIN_ROLE,
     App,
     Change,
     Event,
@@ -37,7 +36,7 @@ from balsam.models import (
     task_field,
     validate_user_name,
 )
-from balsam.project import Project
+from balsam.project import ADMIN_ROLE, Project
 from balsam.queries import query
 from balsam.states import INITIAL, State, parse_state
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from balsam.db import Connection
 from balsam.errors import ClaimLost
-from balsam.models import ADMIN_ROLE, Task, validate_user_name
+from balsam.models import Task, validate_user_name
+from balsam.project import ADMIN_ROLE
 from balsam.queries import query
 from balsam.resources import Node, Resources
 from balsam.states import RUNNABLE, State

@@ -200,9 +200,6 @@ APP_FIELDS: dict[str, FieldSpec] = {
     "envscript": FieldSpec("str"),
 }
 
-#: The administrative role of an embedded project's cluster: every launcher trusts it.
-ADMIN_ROLE = "balsam_admin"
-
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
