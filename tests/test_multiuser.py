@@ -351,12 +351,14 @@ def test_trust_and_the_audit_between_real_users(run_as, shared_dir):
           "database, not by the writer",
           [{"changed_by": "bob"}]]
     listed = json.loads(balsam(run_as, "alice", root, "trust", "ls", "--json").stdout)
-    assert [(t["truster"], t["trustee"]) for t in listed["trust"]] == [("bob", "alice")]
-    assert listed["your_launchers_run"] == ["alice", "balsam_admin"]
+    assert [(t["truster"], t["trustee"]) for t in listed] == [("bob", "alice")]
+    mine = balsam(run_as, "alice", root, "trust", "ls", "-o", "plain").stderr
+    assert mine.strip() == "your launchers run the tasks of: alice, balsam_admin"
     balsam(run_as, "alice", root, "rm", "1")
-    history = json.loads(balsam(run_as, "carol", root, "ls", "--history", "1", "--json").stdout)
-    assert [(h.get("to_state") or h["field"], h.get("db_user") or h["changed_by"])
-            for h in history] == [("READY", "alice"), ("deleted", "alice")]
+    events = json.loads(balsam(run_as, "carol", root, "ls", "--history", "1", "--json").stdout)
+    changes = json.loads(balsam(run_as, "carol", root, "ls", "--changes", "1", "--json").stdout)
+    assert [(e["to_state"], e["db_user"]) for e in events] == [("READY", "alice")]
+    assert [(c["field"], c["changed_by"]) for c in changes] == [("deleted", "alice")]
     changes = sql_as(run_as, "carol", root, "SELECT entity, field, changed_by FROM changes "
                                             "ORDER BY id")
     assert changes == [[{"entity": "trust", "field": "bob", "changed_by": "bob"},

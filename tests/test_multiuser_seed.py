@@ -70,6 +70,7 @@ umask g=rwx
 balsam modify "$TASK" args "changed by bob"
 balsam kill -y "$TASK"
 balsam ls --history "$TASK" --json
+balsam ls --changes "$TASK" --json
 """
 
 
@@ -100,9 +101,12 @@ def test_seed_replayed_literally_as_alice_and_bob(run_as, shared_dir):
     # bob modifies and kills alice's task; the history says who did what.
     out = run_as("bob", ["bash", "-c", BOB_MODIFY_AND_KILL],
                  env={**env, "TASK": str(mine["id"])}).stdout
-    history = json.loads(out[out.index("["):])
-    assert [(e.get("to_state") or e["field"], e.get("db_user") or e["changed_by"])
-            for e in history] == [("READY", "alice"), ("args", "bob"), ("USER_KILLED", "bob")]
+    history, changes = json.loads(out[out.index("["):out.rindex("[")]), json.loads(
+        out[out.rindex("["):])
+    assert [(e["to_state"], e["db_user"]) for e in history] == [("READY", "alice"),
+                                                               ("USER_KILLED", "bob")]
+    assert [(c["field"], c["new_value"], c["changed_by"]) for c in changes] == [
+        ("args", "changed by bob", "bob")]
 
     # carol is in the group but was never added.
     carol = run_as("carol", ["bash", "-c", 'cd "$SHARED" && source balsamactivate '

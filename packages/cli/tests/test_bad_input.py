@@ -102,7 +102,7 @@ def test_messages_say_what_to_do(seeded, monkeypatch):
         ["init", str(seeded / "p"), "--dsn", "garbage"])
     assert one_line_error(["job", "--app", "sim", "--workflow", "w", "--from",
                            str(seeded / "bad.jsonl")]).endswith(
-        "task 2: num_nodes must be at least 1, got 0")
+        "task 2: num_nodes must be between 1 and 100,000, got 0")
     assert "(see 'balsam ls --help')" in one_line_error(["ls", "--limit", "x"])
     monkeypatch.delenv("BALSAM_DB_PATH")
     assert "no active project: run 'source balsamactivate PROJECT'" in one_line_error(["ls"])

@@ -51,7 +51,8 @@ APPS = Listing(
     _cols("name", "executable", "description", "tasks:number", "owner", "changed_by",
           "changed_at:time", "id:id", "preprocess", "postprocess", "envscript",
           "created_at:time"),
-    ("name", "executable", "description", "tasks", "owner",
+    ("id", "name", "executable", "description", "tasks", "owner",
      *(("changed_by", "changed_at") if AUDITED else ())))
+TRUST = Listing(_cols("truster", "trustee", "granted_at:time"))
 PLUGINS = Listing(_cols("name", "distribution", "version:state", "hooks"))
 CONFIG = Listing(_cols("key", "value", "source", "env"), ("key", "value", "source"))

@@ -18,6 +18,7 @@ import click
 from balsam import api, dag, monitor
 from balsam.db import Connection
 from balsam.errors import InvalidInput
+from balsam.models import Change, Event
 from balsam.output import Output, options
 from balsam.states import State, parse_state
 from balsam.triage import ERROR_STATES
@@ -289,17 +290,17 @@ def _status(lc: monitor.LauncherStatus) -> str:
 
 def _history(conn: Connection, task_id: int, out: Output) -> None:
     """Every state change of a task; then, in text, who changed what it runs (JSON: the
-    state changes alone, as before; ``--changes`` gives the others)."""
-    events = api.history(task_id, conn=conn)
-    out.records(listings.HISTORY, (asdict(e) for e in events), title=f"task {task_id}")
-    if out.mode != "json":
-        found = monitor.changes(conn, "task", task_id)
-        if found:
-            out.stream.write("\n")
-            out.records(listings.CHANGES, found, title=f"changes of task {task_id}")
+    state changes alone, as before; ``--changes`` gives the others). A removed task's too."""
+    entries = api.history(task_id, conn=conn)
+    out.records(listings.HISTORY, (asdict(e) for e in entries if isinstance(e, Event)),
+                title=f"task {task_id}")
+    found = [asdict(c) for c in entries if isinstance(c, Change)]
+    if found and out.mode != "json":
+        out.stream.write("\n")
+        out.records(listings.CHANGES, found, title=f"changes of task {task_id}")
 
 
 def _changes(conn: Connection, task_id: int, out: Output) -> None:
-    api.get_task(task_id, conn=conn)  # NotFound for an unknown task
-    out.records(listings.CHANGES, monitor.changes(conn, "task", task_id),
+    entries = api.history(task_id, conn=conn)  # NotFound for a task that never was
+    out.records(listings.CHANGES, (asdict(c) for c in entries if isinstance(c, Change)),
                 title=f"changes of task {task_id}")

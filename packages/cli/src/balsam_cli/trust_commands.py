@@ -5,14 +5,11 @@ user: themselves, balsam_admin, and the users they trust here (see docs/security
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import click
-from rich.console import Console
-from rich.table import Table
 
 from balsam import api, claim
+from balsam.output import Output, options
+from balsam_cli import listings
 
 
 @click.group("trust", invoke_without_command=True)
@@ -44,23 +41,11 @@ def trust_rm(users: tuple[str, ...]) -> None:
 
 
 @trust.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def trust_ls(as_json: bool) -> None:
-    """Who trusts whom in this project, and whose tasks your launchers run."""
+@options
+def trust_ls(out: Output) -> None:
+    """Who trusts whom in this project; then whose tasks your launchers run."""
     rows = api.list_trust()
-    mine = claim.trusted_users(api.connection())
-    if as_json:
-        data: dict[str, Any] = {"trust": [{"truster": t.truster, "trustee": t.trustee,
-                                           "granted_at": str(t.granted_at)} for t in rows],
-                                "your_launchers_run": mine}
-        click.echo(json.dumps(data, indent=2))
-        return
-    table = Table("user", "trusts", "since")
-    for t in rows:
-        since = t.granted_at.strftime("%Y-%m-%d %H:%M") if t.granted_at else ""
-        table.add_row(t.truster, t.trustee, since)
-    if rows:
-        Console(soft_wrap=False).print(table)
-    else:
-        click.echo("Nobody trusts anybody else in this project.")
-    click.echo(f"Your launchers run the tasks of: {', '.join(mine)}")
+    out.write(listings.TRUST, ((t.truster, t.trustee, t.granted_at) for t in rows))
+    if out.mode in ("table", "plain"):
+        mine = ", ".join(claim.trusted_users(api.connection()))
+        out.note(f"your launchers run the tasks of: {mine}")

@@ -233,13 +233,3 @@ def tasks(conn: Connection, columns: Sequence[str], *, filters: dict[str, Any],
         cur.itersize = chunk
         cur.execute(stmt, params)
         yield from cur
-
-
-def changes(conn: Connection, entity: str, entity_id: int) -> list[dict[str, Any]]:
-    """The recorded changes of an app or a task (``entity`` is ``"app"`` or ``"task"``), oldest
-    first: id, entity, entity_id, field, old_value, new_value, changed_by, changed_at. Empty
-    while the schema records none."""
-    present = _rows(conn, "monitor_has_changes")
-    if not present or not present[0]["present"]:
-        return []
-    return _rows(conn, "monitor_changes", {"entity": entity, "id": entity_id})

@@ -71,12 +71,3 @@ WHERE (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
   AND (%(app_id)s::bigint IS NULL OR t.app_id = %(app_id)s::bigint)
 ORDER BY t.id
 LIMIT %(limit)s;
-
--- name: monitor_has_changes
--- Whether the schema records changes (the audit trail of what launchers would execute).
-SELECT to_regclass('changes') IS NOT NULL AS present;
-
--- name: monitor_changes
--- Who changed what a launcher would execute, oldest first (run only when the table exists).
-SELECT id, entity, entity_id, field, old_value, new_value, changed_by, changed_at
-FROM changes WHERE entity = %(entity)s AND entity_id = %(id)s ORDER BY id;
