@@ -25,20 +25,27 @@ WHERE p.state <> 'JOB_FINISHED'
   AND NOT (c.allow_failed_parents AND p.state IN ('FAILED', 'USER_KILLED'));
 
 -- Settle waiting children: fail those a failed parent dooms (and the waiting tasks below them,
--- in one statement however deep the DAG), then release those nothing blocks any more.
+-- in one statement however deep the DAG), then release those nothing blocks any more. Each step
+-- of a walk looks up the children of the tasks it reached (LATERAL ... OFFSET 0) and each child
+-- by its key, so that a plan made with stale statistics (right after a bulk insert) cannot turn
+-- every step into a scan of all waiting or failed tasks.
+-- The same stale estimates make walks look expensive enough for JIT compilation, which costs
+-- far more than the walk: it is off.
 CREATE OR REPLACE FUNCTION balsam_release(kids bigint[], message text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp SET jit = off AS $$
 DECLARE
+    -- doomed (id, via, why): a task to fail, and one parent (via) that failed (why) or will.
     doom CONSTANT text := $c$
-        WITH RECURSIVE doomed (id) AS (
-            SELECT c.id FROM tasks c
+        WITH RECURSIVE doomed (id, via, why) AS (
+            SELECT c.id, p.id, p.state
+            FROM tasks c JOIN task_parents e ON e.child_id = c.id JOIN tasks p ON p.id = e.parent_id
             WHERE c.id = ANY($1) AND c.state = 'AWAITING_PARENTS' AND NOT c.allow_failed_parents
-              AND EXISTS (SELECT 1 FROM task_parents e JOIN tasks p ON p.id = e.parent_id
-                          WHERE e.child_id = c.id AND p.state IN ('FAILED', 'USER_KILLED'))
+              AND p.state IN ('FAILED', 'USER_KILLED')
             UNION
-            SELECT c.id FROM doomed d JOIN task_parents e ON e.parent_id = d.id
-            JOIN tasks c ON c.id = e.child_id
-            WHERE c.state = 'AWAITING_PARENTS' AND NOT c.allow_failed_parents
+            SELECT x.child_id, d.id, 'FAILED' FROM doomed d, LATERAL (
+                SELECT e.child_id FROM task_parents e WHERE e.parent_id = d.id OFFSET 0) x
+            WHERE (SELECT c.state = 'AWAITING_PARENTS' AND NOT c.allow_failed_parents
+                   FROM tasks c WHERE c.id = x.child_id)
         )$c$;
     doomed bigint[];
 BEGIN
@@ -48,22 +55,17 @@ BEGIN
     EXECUTE $q$
         SELECT 1 FROM tasks WHERE id = ANY($1) AND state = 'AWAITING_PARENTS'
         ORDER BY id FOR NO KEY UPDATE$q$ USING kids;
-    EXECUTE doom || ' SELECT array_agg(id ORDER BY id) FROM doomed' INTO doomed USING kids;
+    EXECUTE doom || ' SELECT array_agg(DISTINCT id) FROM doomed' INTO doomed USING kids;
     IF doomed IS NOT NULL THEN
         -- Lock what the walk found below the kids, then walk again: this statement sees every
         -- change committed while it waited, and touches only rows it has locked.
         EXECUTE $q$SELECT 1 FROM tasks WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE$q$
             USING doomed;
         EXECUTE doom || $q$
-            UPDATE tasks c SET state = 'FAILED', state_message = (
-                SELECT format('parent %s is %s', p.id,
-                              CASE WHEN p.id IN (SELECT id FROM doomed) THEN 'FAILED'
-                                   ELSE p.state END)
-                FROM task_parents e JOIN tasks p ON p.id = e.parent_id
-                WHERE e.child_id = c.id
-                  AND (p.state IN ('FAILED', 'USER_KILLED') OR p.id IN (SELECT id FROM doomed))
-                ORDER BY p.id LIMIT 1)
-            FROM doomed d WHERE c.id = d.id AND c.id = ANY($2)$q$ USING kids, doomed;
+            UPDATE tasks c SET state = 'FAILED', state_message = format('parent %s is %s', d.via,
+                                                                        d.why)
+            FROM (SELECT DISTINCT ON (id) id, via, why FROM doomed ORDER BY id, via) d
+            WHERE c.id = d.id AND c.id IN (SELECT unnest($2::bigint[]))$q$ USING kids, doomed;
     END IF;
     EXECUTE $q$
         UPDATE tasks c SET state = 'READY',
@@ -148,7 +150,7 @@ END $$;
 
 -- Tasks moved by hand, and what that means for them and for their children.
 CREATE OR REPLACE FUNCTION balsam_sync_with_parents() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp SET jit = off AS $$
 DECLARE
     created bigint[];
     moved bigint[];
@@ -206,18 +208,18 @@ BEGIN
             WITH RECURSIVE wake (id) AS (
                 SELECT unnest($1::bigint[])
                 UNION
-                SELECT c.id FROM wake w JOIN task_parents e ON e.parent_id = w.id
-                JOIN tasks c ON c.id = e.child_id
-                WHERE c.state = 'FAILED'
-                  AND (SELECT v.from_state FROM task_events v WHERE v.task_id = c.id
+                SELECT x.child_id FROM wake w, LATERAL (
+                    SELECT e.child_id FROM task_parents e WHERE e.parent_id = w.id OFFSET 0) x
+                WHERE (SELECT c.state = 'FAILED' FROM tasks c WHERE c.id = x.child_id)
+                  AND (SELECT v.from_state FROM task_events v WHERE v.task_id = x.child_id
                        ORDER BY v.id DESC LIMIT 1) = 'AWAITING_PARENTS'
             )
             SELECT array_agg(id ORDER BY id) FROM wake WHERE NOT id = ANY($1)$q$
             INTO woken USING woken;
         EXECUTE $q$
             SELECT 1 FROM tasks
-            WHERE id IN (SELECT child_id FROM task_parents WHERE parent_id = ANY($1))
-               OR id = ANY($2)
+            WHERE id IN (SELECT child_id FROM task_parents WHERE parent_id = ANY($1)
+                         UNION ALL SELECT unnest($2::bigint[]))
             ORDER BY id FOR NO KEY UPDATE$q$ USING reset, woken;
         EXECUTE $q$
             UPDATE tasks SET state = 'AWAITING_PARENTS', state_message = 'a parent was reset'
