@@ -31,6 +31,10 @@ COMMANDS = {
     "kill": ("balsam_cli.task_commands:kill", "Mark tasks USER_KILLED."),
     "retry": ("balsam_cli.task_commands:retry",
               "Run failed, errored and timed-out tasks again."),
+    "mkchild": ("balsam_cli.legacy_commands:mkchild",
+                "Add a task that waits for the task this runs in (legacy)."),
+    "make_dummies": ("balsam_cli.legacy_commands:make_dummies",
+                     "Add N no-op tasks, to try launchers with (legacy)."),
 }
 
 
