@@ -139,7 +139,7 @@ if 'CONVERGED' not in output:
 
 #: Converges only with the rescue input its parent leaves it.
 CONVERGE_SH = '''#!/bin/sh
-if [ -e input_rescue.dat ]; then echo CONVERGED > expected_output; else echo NO > expected_output; fi
+if [ -e input_rescue.dat ]; then echo CONVERGED; else echo NO; fi > expected_output
 '''
 
 # --- docs/userguide/app.md: a pre/post script reading the task's state -------------------------
@@ -250,8 +250,9 @@ def test_faq_polling_and_make_dummies_with_a_launcher_running(project, tmp_path,
     proc = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
                              "--poll-interval", "0.2", env=PATH, output=tmp_path / "l.log")
     try:
-        from balsam.launcher import dag
         import time
+
+        from balsam.launcher import dag
 
         def poll_until_state(job, state, timeout_sec=60.0, delay=5.0):
             start = time.time()
@@ -342,10 +343,10 @@ for job in water_scan:
 '''
 
 NW_PRE_PY = '''#!/usr/bin/env python
-# pre.py 
+# pre.py
 \'\'\'Generate input file for NWChem\'\'\'
 
-import numpy as np 
+import numpy as np
 from balsam.launcher.dag import current_job
 
 def water_cartesian(r, theta):
@@ -416,13 +417,15 @@ for r,e in results:
     print("%18.3f %18.6f" % (r,e))
 '''
 
-#: Stands in for NWChem: an energy from the first H's distance in input.nw (each rank prints).
+#: Stands in for NWChem: an energy from the first H's distance in input.nw (each rank prints,
+#: in one write: the ranks share the output file).
 FAKE_NWCHEM = '''#!/usr/bin/env python
 import os, sys
 words = [ln.split() for ln in open(sys.argv[1]) if ln.split()[:1] == ["H"]]
 r = float(words[0][1])
-print("rank", os.environ.get("OMPI_COMM_WORLD_RANK"), "env", os.environ.get("FROM_ENVS"))
-print("         Total SCF energy = %.8f" % (-76.0 + (r - 0.96) ** 2))
+rank, env = os.environ.get("OMPI_COMM_WORLD_RANK"), os.environ.get("FROM_ENVS")
+energy = -76.0 + (r - 0.96) ** 2
+os.write(1, f"rank {rank} env {env}\\n         Total SCF energy = {energy:.8f}\\n".encode())
 '''
 
 
@@ -454,7 +457,7 @@ def test_nwchem_tutorial_through_an_mpi_launcher(project, tmp_path, monkeypatch)
     with connect(project) as db:
         run_launcher(project, db, "--job-mode", "mpi", output=tmp_path / "mpi.log")
     scan = api.get_tasks(workflow="demo", name="task")
-    assert len(scan) == 3 and {t.state for t in scan} == {"JOB_FINISHED"}
+    assert len(scan) == 3 and {t.state for t in scan} == {"JOB_FINISHED"}, scan[0].state_message
     for t in scan:
         assert t.data["energy"] == pytest.approx(-76.0 + (t.data["r"] - 0.96) ** 2, abs=1e-7)
         out = (api.workdir(t) / f"{t.name}.out").read_text()

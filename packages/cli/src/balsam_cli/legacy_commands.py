@@ -31,7 +31,7 @@ def _mkchild_params() -> list[click.Parameter]:
 
 
 @click.pass_context
-def _mkchild(ctx: click.Context, parents: tuple[int, ...], workflow: str | None,
+def _mkchild(ctx: click.Context, /, parents: tuple[int, ...], workflow: str | None,
              **options: Any) -> None:
     if not parents:
         try:

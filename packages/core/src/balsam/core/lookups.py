@@ -109,7 +109,7 @@ def condition(key: str, value: Any, columns: Mapping[str, Column], params: Param
             value = str(value)
         text = col if column.kind == "text" else sql.SQL("{}::text").format(col)
         val = params.add(coerce(field, "text", value), "text")
-        return sql.SQL(TEXT_LOOKUPS[lookup]).format(col=text, val=val)  # type: ignore[arg-type]
+        return sql.SQL(TEXT_LOOKUPS[lookup]).format(col=text, val=val)
     val = params.add(coerce(field, column.kind, value), column.kind)
     return sql.SQL("{} {} {}").format(col, sql.SQL(COMPARISONS[lookup]), val)
 

@@ -27,7 +27,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
 from psycopg import sql
 
@@ -78,6 +78,7 @@ class _Record:
     _columns: ClassVar[dict[str, Column]]
     _writable: ClassVar[dict[str, Any]]  # field -> default
     _unsupported: ClassVar[dict[str, Any]] = {}
+    _row_type: ClassVar[type[App] | type[Task]]  # the record of balsam.models behind it
     objects: ClassVar[Manager[Any]]
     DoesNotExist: ClassVar[type[NotFound]] = NotFound
     MultipleObjectsReturned: ClassVar[type[InvalidInput]] = MultipleObjectsReturned
@@ -136,6 +137,11 @@ class _Record:
         """The id (None until saved)."""
         return None if self._row is None else self._row.id
 
+    @classmethod
+    def _record(cls, row: dict[str, Any]) -> Self:
+        """An object from a dict row of its named query."""
+        return cls()._load(cls._row_type.from_row(row))
+
     def _load(self, row: Any) -> Self:
         object.__setattr__(self, "_row", row)
         for name in self._writable:
@@ -145,6 +151,13 @@ class _Record:
 
     def _from_row(self, name: str, row: Any) -> Any:
         return getattr(row, name)
+
+    def _complete(self) -> bool:
+        """Whether the object can be inserted as it is."""
+        return True
+
+    def save(self) -> None:
+        raise NotImplementedError
 
     def _changes(self) -> dict[str, Any]:
         return {k: v for k, v in self._values.items() if v != self._saved.get(k)}
@@ -160,7 +173,9 @@ class ApplicationDefinition(_Record):
     """An app: ``name``, ``executable``, ``description``, ``preprocess``, ``postprocess``,
     ``envscript`` (and read-only ``id``/``pk``, ``owner``, ``created_at``)."""
 
+    objects: ClassVar[Manager[ApplicationDefinition]]
     _what = "ApplicationDefinition"
+    _row_type = App
     _key = "id"
     _queries = "legacy_app"
     _writable: ClassVar[dict[str, Any]] = {
@@ -180,10 +195,6 @@ class ApplicationDefinition(_Record):
             message = f"ApplicationDefinition.{name} must be a string, got {value!r}"
             raise InvalidInput(message)
         return value
-
-    @classmethod
-    def _record(cls, row: dict[str, Any]) -> ApplicationDefinition:
-        return cls()._load(App.from_row(row))
 
     def _complete(self) -> bool:
         return bool(self.name and self.executable)
@@ -217,7 +228,9 @@ class ApplicationDefinition(_Record):
 class BalsamJob(_Record):
     """A task, with legacy Balsam's field names (see the module docstring for the differences)."""
 
+    objects: ClassVar[Manager[BalsamJob]]
     _what = "BalsamJob"
+    _row_type = Task
     _key = "job_id"
     _queries = "legacy_job"
     _writable: ClassVar[dict[str, Any]] = {
@@ -278,13 +291,6 @@ class BalsamJob(_Record):
         if name == "user_workdir":
             return row.user_workdir or ""
         return copy.deepcopy(getattr(row, name))
-
-    @classmethod
-    def _record(cls, row: dict[str, Any]) -> BalsamJob:
-        return cls()._load(Task.from_row(row))
-
-    def _complete(self) -> bool:
-        return True
 
     # --- saving -------------------------------------------------------------------------------
 
@@ -532,13 +538,13 @@ class QuerySet(Generic[R]):
     def _run(self, kind: str, columns: sql.Composable | None = None) -> list[dict[str, Any]]:
         parts = self._compose()
         text = query("balsam", f"{self.model._queries}_{kind}")
-        stmt = sql.SQL(text).format(where=parts["where"], order=parts["order"],  # type: ignore[arg-type]
+        stmt = sql.SQL(text).format(where=parts["where"], order=parts["order"],
                                     columns=columns or sql.SQL(""))
         with wrap_db_errors():
             return api.connection().execute(stmt, parts["params"]).fetchall()
 
     def __iter__(self) -> Iterator[R]:
-        return iter([self.model._record(row) for row in self._run("rows")])  # type: ignore[attr-defined]
+        return iter([self.model._record(row) for row in self._run("rows")])
 
     def __len__(self) -> int:
         return self.count()
@@ -546,7 +552,12 @@ class QuerySet(Generic[R]):
     def __bool__(self) -> bool:
         return self.exists()
 
-    def __getitem__(self, key: int | slice) -> Any:
+    @overload
+    def __getitem__(self, key: int) -> R: ...
+    @overload
+    def __getitem__(self, key: slice) -> QuerySet[R]: ...
+
+    def __getitem__(self, key: int | slice) -> R | QuerySet[R]:
         if isinstance(key, slice):
             start, stop = key.start or 0, key.stop
             if key.step not in (None, 1) or start < 0 or (stop is not None and stop < 0):
@@ -577,7 +588,7 @@ class QuerySet(Generic[R]):
         return found[0] if found else None
 
     def get(self, **lookups_: Any) -> R:
-        found = list(self.filter(**lookups_)[:2] if lookups_ else self[:2])
+        found: list[R] = list(self.filter(**lookups_)[:2] if lookups_ else self[:2])
         shown = ", ".join(f"{k}={v!r}" for k, v in lookups_.items())
         if not found:
             message = f"no {self.model._what} matches {shown or 'the query'}"
@@ -670,7 +681,7 @@ class Manager(Generic[R]):
 
     def create(self, **fields: Any) -> R:
         obj = self.model(**fields)
-        obj.save()  # type: ignore[attr-defined]
+        obj.save()
         return obj
 
     def get_or_create(self, defaults: Mapping[str, Any] | None = None,
@@ -683,22 +694,23 @@ class Manager(Generic[R]):
             pass
         fields = {k: v for k, v in lookups_.items() if "__" not in k}
         obj = self.model(**fields, **(defaults or {}))
-        if obj._complete():  # type: ignore[attr-defined]
-            obj.save()  # type: ignore[attr-defined]
+        if obj._complete():
+            obj.save()
         return obj, True
 
     def bulk_create(self, objs: Iterable[R]) -> list[R]:
         """Insert many new objects at once (jobs: one COPY); returns them, saved."""
         objs = list(objs)
-        if self.model is BalsamJob:
-            ids = api.add_tasks([o._spec() for o in objs])  # type: ignore[attr-defined]
-            rows = {t.id: t for t in api.get_tasks(ids=ids)}
-            for obj, task_id in zip(objs, ids, strict=True):
-                obj._load(rows[task_id])
-                object.__setattr__(obj, "_parents", [])
-        else:
+        jobs = [o for o in objs if isinstance(o, BalsamJob)]
+        if len(jobs) < len(objs):
             for obj in objs:
-                obj.save()  # type: ignore[attr-defined]
+                obj.save()
+            return objs
+        ids = api.add_tasks([job._spec() for job in jobs])
+        rows = {t.id: t for t in api.get_tasks(ids=ids)}
+        for job, task_id in zip(jobs, ids, strict=True):
+            job._load(rows[task_id])
+            object.__setattr__(job, "_parents", [])
         return objs
 
 
