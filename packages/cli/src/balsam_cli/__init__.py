@@ -1,3 +1,3 @@
 """balsam-cli."""
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
