@@ -17,6 +17,7 @@ import pytest
 
 from balsam import api
 from balsam.db import connect
+from balsam.models import Event
 from balsam_launcher import testing as lt
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
@@ -52,7 +53,7 @@ def run_launcher(project, db, *args: str, output: Path, timeout: float = 240) ->
 
 
 def history(task_id: int) -> list[tuple[str, str]]:
-    return [(e.to_state, e.message) for e in api.history(task_id)]
+    return [(e.to_state, e.message) for e in api.history(task_id) if isinstance(e, Event)]
 
 
 # --- docs/tutorial/balsam_demo/2-python/app.py (docs/tutorial/api.md) ---------------------------

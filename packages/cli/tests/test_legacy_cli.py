@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from balsam import api
+from balsam.models import Event
 from balsam.plugins import get_plugin_manager
 from balsam_cli.main import build_cli
 
@@ -92,7 +93,7 @@ def test_modify_state_created_or_ready_resets_a_task(balsam):
     run_to(task, "RUN_DONE", "POSTPROCESSED", "JOB_FINISHED")
     balsam("modify", str(task), "state", "READY")
     assert api.get_task(task).state == "READY"
-    moves = [(e.from_state, e.to_state) for e in api.history(task)]
+    moves = [(e.from_state, e.to_state) for e in api.history(task) if isinstance(e, Event)]
     assert ("JOB_FINISHED", "CREATED") in moves and moves[-1] == ("JOB_FINISHED", "READY")
     run_to(task, "RUN_ERROR")
     balsam("modify", str(task), "state", "created")

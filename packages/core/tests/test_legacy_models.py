@@ -12,6 +12,7 @@ import pytest
 
 from balsam import api
 from balsam.errors import InvalidInput, InvalidTransition, NotFound
+from balsam.models import Event
 
 pytestmark = pytest.mark.pg
 
@@ -30,6 +31,10 @@ def legacy(project, monkeypatch):
     api.add_app("sayHi", "/bin/echo")
     api.add_app("sim", "/bin/true")
     return models, dag
+
+
+def events(task: int) -> list[Event]:
+    return [e for e in api.history(task) if isinstance(e, Event)]
 
 
 def finish(*ids: int) -> None:
@@ -269,7 +274,7 @@ def test_update_state_keeps_other_unsaved_changes(legacy):
     job.description = "not saved yet"
     job.update_state("USER_KILLED", "stop")
     assert job.state == "USER_KILLED" and job.description == "not saved yet"
-    assert api.history(job.pk)[-1].message == "stop"
+    assert events(job.pk)[-1].message == "stop"
     job.update_state("CREATED")  # legacy's reset: it runs again from the start
     assert job.state == "READY"
     job.save()
@@ -439,8 +444,8 @@ def test_legacy_reports_from_analytics(legacy):
     run(b, "RUN_ERROR")
     run(c, "RUN_DONE")
     times, running = models.utilization_report()
-    starts = [e.at for t in (a, b, c) for e in api.history(t) if e.to_state == "RUNNING"]
-    ends = [e.at for t in (a, b, c) for e in api.history(t) if e.from_state == "RUNNING"]
+    starts = [e.at for t in (a, b, c) for e in events(t) if e.to_state == "RUNNING"]
+    ends = [e.at for t in (a, b, c) for e in events(t) if e.from_state == "RUNNING"]
     assert times == sorted(starts + ends) and running == [1, 0, 1, 0, 1, 0]
     done_times, done = models.throughput_report()
     assert done_times == sorted(ends[0::2]) and done == [1, 2]

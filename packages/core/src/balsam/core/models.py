@@ -42,7 +42,7 @@ from balsam.core.reports import (
 )
 from balsam.db import wrap_db_errors
 from balsam.errors import InvalidInput, NotFound
-from balsam.models import App, Task, coerce_task_field
+from balsam.models import App, Event, Task, coerce_task_field
 from balsam.queries import query
 from balsam.states import FINAL, INITIAL, State, parse_state
 
@@ -437,14 +437,14 @@ class BalsamJob(_Record):
         if self.pk is None:
             return ""
         lines = [f"[{e.at.astimezone().strftime(TIME_FMT) if e.at else ''} {e.to_state}] "
-                 f"{e.message}" for e in api.history(self.pk)]
+                 f"{e.message}" for e in _events(self.pk)]
         return "".join("\n" + line for line in lines)
 
     def get_state_times(self) -> dict[str, datetime]:
         """When the job last entered each state."""
         if self.pk is None:
             return {}
-        return {e.to_state: e.at for e in api.history(self.pk) if e.at is not None}
+        return {e.to_state: e.at for e in _events(self.pk) if e.at is not None}
 
     @property
     def runtime_seconds(self) -> float | None:
@@ -454,6 +454,11 @@ class BalsamJob(_Record):
 
     def __repr__(self) -> str:
         return f"BalsamJob {self.pk} {self.cute_id} {self.workflow!r} {self.state}"
+
+
+def _events(task_id: int) -> list[Event]:
+    """A task's state changes (its history may hold other entries too)."""
+    return [e for e in api.history(task_id) if isinstance(e, Event)]
 
 
 # --- queries ------------------------------------------------------------------------------------
