@@ -3,36 +3,24 @@ legacy meant it; legacy's crashed) and ``make_dummies N`` (no-op tasks for tryin
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import click
 
 from balsam import api
 from balsam.errors import AlreadyExists, InvalidInput, NotFound
-from balsam_cli import task_commands
 
 #: The app ``make_dummies`` uses, made on first use (legacy's: ``echo hello``).
 DUMMY_APP = ("dummy", "echo")
 
 
-def _mkchild_params() -> list[click.Parameter]:
-    """``balsam job``'s options, with --parent defaulting to the current task and --workflow to
-    the parent's."""
-    params: list[click.Parameter] = []
-    for param in task_commands.job.params:
-        param = copy.copy(param)
-        if param.name == "workflow":
-            param.required = False
-        if param.name == "parents":
-            param.help = "The parent task (repeatable; default: the task this runs in)."
-        params.append(param)
-    return params
-
-
+@click.command("mkchild", context_settings={"ignore_unknown_options": True,
+                                            "allow_extra_args": True})
+@click.option("--parent", "parents", type=int, multiple=True, metavar="ID",
+              help="The parent task (repeatable; default: the task this runs in).")
+@click.option("--workflow", "--wf", "workflow", help="Default: the (first) parent's.")
 @click.pass_context
-def _mkchild(ctx: click.Context, /, parents: tuple[int, ...], workflow: str | None,
-             **options: Any) -> None:
+def mkchild(ctx: click.Context, parents: tuple[int, ...], workflow: str | None) -> None:
+    """Add a task that waits for the task this runs in (or for --parent ID): 'balsam job' with
+    those defaults, taking its other options (--name, --application, --args...)."""
     if not parents:
         try:
             parents = (api.current_task().id,)  # type: ignore[assignment]
@@ -42,13 +30,15 @@ def _mkchild(ctx: click.Context, /, parents: tuple[int, ...], workflow: str | No
             raise InvalidInput(message) from None
     if workflow is None:
         workflow = api.get_task(parents[0]).workflow
-    ctx.invoke(task_commands.job, parents=parents, workflow=workflow, **options)
-
-
-mkchild = click.Command(
-    "mkchild", callback=_mkchild, params=_mkchild_params(),
-    help="Add a task that waits for the current task (inside a task) or for --parent ID; it "
-         "takes the options of 'balsam job'.")
+    root = ctx.find_root().command
+    assert isinstance(root, click.Group)
+    command = root.get_command(ctx, "job")
+    if command is None:
+        message = "mkchild needs the 'balsam job' command, which no plugin provides"
+        raise InvalidInput(message)
+    args = [*ctx.args, "--workflow", workflow, *(f"--parent={p}" for p in parents)]
+    with command.make_context("job", args, parent=ctx.parent) as sub:
+        command.invoke(sub)
 
 
 @click.command("make_dummies")
