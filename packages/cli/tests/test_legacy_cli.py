@@ -83,6 +83,11 @@ def test_failed_parents_through_the_cli(balsam):
     assert api.get_task(strict).state == "AWAITING_PARENTS"
     balsam("modify", str(tolerant), "allow_failed_parents", "false")
     assert api.get_task(tolerant).state == "AWAITING_PARENTS"
+    run_to(parent, "RUN_ERROR", "FAILED")
+    assert {api.get_task(t).state for t in (strict, tolerant)} == {"FAILED"}
+    balsam("retry", "--workflow", "wf", "-y")  # all three at once: the children wait again
+    assert [api.get_task(t).state for t in (parent, strict, tolerant)] == [
+        "READY", "AWAITING_PARENTS", "AWAITING_PARENTS"]
 
 
 def test_modify_state_created_or_ready_resets_a_task(balsam):
