@@ -183,7 +183,10 @@ def test_dependencies_tree_and_why_tasks_wait(balsam):
         f"{post} -> {prep} -> {sim} -> {post}")
     api.set_state([prep], "FAILED")
     table = ok(balsam("ls", "--workflow", "w"))
-    assert f"waiting for parent {prep} (FAILED)" in table
+    assert f"parent {prep} is FAILED" in table and f"parent {sim} is FAILED" in table
+    ok(balsam("modify", str(prep), "state", "READY"))  # they wait for it again
+    table = ok(balsam("ls", "--workflow", "w"))
+    assert f"waiting for parent {prep} (READY)" in table
     tree = ok(balsam("ls", "--tree")).splitlines()
     depth = {name: next(len(ln) - len(ln.lstrip("│├└─ ")) for ln in tree if f" {name} [" in ln)
              for name in ("prep", "sim", "post")}

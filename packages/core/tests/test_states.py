@@ -18,7 +18,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from balsam import api
+from balsam import api, dag
 from balsam.errors import CycleError, InvalidInput, InvalidTransition
 from balsam.states import FINAL, INITIAL, TRANSITIONS, State, allowed
 
@@ -69,6 +69,8 @@ def test_the_database_allows_exactly_the_table(db, stand_in):
                     new = [(e.from_state, e.to_state) for e in api.history(task, conn=db)[events:]]
                     if dst == S.AWAITING_PARENTS:  # no parent to wait for: released at once
                         assert new == [(src, dst), (dst, S.READY)]
+                    elif dst == S.CREATED:  # a reset: starts afresh at once
+                        assert new == [(src, dst), (dst, S.READY)]
                     else:
                         assert new == [(src, dst)]
                     accepted += 1
@@ -98,22 +100,22 @@ def test_tasks_cannot_be_created_in_a_later_state(db, stand_in, state):
 
 # --- the model ----------------------------------------------------------------------------------
 
-#: States in which a task can have no unfinished parent (it waited for them, or never had any).
-CLEAR = frozenset(State) - {S.CREATED, S.AWAITING_PARENTS, S.USER_KILLED}
-
 
 class Model:
-    """Tasks, edges and the rules of migration 0002, in plain Python."""
+    """Tasks, edges and the rules of migrations 0002 and 0025, in plain Python (``dag.settle``
+    holds the fixpoint the triggers reach)."""
 
     def __init__(self) -> None:
         self.state: dict[int, State] = {}
+        self.allow: dict[int, bool] = {}
         self.edges: set[tuple[int, int]] = set()
+        self.doomed: set[int] = set()  # FAILED tasks whose last move was AWAITING_PARENTS -> FAILED
 
     def parents(self, task: int) -> set[int]:
         return {p for p, c in self.edges if c == task}
 
-    def unfinished(self, task: int) -> bool:
-        return any(self.state[p] != S.JOB_FINISHED for p in self.parents(task))
+    def blocked(self, task: int) -> bool:
+        return any(dag.blocks(self.state[p], self.allow[task]) for p in self.parents(task))
 
     def reaches(self, start: int, goal: int) -> bool:
         todo, seen = [start], {start}
@@ -127,24 +129,36 @@ class Model:
                     todo.append(c)
         return False
 
-    def settle(self, task: int) -> None:
-        """What the triggers do after ``task`` entered its state."""
-        state = self.state[task]
-        if state == S.READY and self.unfinished(task):
-            self.state[task] = S.AWAITING_PARENTS
-        elif state == S.AWAITING_PARENTS and not self.unfinished(task):
-            self.state[task] = S.READY
-        elif state == S.JOB_FINISHED:
-            for p, c in sorted(self.edges):
-                if p == task and self.state[c] == S.AWAITING_PARENTS and not self.unfinished(c):
-                    self.state[c] = S.READY
+    def settle(self) -> None:
+        """What the triggers do after a change: waiting tasks fail or are released, unclaimed
+        READY tasks with a blocking parent wait."""
+        before = dict(self.state)
+        self.state = dag.settle(self.state, self.edges, self.allow)
+        for task, state in self.state.items():
+            if state != before[task] and state == S.FAILED:
+                self.doomed.add(task)
 
-    def add_edge(self, parent: int, child: int) -> None:
-        self.edges.add((parent, child))
-        if self.state[child] in (S.CREATED, S.READY) and self.state[parent] != S.JOB_FINISHED:
-            self.state[child] = S.AWAITING_PARENTS
-        if self.state[child] in (S.CREATED, S.AWAITING_PARENTS) and not self.unfinished(child):
-            self.state[child] = S.READY
+    def move(self, task: int, dst: State) -> None:
+        """A user moves ``task`` to ``dst`` (an allowed transition)."""
+        src = self.state[task]
+        self.doomed.discard(task)
+        if dst == S.FAILED and src == S.AWAITING_PARENTS:
+            self.doomed.add(task)
+        self.state[task] = S.READY if dst == S.CREATED else dst  # a reset starts afresh
+        if src in dag.DEAD and dst not in FINAL:
+            self.wake(task)
+        self.settle()
+
+    def wake(self, task: int) -> None:
+        """The tasks below ``task`` that failed only because of it wait again."""
+        todo = [task]
+        while todo:
+            node = todo.pop()
+            for p, c in sorted(self.edges):
+                if p == node and c in self.doomed and self.state[c] == S.FAILED:
+                    self.doomed.discard(c)
+                    self.state[c] = S.AWAITING_PARENTS
+                    todo.append(c)
 
 
 @pytest.mark.slow
@@ -160,15 +174,16 @@ def test_state_machine_against_the_database(db):
         def ids(self) -> list[int]:
             return sorted(self.model.state)
 
-        @rule(data=st.data())
-        def add_task(self, data: st.DataObject) -> None:
+        @rule(data=st.data(), allow=st.booleans())
+        def add_task(self, data: st.DataObject, allow: bool) -> None:
             parents = data.draw(st.lists(st.sampled_from(self.ids()), max_size=3, unique=True)
                                 if self.model.state else st.just([]))
-            task = api.add_task(app, parents=parents, conn=db)
+            task = api.add_task(app, parents=parents, allow_failed_parents=allow, conn=db)
             self.model.state[task.id] = S.AWAITING_PARENTS if parents else S.READY
+            self.model.allow[task.id] = allow
             for p in parents:
                 self.model.edges.add((p, task.id))
-            self.model.settle(task.id)
+            self.model.settle()
             assert task.state == self.model.state[task.id]
 
         @rule()
@@ -176,6 +191,15 @@ def test_state_machine_against_the_database(db):
             row = db.execute("INSERT INTO tasks (app_id, state) VALUES (%s, 'CREATED') "
                              "RETURNING id", [app.id]).fetchone()
             self.model.state[row["id"]] = S.CREATED
+            self.model.allow[row["id"]] = False
+
+        @precondition(lambda self: self.model.state)
+        @rule(data=st.data())
+        def toggle_allow_failed_parents(self, data: st.DataObject) -> None:
+            task = data.draw(st.sampled_from(self.ids()))
+            self.model.allow[task] = not self.model.allow[task]
+            api.modify_task(task, "allow_failed_parents", self.model.allow[task], conn=db)
+            self.model.settle()
 
         @precondition(lambda self: self.model.state)
         @rule(data=st.data(), dst=st.sampled_from(sorted(State)))
@@ -193,8 +217,25 @@ def test_state_machine_against_the_database(db):
             changed = api.set_state([task], dst, conn=db)
             assert changed == ([] if dst == current else [task])
             if dst != current:
-                self.model.state[task] = dst
-                self.model.settle(task)
+                self.model.move(task, dst)
+
+        @precondition(lambda self: self.model.state)
+        @rule(data=st.data(), succeed=st.booleans())
+        def run_or_reset(self, data: st.DataObject, succeed: bool) -> None:
+            """The common moves, more often than random ones: a READY task runs to its end,
+            an ended task is reset (READY or CREATED)."""
+            task = data.draw(st.sampled_from(self.ids()))
+            current = self.model.state[task]
+            if current == S.READY:
+                path = (S.STAGED_IN, S.PREPROCESSED, S.RUNNING, S.RUN_DONE, S.POSTPROCESSED,
+                        S.JOB_FINISHED) if succeed else (S.FAILED,)
+            elif current in FINAL:
+                path = (S.READY,) if succeed else (S.CREATED,)
+            else:
+                return
+            for dst in path:
+                api.set_state([task], dst, conn=db)
+                self.model.move(task, dst)
 
         @precondition(lambda self: self.model.state)
         @rule(data=st.data())
@@ -212,7 +253,12 @@ def test_state_machine_against_the_database(db):
                     api.add_dependency(parent, child, conn=db)
             else:
                 api.add_dependency(parent, child, conn=db)
-                m.add_edge(parent, child)
+                m.edges.add((parent, child))
+                if m.state[child] == S.CREATED and m.blocked(child):
+                    m.state[child] = S.AWAITING_PARENTS
+                elif m.state[child] == S.CREATED:
+                    m.state[child] = S.READY
+                m.settle()
 
         @precondition(lambda self: self.model.edges)
         @rule(data=st.data())
@@ -220,8 +266,7 @@ def test_state_machine_against_the_database(db):
             parent, child = data.draw(st.sampled_from(sorted(self.model.edges)))
             api.remove_dependency(parent, child, conn=db)
             self.model.edges.discard((parent, child))
-            if self.model.state[child] == S.AWAITING_PARENTS:
-                self.model.settle(child)
+            self.model.settle()
 
         @precondition(lambda self: self.model.state)
         @rule(data=st.data())
@@ -230,7 +275,7 @@ def test_state_machine_against_the_database(db):
             killed = api.kill([task], conn=db)
             assert killed == ([] if self.model.state[task] in FINAL else [task])
             if killed:
-                self.model.state[task] = S.USER_KILLED
+                self.model.move(task, S.USER_KILLED)
 
         @invariant()
         def database_matches_model(self) -> None:
@@ -251,12 +296,15 @@ def test_state_machine_against_the_database(db):
             assert last == self.model.state
 
         @invariant()
-        def waiting_means_an_unfinished_parent(self) -> None:
-            for task, state in self.model.state.items():
+        def waiting_means_a_parent_that_may_still_finish(self) -> None:
+            m = self.model
+            for task, state in m.state.items():
                 if state == S.AWAITING_PARENTS:
-                    assert self.model.unfinished(task)
-                if state in CLEAR:
-                    assert not self.model.unfinished(task), (task, state)
+                    assert m.blocked(task)
+                    assert m.allow[task] or not any(m.state[p] in dag.DEAD
+                                                    for p in m.parents(task))
+                if state == S.READY:  # nothing here is claimed: READY may start now
+                    assert not m.blocked(task), task
 
     run_state_machine_as_test(Tasks, settings=settings(
         max_examples=40, stateful_step_count=25, deadline=None, database=None,

@@ -35,7 +35,8 @@ from balsam.output import plain
 FIELDS = ("name", "workflow", "app_name", "args", "description", "wall_time_minutes",
           "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "cpu_affinity",
           "node_packing_count", "env", "data", "input_files", "post_error_handler",
-          "post_timeout_handler", "auto_timeout_retry", "workdir", "parents")
+          "post_timeout_handler", "auto_timeout_retry", "allow_failed_parents", "workdir",
+          "parents")
 #: Most values one sweep variable may take, and most tasks one sweep may make.
 MAX_VALUES = 10_000_000
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$|^(\d+)-(\d+)$")
@@ -69,6 +70,8 @@ _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
               is_flag=True, help="Let the postprocess script handle a timeout.")
 @click.option("--auto-timeout-retry/--no-auto-timeout-retry", default=True, show_default=True,
               help="Run it again after a timeout.")
+@click.option("--allow-failed-parents", "--allow_failed_parents", "allow_failed_parents",
+              is_flag=True, help="Run once every parent ended, even if some failed.")
 @click.option("--workdir", default=None,
               help="Working directory (default: data/WORKFLOW/NAME_ID in the project).")
 @click.option("--parent", "parents", type=int, multiple=True, metavar="ID",

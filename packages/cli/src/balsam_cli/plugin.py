@@ -33,6 +33,10 @@ COMMANDS = {
               "Run failed, errored and timed-out tasks again."),
     "trust": ("balsam_cli.trust_commands:trust",
               "Whose tasks your launchers run: you, balsam_admin and the users you trust."),
+    "mkchild": ("balsam_cli.legacy_commands:mkchild",
+                "Add a task that waits for the task this runs in (legacy)."),
+    "make_dummies": ("balsam_cli.legacy_commands:make_dummies",
+                     "Add N no-op tasks, to try launchers with (legacy)."),
 }
 
 

@@ -243,6 +243,17 @@ class Errors:
         return counts
 
 
+@dataclass(frozen=True)
+class Run:
+    """One busy interval of a task (a row of the view task_busy_intervals); ``ended_at`` is None
+    while the run is open."""
+
+    task_id: int
+    started_at: datetime
+    ended_at: datetime | None
+    nodes: float
+
+
 @dataclass
 class BatchJobUtilization:
     """One batch job: its allocation, its launchers' capacity and how busy they kept it."""
@@ -555,6 +566,26 @@ def errors(conn: Connection | None = None, *, since: datetime | None = None,
         groups = [ErrorGroup(**row) for row in _rows(c, "error_groups", params)]
         rows = _event_counts(c, window, by, ERROR_STATES)
     return Errors(window, by, groups, _count_bins(rows, "key" if by else "state"))
+
+
+def runs(conn: Connection | None = None, *,
+         task_ids: Sequence[int] | None = None) -> list[Run]:
+    """Every run's busy interval (of the given tasks, or of all), by start: the raw intervals the
+    utilisation figures add up."""
+    ids = None if task_ids is None else list(task_ids)
+    with _connection(conn) as c:
+        return [Run(**row) for row in _rows(c, "run_intervals", {"ids": ids})]
+
+
+def state_times(conn: Connection | None = None, *, states: Sequence[str],
+                task_ids: Sequence[int] | None = None) -> dict[str, list[datetime]]:
+    """When tasks (the given ones, or all) entered each of ``states``, oldest first."""
+    ids = None if task_ids is None else list(task_ids)
+    times: dict[str, list[datetime]] = {s: [] for s in states}
+    with _connection(conn) as c:
+        for row in _rows(c, "state_times", {"states": list(states), "ids": ids}):
+            times[row["state"]].append(row["at"])
+    return times
 
 
 def batch_jobs(conn: Connection | None = None, *, since: datetime | None = None,

@@ -22,10 +22,11 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from balsam import bulk, dag
+from balsam import bulk, dag, held
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, CycleError, InvalidInput, NotFound
 from balsam.models import (
+    TASK_ALIASES,
     App,
     Change,
     Event,
@@ -410,7 +411,8 @@ def workdir(task: Task, project: Project | None = None) -> Path:
 def modify_task(task: TaskRef, field: str, value: Any, *, message: str = "",
                 conn: Connection | None = None) -> Task:
     """Change one field of a task. ``state`` goes through the state machine, ``app`` takes an
-    app name; other fields as for :func:`add_task`. Refused while a launcher holds the task."""
+    app name; other fields as for :func:`add_task`. Refused while a launcher holds the task,
+    except the task's own data and description from inside it (:mod:`balsam.held`)."""
     key = field.strip().replace("-", "_").lower()
     if key == "state":
         set_state([_task_id(task)], value, message=message, conn=conn)
@@ -423,10 +425,10 @@ def modify_task(task: TaskRef, field: str, value: Any, *, message: str = "",
             message = f"no task {task_id}"
             raise NotFound(message)
         current = Task.from_row(row)
-        if current.launcher_id is not None:
-            message = (f"task {task_id} is held by launcher {current.launcher_id} "
-                       f"({current.state}); kill it or wait until it is released")
-            raise InvalidInput(message)
+        refused = held.refusal(task_id, current.state, current.launcher_id,
+                               TASK_ALIASES.get(key, key), held.caller())
+        if refused:
+            raise InvalidInput(refused)
         if key in ("app", "application", "app_id"):
             conn.execute(_q("set_app"), {"id": task_id, "app_id": get_app(value, conn=conn).id})
             return get_task(task_id, conn=conn)

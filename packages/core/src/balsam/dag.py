@@ -36,6 +36,43 @@ def parents_finished(task: int, parents: Mapping[int, set[int]],
     return all(states[p] == State.JOB_FINISHED for p in parents.get(task, ()))
 
 
+#: Parents that ended without finishing: by default their children fail too.
+DEAD: frozenset[State] = frozenset({State.FAILED, State.USER_KILLED})
+
+
+def blocks(parent: State, allow_failed_parents: bool = False) -> bool:
+    """Whether a parent in state ``parent`` keeps its child waiting: until it finishes, or, for a
+    child that allows failed parents, until it ends at all (the view ``task_blockers``)."""
+    return parent != State.JOB_FINISHED and not (allow_failed_parents and parent in DEAD)
+
+
+def settle(states: Mapping[int, State], edges: Iterable[Edge],
+           allow: Mapping[int, bool] | None = None,
+           claimed: Iterable[int] = ()) -> dict[int, State]:
+    """The states the triggers of migration 0025 leave, from ``states`` after a change: a waiting
+    task that does not allow failed parents and has one fails; a waiting task nothing blocks is
+    READY; an unclaimed READY task something blocks waits. Applied until nothing changes."""
+    allow = allow or {}
+    held = set(claimed)
+    parents = parents_map(edges)
+    out = dict(states)
+    changed = True
+    while changed:
+        changed = False
+        for task in sorted(out):
+            mine = parents.get(task, set())
+            blocked = any(blocks(out[p], allow.get(task, False)) for p in mine)
+            new = out[task]
+            if out[task] == State.AWAITING_PARENTS:
+                doomed = not allow.get(task, False) and any(out[p] in DEAD for p in mine)
+                new = State.FAILED if doomed else new if blocked else State.READY
+            elif out[task] == State.READY and blocked and task not in held:
+                new = State.AWAITING_PARENTS
+            if new != out[task]:
+                out[task], changed = new, True
+    return out
+
+
 def find_cycle(edges: Iterable[Edge], parent: int, child: int) -> list[int] | None:
     """The cycle that adding ``parent -> child`` would close, as ``[parent, child, ..., parent]``,
     or None. ``edges`` must form a DAG."""

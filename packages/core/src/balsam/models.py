@@ -58,6 +58,7 @@ class Task(_Row):
     post_error_handler: bool = False
     post_timeout_handler: bool = False
     auto_timeout_retry: bool = True
+    allow_failed_parents: bool = False
     state: State = State.CREATED
     state_message: str = ""
     id: int | None = None
@@ -180,6 +181,7 @@ TASK_FIELDS: dict[str, FieldSpec] = {
     "post_error_handler": FieldSpec("bool"),
     "post_timeout_handler": FieldSpec("bool"),
     "auto_timeout_retry": FieldSpec("bool"),
+    "allow_failed_parents": FieldSpec("bool"),
 }
 
 #: Other spellings accepted for task fields (legacy options and CLI names).

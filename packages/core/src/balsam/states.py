@@ -41,10 +41,12 @@ RUNNABLE: frozenset[State] = frozenset(
 )
 
 #: Allowed transitions: from-state -> to-states. USER_KILLED is reachable from every
-#: non-final state; users may reset FAILED, USER_KILLED and RUN_* tasks.
+#: non-final state; users may reset FAILED, USER_KILLED, JOB_FINISHED and RUN_* tasks (to READY,
+#: or to CREATED, which the database turns into READY at once, as a fresh start).
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.CREATED: frozenset({S.AWAITING_PARENTS, S.READY}),
-    S.AWAITING_PARENTS: frozenset({S.READY}),
+    # A waiting task fails when a parent fails, unless it allows failed parents (migration 0025).
+    S.AWAITING_PARENTS: frozenset({S.READY, S.FAILED}),
     S.READY: frozenset({S.STAGED_IN, S.AWAITING_PARENTS, S.FAILED}),
     S.STAGED_IN: frozenset({S.PREPROCESSED, S.FAILED}),
     S.PREPROCESSED: frozenset({S.RUNNING, S.FAILED}),
@@ -55,10 +57,15 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.RUN_ERROR: frozenset({S.POSTPROCESSED, S.RESTART_READY, S.FAILED, S.READY}),
     S.RUN_TIMEOUT: frozenset({S.POSTPROCESSED, S.RESTART_READY, S.FAILED, S.READY}),
     S.RESTART_READY: frozenset({S.RUNNING, S.PREPROCESSED, S.FAILED}),
-    S.JOB_FINISHED: frozenset(),
-    S.FAILED: frozenset({S.READY, S.RESTART_READY}),
+    S.JOB_FINISHED: frozenset({S.READY}),
+    # A task that failed only because a parent failed waits again when that parent is reset.
+    S.FAILED: frozenset({S.READY, S.RESTART_READY, S.AWAITING_PARENTS}),
     S.USER_KILLED: frozenset({S.READY}),
 }
+#: Legacy's reset (``balsam modify ID state CREATED``): from every state a launcher does not hold
+#: in the middle of its work (the database refuses it for a task a launcher holds).
+for _state in (S.AWAITING_PARENTS, S.READY, S.RUN_ERROR, S.RUN_TIMEOUT, *FINAL):
+    TRANSITIONS[_state] = TRANSITIONS[_state] | {S.CREATED}
 for _state in State:
     if _state not in FINAL:
         TRANSITIONS[_state] = TRANSITIONS[_state] | {S.USER_KILLED}

@@ -185,3 +185,18 @@ SET LOCAL jit = off;
 -- name: task_state_counts
 -- How many tasks are in each state now.
 SELECT state, count(*)::integer AS tasks FROM tasks GROUP BY state ORDER BY state;
+
+-- name: run_intervals
+-- Each run's busy interval (task_busy_intervals), by start; of the given tasks, or of all.
+SELECT i.task_id, i.started_at, i.ended_at, i.nodes::float8 AS nodes
+FROM task_busy_intervals i
+WHERE %(ids)s::bigint[] IS NULL OR i.task_id = ANY(%(ids)s::bigint[])
+ORDER BY i.started_at, i.task_id;
+
+-- name: state_times
+-- When tasks entered each of the given states, oldest first; of the given tasks, or of all.
+SELECT e.to_state AS state, e.at
+FROM task_events e
+WHERE e.to_state = ANY(%(states)s::text[])
+  AND (%(ids)s::bigint[] IS NULL OR e.task_id = ANY(%(ids)s::bigint[]))
+ORDER BY e.at, e.id;

@@ -31,12 +31,12 @@ SELECT id FROM tasks WHERE app_id = %(app_id)s ORDER BY id;
 INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, state)
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state)
 VALUES (%(name)s, %(workflow)s, %(app_id)s, %(args)s, %(data)s, %(user_workdir)s,
     %(description)s, %(wall_time_minutes)s, %(num_nodes)s, %(ranks_per_node)s,
     %(threads_per_rank)s, %(threads_per_core)s, %(cpu_affinity)s, %(node_packing_count)s,
     %(environ_vars)s, %(input_files)s, %(post_error_handler)s, %(post_timeout_handler)s,
-    %(auto_timeout_retry)s, %(state)s)
+    %(auto_timeout_retry)s, %(allow_failed_parents)s, %(state)s)
 RETURNING id;
 
 -- name: create_new_tasks_table
@@ -62,6 +62,7 @@ CREATE TEMP TABLE balsam_new_tasks (
     post_error_handler boolean NOT NULL,
     post_timeout_handler boolean NOT NULL,
     auto_timeout_retry boolean NOT NULL,
+    allow_failed_parents boolean NOT NULL,
     state text NOT NULL
 );
 
@@ -69,18 +70,18 @@ CREATE TEMP TABLE balsam_new_tasks (
 COPY balsam_new_tasks (ord, name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, state) FROM STDIN;
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state) FROM STDIN;
 
 -- name: insert_new_tasks
 -- Identities are drawn in ORDER BY order, so the sorted ids match the staged rows one to one.
 INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, state)
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state)
 SELECT name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, state
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state
 FROM balsam_new_tasks ORDER BY ord
 RETURNING id;
 
@@ -186,11 +187,11 @@ ORDER BY e.child_id, e.parent_id
 LIMIT 5;
 
 -- name: unfinished_parents
--- For each given child, its parents that have not finished (why it waits).
-SELECT e.child_id, p.id, p.state
-FROM task_parents e JOIN tasks p ON p.id = e.parent_id
-WHERE e.child_id = ANY(%(ids)s::bigint[]) AND p.state <> 'JOB_FINISHED'
-ORDER BY e.child_id, p.id;
+-- For each given child, the parents that keep it waiting (why it waits; see task_blockers).
+SELECT b.child_id, b.parent_id AS id, b.parent_state AS state
+FROM task_blockers b
+WHERE b.child_id = ANY(%(ids)s::bigint[])
+ORDER BY b.child_id, b.parent_id;
 
 -- name: parent_ids
 SELECT parent_id AS id FROM task_parents WHERE child_id = %(id)s ORDER BY parent_id;
