@@ -5,20 +5,29 @@ processes, /tmp and /run, sharing /home, /opt and /var/tmp like a cluster's file
 run on a node as a user the way ``ssh node`` would run them; faults are what happens to a real
 node: it loses power (every process killed at once), its cable is pulled, Slurm cancels its job.
 
+A project on it (:func:`project`) is owned by alice, who runs its server on the login node, and
+shared with bob; commands run as either user on any node.
+
 Used by the cluster tests (``tests/cluster``) and the cluster benchmark.
 """
 
 from __future__ import annotations
 
+import contextlib
+import grp
+import json
 import os
 import pwd
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 HOSTS = Path("/etc/balsam-cluster/hosts")
@@ -200,3 +209,153 @@ class Cluster:
         """Start a killed node again (init, munged, slurmd); Slurm takes it back once slurmd
         registers."""
         self._node(node, "boot")
+
+    def heal(self, timeout: float = 120) -> None:
+        """After faults: boot every stopped node, plug every cable back, cancel every job, and
+        wait until Slurm has every compute node idle again."""
+        for line in _script("cluster-node.sh", "status").splitlines():
+            node, state, link = line.split()
+            if state == "stopped":
+                self.boot(node)
+            if link != "link=UP":
+                self.link_up(node)
+        jobs = self.run(self.login, ["squeue", "-h", "-o", "%i"]).stdout.split()
+        if jobs:
+            self.run(self.login, ["scancel", *jobs])
+        wait_for("every compute node idle", lambda: self.idle() or None, timeout)
+
+
+# --- a project on the cluster ------------------------------------------------------------------
+
+#: Where projects live: on the shared filesystem (/tmp is node-local on the cluster).
+SHARED = Path("/var/tmp")
+ACTIVATE = '. balsamactivate "$BALSAM_PROJECT_DIR" >/dev/null && '
+#: A task that records where it ran: ``record.sh SECONDS FILE`` sleeps, then appends
+#: "TASK_ID HOSTNAME" to FILE (one line per execution).
+RECORD = """#!/bin/sh
+sleep "$1"
+echo "$BALSAM_TASK_ID $(hostname)" >> "$2"
+"""
+SUBMITTED = re.compile(r"^Submitted batch job (\d+) \(slurm job (\d+)\)")
+
+SQL = """
+import json, sys
+from balsam.db import connect
+from balsam.project import Project
+with connect(Project.from_env()) as db:
+    rows = db.execute(sys.argv[1], json.loads(sys.argv[2])).fetchall()
+print(json.dumps(rows, default=str))
+"""
+
+ADD_TASKS = """
+import json, sys
+from balsam.db import connect
+from balsam.project import Project
+from balsam_launcher import testing
+app_name, executable, tasks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+with connect(Project.from_env()) as db:
+    row = db.execute("SELECT id FROM apps WHERE name = %s", [app_name]).fetchone()
+    app = row["id"] if row else testing.add_app(db, app_name, executable)
+    print(json.dumps(testing.add_tasks(db, app, tasks)))
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A batch job as ``balsam submit-launch`` reported it."""
+
+    id: int
+    slurm_id: str
+
+
+@dataclass
+class ClusterProject:
+    """alice's project on the cluster: commands as its users on any node, and SQL."""
+
+    cluster: Cluster
+    root: Path
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {"BALSAM_PROJECT_DIR": str(self.root), "BALSAM_PG_FAST": "1", **(extra or {})}
+
+    def sh(self, user: str, script: str, *args: str, node: str = "login", check: bool = True,
+           env: Mapping[str, str] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``bash -c script`` as ``user`` on ``node``, the project activated first."""
+        return self.cluster.run(node, ["bash", "-c", ACTIVATE + script, "_", *args], user=user,
+                                env=self.env(env), cwd=self.root, check=check, timeout=timeout)
+
+    def python(self, user: str, code: str, *args: str, node: str = "login",
+               check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``python -c code`` as ``user`` on ``node`` with BALSAM_DB_PATH set (no activation)."""
+        return self.cluster.run(node, ["python", "-c", code, *args], user=user,
+                                env=self.env({"BALSAM_DB_PATH": str(self.root)}), cwd=self.root,
+                                check=check)
+
+    def sql(self, query: str, *params: Any, user: str = "alice") -> list[dict[str, Any]]:
+        """Rows of a query run as ``user`` on the login node."""
+        out = self.python(user, SQL, query, json.dumps(list(params))).stdout
+        return list(json.loads(out))
+
+    def add_tasks(self, user: str, app: str, executable: str,
+                  tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert READY tasks of ``app`` (created by ``user`` if it does not exist)."""
+        out = self.python(user, ADD_TASKS, app, executable, json.dumps(list(tasks))).stdout
+        return [int(i) for i in json.loads(out)]
+
+    def write(self, user: str, path: Path, text: str, mode: str = "0640") -> Path:
+        """Write a file as ``user`` (on the shared filesystem)."""
+        self.cluster.run("login", ["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "_", str(path),
+                                   mode], user=user, input=text)
+        return path
+
+    def script(self, user: str, name: str, text: str = RECORD) -> str:
+        """A shell script of ``user`` in the project's data directory, as an app's executable."""
+        return f"/bin/sh {self.write(user, self.root / 'data' / f'{name}.sh', text, '0750')}"
+
+    @staticmethod
+    def runs(path: Path) -> list[tuple[int, str]]:
+        """(task id, host) of every run a RECORD task wrote to ``path``."""
+        if not path.exists():
+            return []
+        return [(int(t), h) for t, h in (ln.split() for ln in path.read_text().splitlines())]
+
+    def submit(self, user: str, *options: str, env: Mapping[str, str] | None = None) -> Job:
+        """``balsam submit-launch --scheduler slurm OPTIONS`` as ``user`` on the login node."""
+        out = self.sh(user, 'balsam submit-launch --scheduler slurm "$@"', *options,
+                      env=env).stdout
+        match = SUBMITTED.match(out)
+        if match is None:
+            message = f"unexpected submit-launch output: {out!r}"
+            raise ClusterError(message)
+        return Job(int(match.group(1)), match.group(2))
+
+    def wait(self, *jobs: Job, timeout: float = 120) -> None:
+        """Wait until Slurm says these batch jobs ended."""
+        for job in jobs:
+            self.cluster.wait_job_ended(job.slurm_id, timeout)
+
+
+@contextlib.contextmanager
+def project(cluster: Cluster, group: str, collaborators: Sequence[str] = ("bob",)
+            ) -> Iterator[ClusterProject]:
+    """alice's project in a ``group`` directory on the shared filesystem; its server runs on the
+    login node; each collaborator is added and has activated it there (so has a password). The
+    project's socket is hidden from the compute nodes, as on a real cluster. Stopped and removed
+    afterwards."""
+    parent = Path(tempfile.mkdtemp(prefix="balsam-cluster-", dir=SHARED))
+    os.chown(parent, 0, grp.getgrnam(group).gr_gid)
+    os.chmod(parent, 0o2770)
+    proj = ClusterProject(cluster, parent / "proj")
+    try:
+        cluster.run("login", ["balsam", "init", str(proj.root)], user="alice", env=proj.env())
+        for user in collaborators:
+            proj.sh("alice", "balsam server --add-user $1", user)
+            proj.sh(user, "true")
+        cluster.hide(proj.root / ".pgsocket")
+        yield proj
+    finally:
+        if (proj.root / "server-info").exists():
+            cluster.run("login", ["balsam", "server", "stop"], user="alice",
+                        env={"BALSAM_DB_PATH": str(proj.root)}, check=False)
+        shutil.rmtree(parent, ignore_errors=True)

@@ -15,13 +15,6 @@ import pytest
 pytestmark = [pytest.mark.cluster, pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
 
-def executions(path: Path) -> list[tuple[int, str]]:
-    """(task id, host) for every run recorded by a RECORD task."""
-    if not path.exists():
-        return []
-    return [(int(t), h) for t, h in (line.split() for line in path.read_text().splitlines())]
-
-
 def test_serial_mode_runs_every_task_once_across_three_nodes(project):
     app = project.script("alice", "record-alice")
     counts = project.root / "data" / "serial.runs"
@@ -32,7 +25,7 @@ def test_serial_mode_runs_every_task_once_across_three_nodes(project):
                          "--wf-filter", "serial")
     project.wait(job)
 
-    runs = executions(counts)
+    runs = project.runs(counts)
     assert Counter(t for t, _ in runs) == Counter(ids)  # every task, exactly once
     assert {h for _, h in runs} == set(project.cluster.compute)
     states = project.sql("SELECT state FROM tasks WHERE workflow = %s", "serial")
@@ -163,7 +156,7 @@ def test_two_users_batch_jobs_run_at_once_on_one_project(project):
         time.sleep(1)
     project.wait(*jobs)
 
-    runs = executions(counts)
+    runs = project.runs(counts)
     assert Counter(t for t, _ in runs) == Counter(ids)  # every task of both users, exactly once
     launchers = project.sql(
         "SELECT l.owner, l.hostname, extract(epoch FROM l.started_at) AS started, "
