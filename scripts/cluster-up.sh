@@ -76,7 +76,6 @@ fi
 # ---- files --------------------------------------------------------------------------------------
 install -d -m 0755 "$CL_ETC" "$CL_ETC/slurm" "$CL_ETC/hostname" "$CL_RUN" "$CL_LIB" \
     "$CL_LIB/tmp" "$CL_LIB/spool" "$CL_LOG"
-install -d -m 0555 "$CL_LIB/empty"       # mounted over what a compute node must not see
 install -d -o munge -g munge -m 0700 "$CL_ETC/munge" "$CL_LIB/munge"
 install -d -o slurm -g slurm -m 0755 "$CL_LIB/slurmctld"
 install -o slurm -g slurm -m 0640 /dev/null "$CL_LOG/slurmctld.log"

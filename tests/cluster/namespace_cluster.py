@@ -26,13 +26,16 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 HOSTS = Path("/etc/balsam-cluster/hosts")
-#: An empty, read-only directory mounted over paths a node must not see.
-EMPTY = Path("/var/lib/balsam-cluster/empty")
+SLURMCTLD_LOG = Path("/var/log/balsam-cluster/slurmctld.log")
+#: slurmctld's log lines for a job getting its nodes and ending.
+_ALLOCATION = re.compile(r"^\[(?P<at>[0-9T:.-]+)\] (?P<event>sched: Allocate|backfill: Started|"
+                         r"_job_complete:) JobId=(?P<job>\d+) (NodeList|done)")
 VENV_BIN = str(Path(sys.executable).parent)
 #: Slurm job states of a job that has not ended yet.
 ACTIVE_JOB_STATES = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
@@ -154,9 +157,12 @@ class Cluster:
 
     def hide(self, path: Path, nodes: Sequence[str] | None = None) -> None:
         """Make ``path`` (a directory on the shared filesystem) look empty on ``nodes`` (default:
-        the compute nodes), as a login node's private directory is on a real cluster."""
+        the compute nodes), as a login node's private directory is on a real cluster: an empty,
+        read-only file system of the same owner, group and mode is mounted over it."""
+        st = path.stat()
+        options = f"ro,size=4k,mode={st.st_mode & 0o7777:o},uid={st.st_uid},gid={st.st_gid}"
         for node in self.compute if nodes is None else nodes:
-            self.run(node, ["mount", "--bind", "-o", "ro", str(EMPTY), str(path)])
+            self.run(node, ["mount", "-t", "tmpfs", "-o", options, "balsam-hidden", str(path)])
 
     # --- Slurm ---------------------------------------------------------------------------------
 
@@ -174,6 +180,20 @@ class Cluster:
             return None if state in ACTIVE_JOB_STATES else state
 
         return wait_for(f"Slurm job {job_id} to end", ended, timeout)
+
+    def allocation(self, job_id: str) -> tuple[float, float]:
+        """When slurmctld gave a job its nodes and when it saw the job end (epoch seconds, to the
+        millisecond: squeue and sacct keep whole seconds only)."""
+        start = end = None
+        for line in SLURMCTLD_LOG.read_text().splitlines():
+            match = _ALLOCATION.match(line)
+            if match and match["job"] == job_id:
+                when = datetime.fromisoformat(match["at"]).timestamp()
+                start, end = (when, end) if match["event"] != "_job_complete:" else (start, when)
+        if start is None or end is None:
+            message = f"{SLURMCTLD_LOG} does not say when job {job_id} started and ended"
+            raise ClusterError(message)
+        return start, end
 
     def scancel(self, job_id: str, *options: str) -> None:
         self.run(self.login, ["scancel", *options, job_id])
