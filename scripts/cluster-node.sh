@@ -2,11 +2,15 @@
 # Boot, kill or unplug one node of the namespace test cluster (scripts/cluster-up.sh), as root.
 #   usage: scripts/cluster-node.sh NODE boot|kill|link-down|link-up
 #          scripts/cluster-node.sh status
+#          scripts/cluster-node.sh hide DIR
 #   boot       start the node: its init, munged, and slurmctld (login) or slurmd (compute nodes)
 #   kill       SIGKILL the node's init: the kernel kills every process of the node at once, like a
 #              power failure (do link-down first, or the dying sockets still say goodbye)
 #   link-down  unplug the node's network cable (its processes keep running); link-up plugs it back
 #   status     one line per node: running or stopped, link up or down
+#   hide       make DIR (on the shared filesystem) look empty on every compute node, now and after
+#              each boot, like a directory private to the login node: an empty read-only tmpfs of
+#              the same owner, group and mode is mounted over it
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/cluster-lib.sh"
 cl_require_root
@@ -85,10 +89,27 @@ boot() {
         on login /usr/sbin/slurmctld </dev/null >>"$CL_LOG/node-$node.log" 2>&1 \
             || cl_die "slurmctld failed: $(tail -n3 "$CL_LOG/slurmctld.log")"
     else
+        while read -r dir; do hide_on "$node" "$dir"; done < <(cat "$CL_ETC/hidden" 2>/dev/null)
         install -d -m 0755 "$CL_LIB/spool/$node"
         on "$node" /usr/sbin/slurmd </dev/null >>"$CL_LOG/node-$node.log" 2>&1 \
             || cl_die "slurmd on $node failed: $(tail -n3 "$CL_LOG/slurmd-$node.log")"
     fi
+}
+
+hide_on() {  # hide_on NODE DIR
+    local mode uid gid
+    [ -d "$2" ] || return 0
+    read -r mode uid gid < <(stat -c '%a %u %g' "$2")
+    on "$1" mount -t tmpfs -o "ro,size=4k,mode=$mode,uid=$uid,gid=$gid" balsam-hidden "$2"
+}
+
+hide() {
+    local dir node
+    dir=$(realpath -e "$1") || cl_die "no directory $1"
+    echo "$dir" >> "$CL_ETC/hidden"
+    for node in $(cl_nodes); do
+        if [ "$node" != login ] && cl_init_pid "$node" >/dev/null; then hide_on "$node" "$dir"; fi
+    done
 }
 
 kill_node() {
@@ -117,11 +138,16 @@ status() {
     done
 }
 
-case "${2:-${1:-}}" in
-    boot) boot "$1" ;;
-    kill) kill_node "$1" ;;
-    link-down) link "$1" down ;;
-    link-up) link "$1" up ;;
+usage="usage: cluster-node.sh NODE boot|kill|link-down|link-up, or status, or hide DIR"
+case "${1:-}" in
     status) status ;;
-    *) cl_die "usage: cluster-node.sh NODE boot|kill|link-down|link-up, or cluster-node.sh status" ;;
+    hide) hide "${2:?$usage}" ;;
+    *)
+        case "${2:-}" in
+            boot) boot "$1" ;;
+            kill) kill_node "$1" ;;
+            link-down) link "$1" down ;;
+            link-up) link "$1" up ;;
+            *) cl_die "$usage" ;;
+        esac ;;
 esac

@@ -128,17 +128,11 @@ class Cluster:
         return proc
 
     def start(self, node: str, args: Sequence[str], *, user: str | None = None,
-              env: Mapping[str, str] | None = None, output: Path | None = None,
-              cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[bytes]:
-        """Start a command on a node without waiting for it."""
-        out = open(output, "ab") if output else subprocess.DEVNULL  # noqa: SIM115
-        try:
-            return subprocess.Popen(self.command(node, args, user=user, env=env), cwd=cwd,
-                                    stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        finally:
-            if output:
-                out.close()  # type: ignore[union-attr]
+              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start a command on a node without waiting for it (its output is dropped)."""
+        return subprocess.Popen(self.command(node, args, user=user, env=env),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
 
     def address(self, node: str) -> str:
         """The node's IP address on the cluster network."""
@@ -155,14 +149,12 @@ class Cluster:
                              text=True, check=True).stdout
         return [int(p) for p in out.split()]
 
-    def hide(self, path: Path, nodes: Sequence[str] | None = None) -> None:
-        """Make ``path`` (a directory on the shared filesystem) look empty on ``nodes`` (default:
-        the compute nodes), as a login node's private directory is on a real cluster: an empty,
-        read-only file system of the same owner, group and mode is mounted over it."""
-        st = path.stat()
-        options = f"ro,size=4k,mode={st.st_mode & 0o7777:o},uid={st.st_uid},gid={st.st_gid}"
-        for node in self.compute if nodes is None else nodes:
-            self.run(node, ["mount", "-t", "tmpfs", "-o", options, "balsam-hidden", str(path)])
+    @staticmethod
+    def hide(path: Path) -> None:
+        """Make ``path`` (a directory on the shared filesystem) look empty on every compute node,
+        now and after it boots again, as a login node's private directory is on a real
+        cluster."""
+        _script("cluster-node.sh", "hide", str(path))
 
     # --- Slurm ---------------------------------------------------------------------------------
 

@@ -3,6 +3,10 @@ inject (a node losing power, a pulled cable) behaving like a real node's."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.multiuser]
@@ -38,15 +42,23 @@ def test_every_node_is_a_host_of_its_own(cluster):
 
 def test_a_killed_node_loses_every_process_then_boots_again(healed):
     cluster = healed
-    sleeper = cluster.start("node3", ["sleep", "600"], user="bob")
-    assert len(cluster.pids("node3")) >= 4  # init, munged, slurmd, the sleep
-    cluster.kill("node3")
-    assert cluster.pids("node3") == []
-    assert sleeper.wait(timeout=10) != 0
-    cluster.boot("node3")
-    assert cluster.run("node3", ["hostname"]).stdout.strip() == "node3"
-    slurmd = cluster.run("node3", ["pgrep", "-x", "slurmd"]).stdout.split()
-    assert len(slurmd) == 1
+    private = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    (private / "secret").touch()
+    try:
+        cluster.hide(private)  # the login node's: compute nodes see it empty
+        sleeper = cluster.start("node3", ["sleep", "600"], user="bob")
+        assert len(cluster.pids("node3")) >= 4  # init, munged, slurmd, the sleep
+        cluster.kill("node3")
+        assert cluster.pids("node3") == []
+        assert sleeper.wait(timeout=10) != 0
+        cluster.boot("node3")
+        assert cluster.run("node3", ["hostname"]).stdout.strip() == "node3"
+        slurmd = cluster.run("node3", ["pgrep", "-x", "slurmd"]).stdout.split()
+        assert len(slurmd) == 1
+        for node, seen in (("node3", ""), ("node1", ""), ("login", "secret")):
+            assert cluster.run(node, ["ls", str(private)]).stdout.strip() == seen
+    finally:
+        shutil.rmtree(private)
 
 
 def test_an_unplugged_node_is_unreachable_until_plugged_back(healed):
