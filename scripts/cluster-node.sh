@@ -33,16 +33,17 @@ while True:
     signal.pause()
 '
 
-# Run inside the node's fresh namespaces, before becoming its init.
+# Run inside the node's fresh namespaces (sh -c SETUP setup NODE INIT ETC LIB), before becoming
+# its init: the cluster's /etc files, node-local /tmp, /run and /dev/shm.
 SETUP='
 set -e
-node=$1
+node=$1 etc=$3 lib=$4
 hostname "$node"
-mount --bind /etc/balsam-cluster/hosts /etc/hosts
-if [ -e /etc/resolv.conf ]; then mount --bind /etc/balsam-cluster/resolv.conf /etc/resolv.conf; fi
-if [ -e /etc/hostname ]; then mount --bind "/etc/balsam-cluster/hostname/$node" /etc/hostname; fi
-mount --bind /etc/balsam-cluster/slurm /etc/slurm
-mount --bind "/var/lib/balsam-cluster/tmp/$node" /tmp
+mount --bind "$etc/hosts" /etc/hosts
+if [ -e /etc/resolv.conf ]; then mount --bind "$etc/resolv.conf" /etc/resolv.conf; fi
+if [ -e /etc/hostname ]; then mount --bind "$etc/hostname/$node" /etc/hostname; fi
+mount --bind "$etc/slurm" /etc/slurm
+mount --bind "$lib/tmp/$node" /tmp
 mount -t tmpfs -o mode=0755,nosuid,nodev balsam-cluster-run /run
 mount -t tmpfs -o mode=1777,nosuid,nodev balsam-cluster-shm /dev/shm
 install -d -o munge -g munge -m 0755 /run/munge
@@ -73,7 +74,8 @@ boot() {
     (
         cl_closefds
         exec setsid nsenter --net="/run/netns/bcl-$node" -- unshare --uts --ipc --pid --fork \
-            --mount --propagation slave --mount-proc -- /bin/sh -c "$SETUP" setup "$node" "$INIT"
+            --mount --propagation slave --mount-proc -- /bin/sh -c "$SETUP" setup "$node" "$INIT" \
+            "$CL_ETC" "$CL_LIB"
     ) </dev/null >>"$CL_LOG/node-$node.log" 2>&1 &
     upid=$!
     wait_for 10 booted "$node" "$upid" \
