@@ -171,17 +171,25 @@ def test_two_users_batch_jobs_run_at_once_on_one_project(project):
                           "/var/lib/balsam-cluster"], passwords) == []
 
 
-def test_compute_nodes_reach_the_server_over_tcp_only(project, cluster):
+#: Where the server sees this session come from, and whether it is encrypted.
+SEEN_FROM = """
+from balsam.db import connect
+from balsam.project import Project
+with connect(Project.from_env()) as db:
+    row = db.execute("SELECT host(inet_client_addr()) AS a, ssl FROM pg_stat_ssl "
+                     "WHERE pid = pg_backend_pid()").fetchone()
+print(row["a"], row["ssl"])
+"""
+
+
+def test_compute_nodes_reach_the_server_over_tls_only(project, cluster):
     socket_dir = project.root / ".pgsocket"
     assert any(socket_dir.iterdir())  # on the login node (and this machine) the socket is there
-    probe = ("from balsam.db import connect; from balsam.project import Project\n"
-             "with connect(Project.from_env()) as db:\n"
-             "    print(db.execute('SELECT host(inet_client_addr()) AS a').fetchone()['a'])")
     for node in cluster.compute:
         assert cluster.run(node, ["ls", "-A", str(socket_dir)]).stdout == ""
-        seen_from = project.python("bob", probe, node=node).stdout.strip()
-        assert seen_from == cluster.address(node)
-    assert project.python("bob", probe).stdout.strip() == "None"  # login: the socket
+        seen_from = project.python("bob", SEEN_FROM, node=node).stdout.strip()
+        assert seen_from == f"{cluster.address(node)} True"  # TCP, with TLS
+    assert project.python("bob", SEEN_FROM).stdout.strip() == "None False"  # login: the socket
 
 
 def test_the_owner_never_starts_the_server_on_a_compute_node(project, cluster):
