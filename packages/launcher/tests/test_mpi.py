@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from balsam import hookimpl
+from balsam.errors import InvalidInput
 from balsam.models import Task
 from balsam.plugins import get_plugin_manager
 from balsam.resources import Resources
@@ -52,6 +55,35 @@ def test_srun_inside_slurm():
     argv = mpi.srun(TASK, CMD, nodes("n1", "n2"))
     assert argv == ["srun", "--nodes", "2", "--ntasks", "8", "--ntasks-per-node", "4",
                     "--nodelist", "n1,n2", "--export=ALL", "--cpus-per-task", "2", *CMD]
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_CPUS_PER_NODE": "2(x3)"},
+     {"n1": 2, "n2": 2, "n3": 2}),
+    ({"SLURM_NODELIST": "gpu[01-02],n7", "SLURM_JOB_CPUS_PER_NODE": "64(x2),1"},
+     {"gpu01": 64, "gpu02": 64, "n7": 1}),
+    ({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_CPUS_PER_NODE": "2(x2)"}, {}),  # miscounted
+    ({"SLURM_JOB_NODELIST": "n1", "SLURM_JOB_CPUS_PER_NODE": "lots"}, {}),
+    ({"SLURM_JOB_NODELIST": "n[1-", "SLURM_JOB_CPUS_PER_NODE": "1"}, {}),
+    ({}, {}),
+])
+def test_slurm_job_cpus_per_node(env, expected):
+    assert mpi.slurm_job_cpus(env) == expected
+
+
+def test_srun_fits_the_cores_a_shared_node_job_owns():
+    one_rank = Task(id=8, num_nodes=2, ranks_per_node=1)
+    cpus = {"n1": 1, "n2": 1}
+    argv = mpi.srun(one_rank, CMD, nodes("n1", "n2"), cpus=cpus)
+    assert argv[:8] == ["srun", "--nodes", "2", "--ntasks", "2", "--ntasks-per-node", "1",
+                        "--nodelist"]
+    with pytest.raises(InvalidInput) as refused:
+        mpi.srun(TASK, CMD, nodes("n1", "n2"), cpus={"n1": 64, "n2": 4})
+    assert str(refused.value) == (
+        "task 7 needs 8 CPUs on each node (4 rank(s) x 2 thread(s)) but this batch job owns 4 "
+        "on n2: submit it on whole nodes (the default job templates ask for them) or ask for "
+        "fewer ranks per node")
+    assert mpi.srun(TASK, CMD, nodes("n1", "n2"), cpus={"n1": 8, "n2": 8})[0] == "srun"
 
 
 def test_aprun_uses_nids_and_threads():

@@ -72,6 +72,13 @@ def _connect_error(target: Project | str, exc: psycopg.OperationalError, *,
         return PermissionDenied(
             f"you ({user}) are not authorised on the project {target.root}; ask its owner "
             f"({target.owner}) to run: balsam server --add-user {user}")
+    if target.embedded and ("no password supplied" in text
+                            or "password authentication failed" in text):
+        # Over TCP (a compute node) with no password file, or a stale one.
+        return PermissionDenied(
+            f"you ({current_user()}) have no working database password for {target.root} on "
+            f"this host: activate the project once on {target.info.get('host')}, its server's "
+            f"host, where balsam sets one up")
     message = f"cannot connect to the database of {target.root}: {first}"
     if target.embedded:
         message += f" (is the server up? its owner {target.owner} starts it with balsamactivate)"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
+import os
+import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from balsam.errors import InvalidInput
 from balsam.models import Task
 from balsam.resources import Node
+from balsam_launcher.detect import expand_hostlist
 
 
 @functools.cache
@@ -38,7 +42,7 @@ def default_command(task: Task, command: Sequence[str], nodes: Sequence[Node],
     local = launcher.get("simulated") or all(n.host == socket.gethostname() for n in nodes)
     if launcher.get("scheduler") == "slurm" and not launcher.get("simulated") \
             and shutil.which("srun"):
-        return srun(task, command, nodes)
+        return srun(task, command, nodes, cpus=slurm_job_cpus(os.environ))
     if shutil.which("aprun") and not local:
         return aprun(task, command, nodes, env)
     return mpirun(task, command, nodes, env, local=bool(local), flavour=mpirun_flavour(),
@@ -49,10 +53,50 @@ def _ranks(task: Task) -> int:
     return task.num_nodes * task.ranks_per_node
 
 
-def srun(task: Task, command: Sequence[str], nodes: Sequence[Node]) -> list[str]:
+_CPU_COUNT = re.compile(r"(\d+)(?:\(x(\d+)\))?")
+
+
+def slurm_job_cpus(env: Mapping[str, str]) -> dict[str, int]:
+    """The CPUs the Slurm job owns on each of its nodes, from SLURM_JOB_CPUS_PER_NODE (like
+    ``2(x3),1``, in node-list order); empty when Slurm does not say."""
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    counts: list[int] = []
+    for part in filter(None, env.get("SLURM_JOB_CPUS_PER_NODE", "").split(",")):
+        match = _CPU_COUNT.fullmatch(part.strip())
+        if match is None:
+            return {}
+        counts += [int(match[1])] * int(match[2] or 1)
+    try:
+        hosts = expand_hostlist(nodelist) if nodelist else []
+    except InvalidInput:
+        return {}
+    return dict(zip(hosts, counts, strict=True)) if len(hosts) == len(counts) else {}
+
+
+def check_fits(task: Task, names: Sequence[str], cpus: Mapping[str, int]) -> None:
+    """Refuse, in one line, a task that needs more CPUs per node than the job owns there (a job
+    on shared nodes owns some cores of each node, not the node)."""
+    need = task.ranks_per_node * max(1, task.threads_per_rank)
+    for name in names:
+        owned = cpus.get(name)
+        if owned is not None and owned < need:
+            message = (f"task {task.id} needs {need} CPUs on each node ({task.ranks_per_node} "
+                       f"rank(s) x {max(1, task.threads_per_rank)} thread(s)) but this batch job "
+                       f"owns {owned} on {name}: submit it on whole nodes (the default job "
+                       f"templates ask for them) or ask for fewer ranks per node")
+            raise InvalidInput(message)
+
+
+def srun(task: Task, command: Sequence[str], nodes: Sequence[Node],
+         cpus: Mapping[str, int] | None = None) -> list[str]:
+    """srun on exactly the task's nodes; ``cpus`` (CPUs the job owns per node) refuses a task
+    that cannot fit instead of letting srun fail with "More processors requested than
+    permitted"."""
+    names = [n.name or n.host for n in nodes]
+    check_fits(task, names, cpus or {})
     args = ["srun", "--nodes", str(len(nodes)), "--ntasks", str(_ranks(task)),
             "--ntasks-per-node", str(task.ranks_per_node),
-            "--nodelist", ",".join(n.name or n.host for n in nodes), "--export=ALL"]
+            "--nodelist", ",".join(names), "--export=ALL"]
     if task.threads_per_rank > 1:
         args += ["--cpus-per-task", str(task.threads_per_rank)]
     if task.cpu_affinity == "none":

@@ -283,12 +283,17 @@ def activate(project: Project, user: str) -> dict[str, str]:
         with connect(project):
             pass
         return {}
-    if user == project.owner:
+    host = project.info.get("host")
+    if user == project.owner and host in (None, socket.gethostname()):
         if not start(project):
             ensure_ca(project)
     elif not is_up(project):
-        message = (f"the database server of {project.root} is not running; only its owner "
-                   f"({project.owner}) can start it, with: source balsamactivate {project.root}")
+        # Activation elsewhere (a compute node) never starts the server: this host cannot see
+        # the server host's processes, so a second server could start on the same files.
+        where = f" on {host}" if host and host != socket.gethostname() else ""
+        message = (f"the database server of {project.root} is not running{where}; only its owner "
+                   f"({project.owner}) can start it, with: source balsamactivate {project.root}"
+                   f"{where}")
         raise ServerDown(message)
     auth.ensure_credentials(project, user)
     return {}
