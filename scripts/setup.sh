@@ -95,9 +95,11 @@ fi
 
 [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || log "installing $what into $VENV"
 # Compiled bytecode: other users cannot write __pycache__ into the environment.
-(cd "$REPO" && UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --quiet --python /usr/bin/python3 \
-    --compile-bytecode "${sync[@]}") \
-    || { log "installing into $VENV failed (for a stale uv.lock: '$UV lock', then commit uv.lock)"; exit 1; }
+if ! (cd "$REPO" && UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --quiet --python /usr/bin/python3 \
+        --compile-bytecode "${sync[@]}"); then
+    log "installing into $VENV failed (for a stale uv.lock: '$UV lock', then commit uv.lock)"
+    exit 1
+fi
 [ "$TESTS" = 1 ] && ln -sfn "$UV" "$VENV/bin/uv"
 echo "$want" > "$stamp"
 chmod -R a+rX "$VENV"
