@@ -18,6 +18,10 @@ set -euo pipefail
 TESTS=0; [ "${1:-}" = "--tests" ] && TESTS=1
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { echo "[setup] $*" >&2; }
+files_hash() {   # of the files below $1 (.git and __pycache__ aside): what changed since last time
+    (cd "$1" && find . -name .git -prune -o -name __pycache__ -prune -o -type f -print0 \
+        | LC_ALL=C sort -z | xargs -0 sha1sum | sha1sum | cut -c1-40)
+}
 
 need_apt=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
@@ -69,11 +73,14 @@ fi
 if [ "$TESTS" = 1 ]; then
     # Other users (the project's collaborators in tests) import the editable sources.
     if [ "$(id -u)" = 0 ] && ! runuser -u nobody -- test -r "$REPO/packages/core/pyproject.toml" 2>/dev/null; then
-        COPY="$VENV-src"
-        log "repository not readable by other users: installing from a copy in $COPY"
-        rm -rf "$COPY"; mkdir -p "$COPY"
-        tar -C "$REPO" --exclude=.git --exclude='__pycache__' -cf - . | tar -C "$COPY" -xf -
-        chmod -R a+rX "$COPY"
+        COPY="$VENV-src"; copied="$(files_hash "$REPO")"
+        if [ "$(cat "$COPY/.balsam-copy" 2>/dev/null)" != "$copied" ]; then
+            log "repository not readable by other users: installing from a copy in $COPY"
+            rm -rf "$COPY"; mkdir -p "$COPY"
+            tar -C "$REPO" --exclude=.git --exclude='__pycache__' -cf - . | tar -C "$COPY" -xf -
+            echo "$copied" > "$COPY/.balsam-copy"
+            chmod -R a+rX "$COPY"
+        fi
         REPO="$COPY"
     fi
     what="the test environment"
@@ -83,8 +90,7 @@ else
     what="the users' runtime"
     # uv rebuilds a local package only when its pyproject.toml changes: when any of the packages'
     # files changed, ask it to rebuild them all.
-    want="runtime $(cd "$REPO" && find packages -name tests -prune -o -name __pycache__ -prune \
-        -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha1sum | sha1sum | cut -c1-40)"
+    want="runtime $(files_hash "$REPO/packages")"
     sync=(--locked --no-dev --no-editable)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         for name in $(sed -n 's/^name = "\(.*\)"$/\1/p' "$REPO"/packages/*/pyproject.toml); do
