@@ -5,8 +5,7 @@
 #   usage: scripts/demo.sh [PROJECT_DIR]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bash "$HERE/setup.sh" >/dev/null
-VENV="${BALSAM_VENV:-/opt/balsam/venv}"
+VENV="$(bash "$HERE/setup.sh" | sed -n 2p)"
 STEPS="$(dirname "$VENV")/demo-steps.sh"
 cp "$HERE/demo-steps.sh" "$STEPS"; chmod a+rx "$STEPS"
 if [ "$(id -u)" = 0 ]; then

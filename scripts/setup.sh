@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Install what Balsam needs on a fresh Debian machine, idempotently:
-#   apt packages (PostgreSQL server; with --tests also Slurm, munge, Open MPI and Chromium for the
-#   web page's browser tests), a virtualenv every user can execute (from /usr/bin/python3), and
-#   the packages editable.
-# Prints the repository path the venv was installed from (a world-readable copy when the clone
-# itself is not readable by other users, because the multi-user tests run commands as them).
+# Install what Balsam needs on a fresh Debian machine, idempotently: apt packages (PostgreSQL
+# server; with --tests also Slurm, munge, Open MPI and Chromium for the web page's browser tests),
+# uv at the version pyproject.toml requires (in a small venv of its own), and one of two
+# environments, both exactly as uv.lock pins them (a lock that no longer matches the pyproject
+# files is an error, never silently re-resolved), both executable by every user:
+#   (default)  the users' runtime, /opt/balsam/venv: the packages installed from this clone (not
+#              editable) and what they need to run; no test tools, no test plugin.
+#   --tests    the test environment, /opt/balsam/venv-tests: the packages editable, the test
+#              plugin and the dev group (pytest, hypothesis, ruff, mypy, playwright, uv).
+# BALSAM_VENV=DIR installs into DIR instead; a runtime install into a directory that holds a test
+# environment keeps the test environment (it runs everything the runtime does).
+# Prints two lines: the repository the environment runs from (for --tests, a world-readable copy
+# when the clone is not readable by other users: the multi-user tests run commands as them), then
+# the environment's directory.
 #   usage: scripts/setup.sh [--tests]
 set -euo pipefail
 TESTS=0; [ "${1:-}" = "--tests" ] && TESTS=1
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${BALSAM_VENV:-/opt/balsam/venv}"
 log() { echo "[setup] $*" >&2; }
+files_hash() {   # of the files below $1 (.git and __pycache__ aside): what changed since last time
+    (cd "$1" && find . -name .git -prune -o -name __pycache__ -prune -o -type f -print0 \
+        | LC_ALL=C sort -z | xargs -0 sha1sum | sha1sum | cut -c1-40)
+}
 
 need_apt=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need_apt+=(postgresql)
@@ -28,32 +39,75 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null
 fi
 
-# Other users (the project's collaborators in tests, the demo user) must read the sources.
-if [ "$(id -u)" = 0 ] && ! runuser -u nobody -- test -r "$REPO/packages/core/pyproject.toml" 2>/dev/null; then
-    COPY="$(dirname "$VENV")/src"
-    log "repository not readable by other users: installing from a copy in $COPY"
-    rm -rf "$COPY"; mkdir -p "$COPY"
-    tar -C "$REPO" --exclude=.git --exclude='__pycache__' -cf - . | tar -C "$COPY" -xf -
-    chmod -R a+rX "$COPY"
-    REPO="$COPY"
+VENV=/opt/balsam/venv; [ "$TESTS" = 1 ] && VENV=/opt/balsam/venv-tests
+VENV="$(realpath -m "${BALSAM_VENV:-$VENV}")"
+stamp="$VENV/.balsam-install"   # "tests", or "runtime <hash of the packages' files>"
+if [ "$TESTS" = 0 ] && [ "$(cut -d' ' -f1 "$stamp" 2>/dev/null)" = tests ]; then
+    log "$VENV holds the test environment: keeping it (it runs everything the runtime does)"
+    TESTS=1
+fi
+mkdir -p "$(dirname "$VENV")"
+
+# uv, at the one version pyproject.toml names, in a venv of its own beside the environment.
+UV_VERSION="$(/usr/bin/python3 -c 'import sys, tomllib
+print(tomllib.load(open(sys.argv[1], "rb"))["tool"]["uv"]["required-version"].lstrip("="))' \
+    "$REPO/pyproject.toml")"
+TOOLS="$(dirname "$VENV")/uv-$UV_VERSION"
+UV="$TOOLS/bin/uv"
+if [ ! -e "$TOOLS/.complete" ]; then
+    (
+        flock 9
+        if [ ! -e "$TOOLS/.complete" ]; then
+            log "installing uv $UV_VERSION into $TOOLS"
+            rm -rf "$TOOLS"
+            /usr/bin/python3 -m venv "$TOOLS"
+            "$TOOLS/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION" 2>&1 \
+                | grep -v '^WARNING: Location' >&2 || true
+            "$UV" --version >/dev/null
+            chmod -R a+rX "$TOOLS"
+            touch "$TOOLS/.complete"
+        fi
+    ) 9>"$TOOLS.lock"
 fi
 
-mkdir -p "$(dirname "$VENV")"
-[ -x "$VENV/bin/python" ] || { log "creating $VENV"; /usr/bin/python3 -m venv "$VENV"; }
-stamp="$VENV/.balsam-install"
-want="$REPO $(cat "$REPO"/packages/*/pyproject.toml "$REPO"/tests/plugins/*/pyproject.toml | sha1sum)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    log "installing packages into $VENV"
-    pip_log="$(mktemp)"
-    "$VENV/bin/pip" install -q --disable-pip-version-check \
-        -e "$REPO/packages/core[analytics]" -e "$REPO/packages/pgserver" -e "$REPO/packages/perms" \
-        -e "$REPO/packages/launcher" -e "$REPO/packages/cli" -e "$REPO/packages/web" \
-        -e "$REPO/tests/plugins/balsam-testplugin" \
-        'pytest>=8' 'pytest-postgresql>=6' 'hypothesis>=6' 'ruff>=0.6' 'playwright>=1.40' \
-        >"$pip_log" 2>&1 \
-        || { grep -v '^WARNING: Location' "$pip_log" >&2; exit 1; }
-    rm -f "$pip_log"
-    echo "$want" > "$stamp"
+if [ "$TESTS" = 1 ]; then
+    # Other users (the project's collaborators in tests) import the editable sources.
+    if [ "$(id -u)" = 0 ] && ! runuser -u nobody -- test -r "$REPO/packages/core/pyproject.toml" 2>/dev/null; then
+        COPY="$VENV-src"; copied="$(files_hash "$REPO")"
+        if [ "$(cat "$COPY/.balsam-copy" 2>/dev/null)" != "$copied" ]; then
+            log "repository not readable by other users: installing from a copy in $COPY"
+            rm -rf "$COPY"; mkdir -p "$COPY"
+            tar -C "$REPO" --exclude=.git --exclude='__pycache__' -cf - . | tar -C "$COPY" -xf -
+            echo "$copied" > "$COPY/.balsam-copy"
+            chmod -R a+rX "$COPY"
+        fi
+        REPO="$COPY"
+    fi
+    what="the test environment"
+    want="tests"
+    sync=(--locked)
+else
+    what="the users' runtime"
+    # uv rebuilds a local package only when its pyproject.toml changes: when any of the packages'
+    # files changed, ask it to rebuild them all.
+    want="runtime $(files_hash "$REPO/packages")"
+    sync=(--locked --no-dev --no-editable)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        for name in $(sed -n 's/^name = "\(.*\)"$/\1/p' "$REPO"/packages/*/pyproject.toml); do
+            sync+=(--reinstall-package "$name")
+        done
+    fi
 fi
-chmod -R a+rX "$(dirname "$VENV")"
+
+[ "$(cat "$stamp" 2>/dev/null)" = "$want" ] || log "installing $what into $VENV"
+# Compiled bytecode: other users cannot write __pycache__ into the environment.
+if ! (cd "$REPO" && UV_PROJECT_ENVIRONMENT="$VENV" "$UV" sync --quiet --python /usr/bin/python3 \
+        --compile-bytecode "${sync[@]}"); then
+    log "installing into $VENV failed (for a stale uv.lock: '$UV lock', then commit uv.lock)"
+    exit 1
+fi
+[ "$TESTS" = 1 ] && ln -sfn "$UV" "$VENV/bin/uv"
+echo "$want" > "$stamp"
+chmod -R a+rX "$VENV"
 echo "$REPO"
+echo "$VENV"

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The test command: install what the suite needs, lint, then run every test (pytest as root;
-# PostgreSQL clusters run as unprivileged users; multi-user tests create real UNIX users).
+# The test command: install the test environment (scripts/setup.sh --tests), lint, then run every
+# test (pytest as root; PostgreSQL clusters run as unprivileged users; multi-user tests create
+# real UNIX users).
 #   usage: scripts/test.sh [pytest args...]
 set -euo pipefail
-REPO="$(bash "$(dirname "${BASH_SOURCE[0]}")/setup.sh" --tests)"
-VENV="${BALSAM_VENV:-/opt/balsam/venv}"
+where="$(bash "$(dirname "${BASH_SOURCE[0]}")/setup.sh" --tests)"
+REPO="$(sed -n 1p <<<"$where")"
+VENV="$(sed -n 2p <<<"$where")"
 cd "$REPO"
 export PATH="$VENV/bin:$PATH"
 echo "[test] ruff check"

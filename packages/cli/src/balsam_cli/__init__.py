@@ -1,3 +1,1 @@
 """balsam-cli."""
-
-__version__ = "0.2.1"

@@ -5,5 +5,4 @@ from __future__ import annotations
 from balsam.errors import BalsamError
 from balsam.hookspecs import hookimpl, hookspec
 
-__version__ = "0.1.5"
-__all__ = ["BalsamError", "__version__", "hookimpl", "hookspec"]
+__all__ = ["BalsamError", "hookimpl", "hookspec"]

@@ -1,3 +1,1 @@
 """balsam-launcher."""
-
-__version__ = "0.1.3"

@@ -1,3 +1,1 @@
 """balsam-perms."""
-
-__version__ = "0.2.1"

@@ -1,3 +1,1 @@
 """balsam-pgserver."""
-
-__version__ = "0.2.2"
