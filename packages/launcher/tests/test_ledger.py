@@ -221,13 +221,22 @@ def test_failures_say_why_and_retries_start_on_another_claim():
                                      Step(S.RESTART_READY, "killed by SIGKILL; retry 1 of 1"))
     assert batch.release == {1}  # no nodes any more: another claim starts it
     ledger = Ledger()
-    assert kinds(ledger.start_failed if False else []) == []
     ledger.claimed(task(2), PLAIN, [], has_nodes=True)
     assert kinds(ledger.start_failed(2, 1.0, "starting on h", "No such file or directory: x")) \
         == ["Free"]
     moves = ledger.next_batch().chains[2].moves
     assert moves[-1] == Step(S.FAILED, "cannot start: No such file or directory: x; "
                                        "no error handler, no retries left")
+
+
+def test_a_run_that_cannot_be_set_up_fails_without_a_run():
+    ledger = Ledger(max_retries=3)
+    ledger.claimed(task(1), PLAIN, [], has_nodes=True)
+    reason = "cannot create its working directory: No space left on device: /p/data/_/t1_1"
+    assert kinds(ledger.not_started(1, reason)) == ["Free"]
+    batch = ledger.next_batch()
+    assert [m.state for m in batch.chains[1].moves] == [S.STAGED_IN, S.PREPROCESSED, S.FAILED]
+    assert batch.chains[1].moves[-1].message == reason and batch.release == {1}
 
 
 def test_a_refused_task_is_failed_with_the_reason():
@@ -361,15 +370,17 @@ class LedgerMachine(RuleBasedStateMachine):
         self.w.requests.append(("claim", (t, SCRIPTS if scripts else PLAIN)))
 
     @precondition(lambda self: self.w.starting)
-    @rule(data=st.data(), ok=st.booleans())
-    def start_result(self, data, ok):
+    @rule(data=st.data(), how=st.sampled_from(["started", "started", "failed", "no place"]))
+    def start_result(self, data, how):
         tid = data.draw(st.sampled_from(self.w.starting))
         self.w.starting.remove(tid)
-        if ok:
+        if how == "started":
             self.w.procs[tid] = Proc()
             self.carry(self.ledger.started(tid, 10.0, "pid"))
-        else:
+        elif how == "failed":
             self.carry(self.ledger.start_failed(tid, 10.0, "starting", "no such file"))
+        else:
+            self.carry(self.ledger.not_started(tid, "cannot create its working directory"))
 
     @precondition(lambda self: self.w.procs)
     @rule(data=st.data(), rc=st.sampled_from([0, 0, 1, -15]))

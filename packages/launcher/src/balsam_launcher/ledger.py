@@ -310,6 +310,16 @@ class Ledger:
         moves = [*e.moves, Step(S.RUNNING, message), Step(S.RUN_ERROR, f"cannot start: {reason}")]
         return intents + self._decide(e, moves)
 
+    def not_started(self, task_id: int, reason: str) -> list[Intent]:
+        """The run of a STARTING task could not even be set up (its working directory or
+        output file): it is FAILED with ``reason``, without a run."""
+        e = self.tasks[task_id]
+        intents = self._free(e)
+        if e.phase is P.STOPPING:
+            return intents + self._gone(e)
+        assert e.phase is P.STARTING, e.phase
+        return intents + self._decide(e, [*e.moves, Step(S.FAILED, reason)])
+
     def exited(self, task_id: int, at: float, returncode: int, *, signalled: bool,
                error: str = "", last_line: str = "") -> list[Intent]:
         """A task's process ended at ``at``. ``signalled``: the launcher had signalled it;
