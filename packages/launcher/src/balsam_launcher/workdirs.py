@@ -58,8 +58,8 @@ def place(workdir: str, root: str | os.PathLike[str], allowed: Sequence[str] = (
     path = posixpath.normpath(workdir)
     if posixpath.isabs(path):
         for base in (root, *(posixpath.normpath(p) for p in allowed)):
-            if path == base and base != root:
-                return Place(base, ())
+            if path == base:
+                return _checked(workdir, base, (), in_project=base == root)
             if path.startswith(base.rstrip("/") + "/"):
                 parts = tuple(path[len(base):].strip("/").split("/"))
                 return _checked(workdir, base, parts, in_project=base == root)
