@@ -63,6 +63,12 @@ log = logging.getLogger("balsam.launcher")
 
 #: How often the launcher compares what it holds with the database (kills without NOTIFY).
 RECONCILE_SECONDS = 2.0
+#: Writes that only record what happened (a run started, a task finished and given back) wait
+#: up to this long (seconds) or until this many tasks have some, to go in one batch; writes a
+#: task waits for go at once. For short tasks, a run's start and end then go in one write.
+WRITE_DELAY, WRITE_BATCH = 0.1, 256
+#: Claims in flight at once: the next plans on nodes freed after the one before was sent.
+MAX_CLAIMS = 2
 #: How long a stopping launcher waits for its last writes when the database is unreachable.
 DRAIN_SECONDS = 30.0
 #: ``always``: run serial-mode tasks through node agents even on this host (tests).
@@ -156,8 +162,9 @@ class Launcher:
         # Private scratch space on the launcher's host, removed at exit (per-task MPI session
         # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
         self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
-        # What is asked of the session and not yet answered (one of each kind at a time).
-        self.claiming = self.reconciling = self.checking = False
+        # What is asked of the session and not yet answered.
+        self.claims: list[Claim] = []  # oldest first
+        self.reconciling = self.checking = False
         self.want_claim = self.want_post = True
         self.max_packing = 1
         now = time.monotonic()
@@ -166,6 +173,7 @@ class Launcher:
         self.next_reconcile = self.next_poll = self.next_done_check = now
         self.drain_until: float | None = None
         self.gave_up = False
+        self.records_since: float | None = None  # records waiting for a batch since then
 
     @property
     def stopping(self) -> str | None:
@@ -332,6 +340,8 @@ class Launcher:
             times.append(kill)
         if self.options.consume_all and not self.ledger.tasks:
             times.append(self.next_done_check)
+        if self.records_since is not None:
+            times.append(self.records_since + WRITE_DELAY)
         return max(0.0, min(times) - now)
 
     def _check_signals(self) -> None:
@@ -377,14 +387,27 @@ class Launcher:
             self.reconciling = True
             self.session.send(Reconcile())
         if self.options.consume_all and self.ledger.stopping is None and not self.ledger.tasks \
-                and not self.claiming and not self.checking and now >= self.next_done_check:
+                and not self.claims and not self.checking and now >= self.next_done_check:
             self.next_done_check = now + 0.5
             self.checking = True
             self.session.send(WorkLeft(self.resources.copy(), self._remaining_minutes()))
 
     def _send_writes(self) -> None:
-        batch = self.ledger.next_batch()
+        """Send the queued writes as one batch if none is in flight: at once if a task waits
+        for them (or the launcher stops), else once records have waited WRITE_DELAY or fill
+        WRITE_BATCH."""
+        ledger = self.ledger
+        if ledger.in_flight is not None or not ledger.queued():
+            return
+        if not ledger.waiting() and ledger.stopping is None and ledger.queued() < WRITE_BATCH:
+            now = time.monotonic()
+            if self.records_since is None:
+                self.records_since = now
+            if now < self.records_since + WRITE_DELAY:
+                return
+        batch = ledger.next_batch()
         if batch is not None:
+            self.records_since = None
             self.session.send(Write(batch))
 
     # --- events --------------------------------------------------------------------------------
@@ -417,7 +440,7 @@ class Launcher:
         elif isinstance(event, WorkLeft):
             self.checking = False
             if not event.error and not event.remaining and not self.ledger.tasks \
-                    and not self.claiming and self.ledger.stopping is None:
+                    and not self.claims and self.ledger.stopping is None:
                 log.info("launcher %s stopping: no work left", self.id)
                 self.pool.cancel()
                 return self.ledger.stop("no work left")
@@ -459,6 +482,9 @@ class Launcher:
             intent = self.todo[0]
             if isinstance(intent, ledger.Start):
                 more = self._start(intent.task_id)
+                # Let the database thread have the GIL (CPython 3.11 holds it while a child
+                # execs: without this, each of its round trips waits for the next start).
+                os.sched_yield()
                 if not self.inbox.empty():
                     self._read_inbox()
                 self._send_writes()
@@ -614,29 +640,34 @@ class Launcher:
             return None
         return max(0.0, (self.deadline - time.monotonic()) / 60)
 
-    def _capacity(self) -> int:
-        """How many more tasks could start now, at most."""
-        if self.resources.job_mode == "mpi":
-            return self.resources.idle_nodes
-        return int(self.resources.free_share * self.max_packing)
+    def _capacity(self, resources: Resources) -> int:
+        """How many more tasks could start on ``resources``, at most."""
+        if resources.job_mode == "mpi":
+            return resources.idle_nodes
+        return int(resources.free_share * self.max_packing)
 
     def _claim(self, now: float) -> None:
-        if self.ledger.stopping is not None or self.claiming:
+        """Claim for the nodes no claim in flight may use (each claim plans on the nodes free
+        when it was sent; the next one on those freed since), and tasks to post-process."""
+        if self.ledger.stopping is not None or len(self.claims) >= MAX_CLAIMS:
             return
         polled = now >= self.next_poll
         if polled:
             self.next_poll = now + self.options.poll_interval
-        capacity = self._capacity()
+        plan = self.resources.copy()
+        for earlier in self.claims:
+            plan.reserve(earlier.reserved)
+        capacity = self._capacity(plan)
         limit = 2 * capacity + 16 if capacity > 0 and (self.want_claim or polled) else 0
         room = 4 * self.options.workers - self.ledger.count(
-            ledger.Phase.WORKING, ledger.Phase.RECHECKING)
+            ledger.Phase.WORKING, ledger.Phase.RECHECKING) - sum(c.post_limit for c in self.claims)
         post_limit = room if room > 0 and (self.want_post or polled) else 0
         if not limit and not post_limit:
             return
         info = self.info()
-        request = Claim(self.resources.copy(), lambda c, r: self._policy(request, c, r, info),
-                        limit, post_limit, self._remaining_minutes())
-        self.claiming = True
+        request = Claim(plan, lambda c, r: self._policy(request, c, r, info), limit, post_limit,
+                        self._remaining_minutes(), plan.with_room if limit else [])
+        self.claims.append(request)
         self.session.send(request)
 
     def _policy(self, request: Claim, candidates: list[Task], resources: Resources,
@@ -655,7 +686,7 @@ class Launcher:
         return chosen
 
     def _claimed(self, request: Claim) -> list[ledger.Intent]:
-        self.claiming = False
+        self.claims.remove(request)
         self.max_packing = max(self.max_packing, request.max_packing)
         if request.limit:
             self.want_claim = bool(request.runs) or bool(request.error)
@@ -677,7 +708,9 @@ class Launcher:
         app = request.apps.get(task.app_id)  # type: ignore[arg-type]
         if app is None:  # its app could not be read: the reconcile gives it back
             return []
-        has_nodes = with_nodes and self.resources.allocate(task) is not None
+        # on the nodes its claim planned (no other claim could plan on them)
+        has_nodes = with_nodes and self.resources.allocate(
+            task, on=[n.index for n in c.nodes]) is not None
         refusal = None
         if with_nodes:
             try:

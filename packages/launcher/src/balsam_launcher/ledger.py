@@ -237,6 +237,7 @@ class Ledger:
         self.dead = False
         self.in_flight: Batch | None = None
         self._queued: dict[int, None] = {}  # the tasks in QUEUES, in order
+        self._waiting: dict[int, None] = {}  # QUEUED tasks whose next step waits for the write
         self._count: Counter[Phase] = Counter()
 
     # --- reading ---------------------------------------------------------------------------------
@@ -253,6 +254,15 @@ class Ledger:
     def active(self) -> int:
         """Processes and scripts: what the launcher waits for whatever the database does."""
         return self.count(*PROCESS, P.WORKING)
+
+    def queued(self) -> int:
+        """How many tasks have moves waiting for the next batch."""
+        return len(self._queued)
+
+    def waiting(self) -> bool:
+        """Whether a queued write holds a task back (its next step, a script or a start, comes
+        once it is written); the others only record what happened, or give claims back."""
+        return bool(self._waiting)
 
     def settled(self) -> bool:
         """Nothing left to do or to write: every task is PARKED."""
@@ -604,8 +614,11 @@ class Ledger:
     def _set(self, e: Entry, phase: Phase) -> None:
         if e.phase in QUEUES:
             self._queued.pop(e.id, None)
+            self._waiting.pop(e.id, None)
         if phase in QUEUES:
             self._queued[e.id] = None
+            if phase is P.QUEUED and not e.release:
+                self._waiting[e.id] = None
         self._count[e.phase] -= 1
         self._count[phase] += 1
         e.phase = phase
@@ -619,6 +632,7 @@ class Ledger:
     def _forget(self, e: Entry) -> list[Intent]:
         """The task is no longer ours (given back, or lost)."""
         self._queued.pop(e.id, None)
+        self._waiting.pop(e.id, None)
         self._count[e.phase] -= 1
         del self.tasks[e.id]
         return self._free(e)
@@ -627,6 +641,8 @@ class Ledger:
         """Assert that every task's payload fits its phase (tests call it after each event)."""
         assert sum(self._count.values()) == len(self.tasks)
         assert self._queued.keys() == {t for t, e in self.tasks.items() if e.phase in QUEUES}
+        assert self._waiting.keys() == {t for t, e in self.tasks.items()
+                                        if e.phase is P.QUEUED and not e.release}
         flying = set(self.in_flight.chains) if self.in_flight else set()
         for tid, e in self.tasks.items():
             assert (e.phase in WRITES) == (tid in flying), (tid, e.phase)

@@ -3,9 +3,11 @@ own connection.
 
 The loop sends requests (:meth:`Session.send`); the session serves them first in, first out, so
 that an answer reflects every write sent before it, and hands each request back answered (or
-failed, ``error`` set) through ``post``, the loop's inbox. Between requests it heartbeats (after
-each committed heartbeat the lease is renewed; dead launchers are reaped) and it hears NOTIFY (new
-work, kill hints), which it posts as events too.
+failed, ``error`` set) through ``post``, the loop's inbox, in the order it served them. A claim
+goes ahead of the queue (it touches only unclaimed tasks, so no answer depends on it waiting):
+nodes freed wait one claim for their next tasks, not a queue of writes. Between requests it
+heartbeats (after each committed heartbeat the lease is renewed; dead launchers are reaped) and it
+hears NOTIFY (new work, kill hints), which it posts as events too.
 
 Faults: a lost connection is reconnected with backoff, re-reading ``server-info`` so that a server
 restarted on another port is found, and requests wait meanwhile; a transaction the server rolled
@@ -70,6 +72,8 @@ class Claim(Request):
     limit: int
     post_limit: int
     max_wall_minutes: float | None
+    #: The nodes this claim may place tasks on (no other claim in flight plans on them).
+    reserved: list[int] = field(default_factory=list)
     #: The largest node_packing_count among the candidates (serial mode's capacity).
     max_packing: int = field(default=1, init=False)
     runs: list[claim.Claimed] = field(default_factory=list, init=False)
@@ -226,6 +230,7 @@ class Session:
         self.apps: dict[int, App] = {}
         self.conn: Connection | None = None
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._claims: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -262,7 +267,7 @@ class Session:
         self._thread.start()
 
     def send(self, request: Request) -> None:
-        self._requests.put(request)
+        (self._claims if isinstance(request, Claim) else self._requests).put(request)
         try:
             os.write(self._wake_w, b"r")
         except BlockingIOError:
@@ -307,10 +312,9 @@ class Session:
         """The next request, waiting until one comes, a notification arrives or it is time to
         heartbeat."""
         assert self.conn is not None
-        try:
-            return self._requests.get_nowait()
-        except queue.Empty:
-            pass
+        request = self._take()
+        if request is not None:
+            return request
         timeout = max(0.0, self._next_heartbeat - time.monotonic()) if not self._dead else 1.0
         with selectors.DefaultSelector() as sel:
             sel.register(self._wake_r, selectors.EVENT_READ)
@@ -318,10 +322,15 @@ class Session:
             sel.select(timeout)
         _drain(self._wake_r)
         self._guarded(self._notifies)
-        try:
-            return self._requests.get_nowait()
-        except queue.Empty:
-            return None
+        return self._take()
+
+    def _take(self) -> Request | None:
+        for requests in (self._claims, self._requests):
+            try:
+                return requests.get_nowait()
+            except queue.Empty:
+                pass
+        return None
 
     def _serve(self, request: Request) -> None:
         assert self.conn is not None
