@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,17 +60,14 @@ def test_a_copy_clones_only_the_nodes_it_changes():
     assert res.idle_nodes == 1000 and scratch.idle_nodes == 998
 
 
-def test_a_planned_placement_is_replayed_and_reserved_nodes_are_planned_around():
+
+def test_a_placement_planned_on_a_copy_is_replayed_exactly():
     real = Resources.on_hosts(["a", "b", "c"], "serial")
     t1, t2 = Task(id=1, node_packing_count=2), Task(id=2, node_packing_count=2)
     assert [n.index for n in real.allocate(t1, on=[2])] == [2]
     assert real.allocate(t2, on=[0, 1]) is None  # a serial task takes one node
-    assert real.with_room == [0, 1, 2]
-    plan = real.copy()
-    plan.reserve([0, 2])  # promised to a claim in flight
-    assert plan.with_room == [1] and plan.free_share == 1
-    assert [n.index for n in plan.allocate(t2)] == [1]
-    assert real.with_room == [0, 1, 2] and real.free_share == Fraction(5, 2)  # untouched
+    assert [n.index for n in real.allocate(t2, on=[2])] == [2]  # two halves
+    assert real.allocate(Task(id=5), on=[2]) is None and real.free_share == 2
     mpi = Resources.on_hosts(["a", "b", "c"], "mpi")
     big = Task(id=3, num_nodes=2)
     assert mpi.allocate(big, on=[0, 0]) is None and mpi.allocate(big, on=[1]) is None

@@ -346,8 +346,13 @@ class LedgerMachine(RuleBasedStateMachine):
                 w.scripts[intent.task_id] = intent.kind
             elif isinstance(intent, Read):
                 w.requests.append(("read", intent.ids))
-            elif isinstance(intent, Recover):
-                w.requests.append(("recover", intent.ids))
+            elif isinstance(intent, Recover):  # on the claims' connection, at once
+                for tid in intent.ids:
+                    row = w.rows[tid]
+                    if tid not in self.ledger and row.launcher == ME:
+                        # only tasks the ledger lost track of: never one it knew RUNNING
+                        assert row.state is not S.RUNNING, tid
+                        row.launcher = None
             elif isinstance(intent, Free):
                 w.nodes.remove(intent.task_id)
         batch = self.ledger.next_batch()
@@ -361,13 +366,17 @@ class LedgerMachine(RuleBasedStateMachine):
                                  S.RUN_TIMEOUT]),
           scripts=st.booleans(), handler=st.booleans(), retry=st.booleans())
     def claim(self, state, scripts, handler, retry):
-        """A claim goes through the session like every request: a reconcile read before it
-        does not see its tasks."""
+        """The loop claims on its own connection, at once (a reconcile in flight may have been
+        read before: it carries what the ledger knew when it was sent)."""
         tid, self.next_id = self.next_id, self.next_id + 1
-        self.w.rows[tid] = Row(state, None, message="new")
+        self.w.rows[tid] = Row(state, ME, message="claimed")
         t = task(tid, state, post_error_handler=handler, post_timeout_handler=handler,
                  auto_timeout_retry=retry, state_message="claimed")
-        self.w.requests.append(("claim", (t, SCRIPTS if scripts else PLAIN)))
+        run = state in (S.READY, S.RESTART_READY)
+        self.w.claim_no[tid] = self.w.claim_no.get(tid, 0) + 1
+        if run:
+            self.w.nodes.add(tid)
+        self.carry(self.ledger.claimed(t, SCRIPTS if scripts else PLAIN, [], has_nodes=run))
 
     @precondition(lambda self: self.w.starting)
     @rule(data=st.data(), how=st.sampled_from(["started", "started", "failed", "no place"]))
@@ -424,19 +433,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 w.results.append(("read", arg, w.known(arg)))
         elif kind == "owned":
             w.results.append(("owned", {t: r.state for t, r in w.rows.items()
-                                        if r.launcher == ME}))
-        elif kind == "claim":
-            t, _ = arg
-            row = w.rows[t.id]
-            row.launcher, row.message = ME, "claimed"
-            w.results.append(("claimed", arg))
-        elif kind == "recover":
-            for tid in arg:
-                row = w.rows[tid]
-                if row.launcher == ME:
-                    # only tasks the ledger lost track of: never one it knew RUNNING
-                    assert row.state is not S.RUNNING, tid
-                    row.launcher = None
+                                        if r.launcher == ME}, arg))
 
     @precondition(lambda self: self.w.results)
     @rule()
@@ -453,13 +450,6 @@ class LedgerMachine(RuleBasedStateMachine):
             self.carry(ledger.read_failed(*args))
         elif kind == "owned":
             self.carry(ledger.reconciled(*args))
-        elif kind == "claimed":
-            t, app = args[0]
-            run = t.state in (S.READY, S.RESTART_READY)
-            self.w.claim_no[t.id] = self.w.claim_no.get(t.id, 0) + 1
-            if run:
-                self.w.nodes.add(t.id)
-            self.carry(ledger.claimed(t, app, [], has_nodes=run))
 
     @precondition(lambda self: self.w.requests)
     @rule(fault=st.sampled_from(["none", "none", "rollback", "lost_answer"]))
@@ -471,7 +461,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def reconcile(self):
-        self.w.requests.append(("owned", None))
+        self.w.requests.append(("owned", frozenset(self.ledger.tasks)))
 
     @precondition(lambda self: any(r.launcher == ME and r.state not in FINAL
                                    for r in self.w.rows.values()))

@@ -278,9 +278,10 @@ def held_states(conn: Connection, launcher: int,
     return {r["id"]: (State(r["state"]), r["state_message"], r["attempts"]) for r in rows}
 
 
-def open_session(conn: Connection) -> None:
-    """Make ``conn`` a launcher's: durable commits, LISTEN for new work and kills."""
-    conn.execute(q("launcher_session"))
+def open_session(conn: Connection, *, listen: bool = True) -> None:
+    """Make ``conn`` a launcher's: durable commits, and (``listen``) LISTEN for new work and
+    kills (a connection that never reads notifications must not listen: they would pile up)."""
+    conn.execute(q("launcher_session" if listen else "claim_session"))
 
 
 def apps(conn: Connection, ids: Iterable[int]) -> dict[int, App]:

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 JOB_MODES = ("mpi", "serial")
 ZERO, ONE = Fraction(0), Fraction(1)
-#: The placeholder task holding nodes promised elsewhere (see :meth:`Resources.reserve`).
-RESERVED = -1
 
 
 @dataclass
@@ -93,10 +91,6 @@ class Resources:
     def running(self) -> set[int]:
         return set(self._where)
 
-    @property
-    def with_room(self) -> list[int]:
-        """Indices of the nodes a task could still get a share of, in order."""
-        return list(self._open)
 
     def share(self, task: Task) -> Fraction:
         """The fraction of each of its nodes a task occupies."""
@@ -155,20 +149,6 @@ class Resources:
         share = self.share(task)
         nodes = [self.nodes[i] for i in on]
         return nodes if all(n.free >= share for n in nodes) else None
-
-    def reserve(self, indices: Iterable[int]) -> None:
-        """Fill these nodes (held by :data:`RESERVED`): planning on a copy around nodes
-        promised to someone else, such as a claim in flight."""
-        for i in indices:
-            n = self._writable(i)
-            share = n.free
-            if share <= 0:
-                continue
-            self._idle -= n.idle
-            n.busy += share
-            n.tasks[RESERVED] = n.tasks.get(RESERVED, ZERO) + share
-            self._free -= share
-            del self._open[bisect.bisect_left(self._open, n.index)]
 
     def release(self, task_id: int) -> None:
         """Free whatever the task holds (nothing if it holds nothing)."""

@@ -2,13 +2,14 @@
 nodes, and records every step in the shared database, surviving server restarts.
 
 Decide, then do. The :class:`~balsam_launcher.ledger.Ledger` decides (pure: events in, intents
-out); around it, thin I/O: the database :class:`~balsam_launcher.session.Session` (its own
-thread and connection, requests served first in, first out), the task
-:class:`~balsam_launcher.process.Processes` (local and on node agents), and the
-:class:`~balsam_launcher.steps.ScriptPool` (stage-in and scripts in worker threads). This loop
-feeds their events to the ledger and carries its intents out. The main thread only starts and
-reaps processes and runs the ledger: while a batch of writes is in flight, it starts the next
-tasks.
+out); around it, thin I/O: the database :class:`~balsam_launcher.session.Session` (a thread with
+its own connection, requests served first in, first out) and the loop's own
+:class:`~balsam_launcher.session.Claims`, the task :class:`~balsam_launcher.process.Processes`
+(local and on node agents), and the :class:`~balsam_launcher.steps.ScriptPool` (stage-in and
+scripts in worker threads). This loop feeds their events to the ledger and carries its intents
+out. It claims (a free node waits for nothing else), starts and reaps processes and runs the
+ledger; writes, reads and heartbeats are the session's: while they are in flight, it starts the
+next tasks.
 """
 
 from __future__ import annotations
@@ -35,15 +36,16 @@ from typing import Any
 import pluggy
 
 from balsam import claim
-from balsam.errors import BalsamError, InvalidInput
-from balsam.models import Task
+from balsam.errors import BalsamError, ClaimLost, InvalidInput
+from balsam.models import App, Task
 from balsam.project import Project, current_user
-from balsam.resources import JOB_MODES, Node, Resources
-from balsam_launcher import detect, ledger, policy, steps, workdirs
+from balsam.resources import JOB_MODES, Node
+from balsam_launcher import detect, ledger, steps, workdirs
 from balsam_launcher.process import AgentPool, Processes, program
 from balsam_launcher.session import (
-    Claim,
+    Claims,
     Crashed,
+    Disconnected,
     End,
     Notified,
     Parents,
@@ -52,7 +54,6 @@ from balsam_launcher.session import (
     Reaped,
     Reconcile,
     Reconnected,
-    Recover,
     Session,
     WorkLeft,
     Write,
@@ -67,8 +68,6 @@ RECONCILE_SECONDS = 2.0
 #: up to this long (seconds) or until this many tasks have some, to go in one batch; writes a
 #: task waits for go at once. For short tasks, a run's start and end then go in one write.
 WRITE_DELAY, WRITE_BATCH = 0.1, 256
-#: Claims in flight at once: the next plans on nodes freed after the one before was sent.
-MAX_CLAIMS = 2
 #: How long a stopping launcher waits for its last writes when the database is unreachable.
 DRAIN_SECONDS = 30.0
 #: ``always``: run serial-mode tasks through node agents even on this host (tests).
@@ -151,6 +150,7 @@ class Launcher:
         self.pool = steps.ScriptPool(options.workers, self._post)
         self.session = Session(project, self._post, wf_filter=self.wf_filter,
                                heartbeat_interval=options.heartbeat_interval)
+        self.claims = Claims(project, pm, wf_filter=self.wf_filter)
         self.todo: deque[ledger.Intent] = deque()
         self.signals: list[int] = []
         self.wake_r = self.wake_w = self.old_wakeup_fd = -1
@@ -162,11 +162,9 @@ class Launcher:
         # Private scratch space on the launcher's host, removed at exit (per-task MPI session
         # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
         self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
-        # What is asked of the session and not yet answered.
-        self.claims: list[Claim] = []  # oldest first
+        # What is asked of the session and not yet answered (one of each at a time).
         self.reconciling = self.checking = False
         self.want_claim = self.want_post = True
-        self.max_packing = 1
         now = time.monotonic()
         self.deadline = (now + options.time_limit_minutes * 60
                          if options.time_limit_minutes is not None else None)
@@ -186,7 +184,7 @@ class Launcher:
         """Register, work until told to stop (or out of work with ``consume_all``), clean up."""
         os.umask(self.project.umask)
         _raise_fd_limit()
-        self.id = self.session.register(
+        self.id = self.claims.register(
             job_mode=self.options.job_mode, num_nodes=self.resources.num_nodes,
             wf_filter=self.options.wf_filter, batch_job_id=self.options.batch_job_id,
             heartbeat_timeout=self.options.heartbeat_timeout)
@@ -201,7 +199,7 @@ class Launcher:
                  self.options.wf_filter)
         try:
             self._setup_wakeups()
-            self.session.start()  # heartbeats from now on, even while agents start
+            self.session.start(self.id)  # heartbeats from now on, even while agents start
             self._start_agents()
             while not self._finished():
                 self._turn()
@@ -246,6 +244,7 @@ class Launcher:
             self._end()
         log.info("launcher %s ended: %s", self.id, self.ledger.stopping)
         self.session.close()
+        self.claims.close()
         self.selector.close()
         for fd in (self.wake_r, self.wake_w, self.root_fd):
             if fd >= 0:
@@ -378,28 +377,29 @@ class Launcher:
             self._do(self._event(event))
 
     def _ask(self, now: float) -> None:
-        """Send the session what is due: a claim for free nodes, the queued writes, a
-        reconcile, a check for work left."""
-        self._claim(now)
+        """Claim for free nodes (first: a node waits for nothing else), then send the session
+        what is due: the queued writes, a reconcile, a check for work left."""
+        self._do(self._claim(now))
         self._send_writes()
         if now >= self.next_reconcile and not self.reconciling and not self.ledger.dead:
             self.next_reconcile = now + RECONCILE_SECONDS
             self.reconciling = True
-            self.session.send(Reconcile())
+            self.session.send(Reconcile(frozenset(self.ledger.tasks)))
         if self.options.consume_all and self.ledger.stopping is None and not self.ledger.tasks \
-                and not self.claims and not self.checking and now >= self.next_done_check:
+                and not self.checking and now >= self.next_done_check:
             self.next_done_check = now + 0.5
             self.checking = True
-            self.session.send(WorkLeft(self.resources.copy(), self._remaining_minutes()))
+            self.session.send(WorkLeft(self.resources, self._remaining_minutes()))
 
     def _send_writes(self) -> None:
         """Send the queued writes as one batch if none is in flight: at once if a task waits
-        for them (or the launcher stops), else once records have waited WRITE_DELAY or fill
-        WRITE_BATCH."""
+        for them, the launcher stops or no process runs, else once records have waited
+        WRITE_DELAY or fill WRITE_BATCH."""
         ledger = self.ledger
         if ledger.in_flight is not None or not ledger.queued():
             return
-        if not ledger.waiting() and ledger.stopping is None and ledger.queued() < WRITE_BATCH:
+        if not ledger.waiting() and ledger.stopping is None and ledger.queued() < WRITE_BATCH \
+                and len(self.processes):  # with nothing running, nothing to wait for
             now = time.monotonic()
             if self.records_since is None:
                 self.records_since = now
@@ -420,27 +420,20 @@ class Launcher:
             return self.ledger.committed(event.batch, event.reached, event.released)
         if isinstance(event, steps.Done):
             return self.ledger.work_done(event.task_id, event.kind, event.ok, event.detail)
-        if isinstance(event, Claim):
-            return self._claimed(event)
         if isinstance(event, ReadStates):
             return (self.ledger.read_failed(event.ids) if event.error
                     else self.ledger.states_read(event.ids, event.found))
         if isinstance(event, Reconcile):
             self.reconciling = False
-            return [] if event.error else self.ledger.reconciled(event.owned)
+            return [] if event.error else self.ledger.reconciled(event.owned, event.known)
         if isinstance(event, Notified):
             return self._notified(event)
         if isinstance(event, Parents):
             return self._stage_in(event)
-        if isinstance(event, Recover):
-            if event.rows:
-                log.warning("gave back %d claim(s) this launcher did not know it held: %s",
-                            len(event.rows),
-                            ", ".join(f"{r['id']} ({r['state']})" for r in event.rows))
-        elif isinstance(event, WorkLeft):
+        if isinstance(event, WorkLeft):
             self.checking = False
             if not event.error and not event.remaining and not self.ledger.tasks \
-                    and not self.claims and self.ledger.stopping is None:
+                    and self.ledger.stopping is None:
                 log.info("launcher %s stopping: no work left", self.id)
                 self.pool.cancel()
                 return self.ledger.stop("no work left")
@@ -448,7 +441,10 @@ class Launcher:
             log.warning("reaped launcher(s) %s presumed dead: %d task(s) recovered",
                         event.launchers, event.tasks)
             self.want_claim = self.want_post = True
+        elif isinstance(event, Disconnected):
+            self.claims.lost()
         elif isinstance(event, Reconnected):
+            self.claims.resume()
             self.want_claim = self.want_post = True
             self.next_reconcile = time.monotonic()
         elif isinstance(event, PresumedDead):
@@ -482,9 +478,9 @@ class Launcher:
             intent = self.todo[0]
             if isinstance(intent, ledger.Start):
                 more = self._start(intent.task_id)
-                # Let the database thread have the GIL (CPython 3.11 holds it while a child
-                # execs: without this, each of its round trips waits for the next start).
-                os.sched_yield()
+                # Let the session thread have the GIL (CPython 3.11 holds it while a child
+                # execs): sleep(0) releases it without giving the CPU away.
+                time.sleep(0)
                 if not self.inbox.empty():
                     self._read_inbox()
                 self._send_writes()
@@ -502,7 +498,7 @@ class Launcher:
                 self.session.send(ReadStates(intent.ids))
             elif isinstance(intent, ledger.Recover):
                 more = []
-                self.session.send(Recover(intent.ids))
+                self._recover(intent.ids)
             else:
                 more = []
                 assert isinstance(intent, ledger.Note)
@@ -640,75 +636,53 @@ class Launcher:
             return None
         return max(0.0, (self.deadline - time.monotonic()) / 60)
 
-    def _capacity(self, resources: Resources) -> int:
-        """How many more tasks could start on ``resources``, at most."""
-        if resources.job_mode == "mpi":
-            return resources.idle_nodes
-        return int(resources.free_share * self.max_packing)
+    def _capacity(self) -> int:
+        """How many more tasks could start now, at most."""
+        if self.resources.job_mode == "mpi":
+            return self.resources.idle_nodes
+        return int(self.resources.free_share * self.claims.max_packing)
 
-    def _claim(self, now: float) -> None:
-        """Claim for the nodes no claim in flight may use (each claim plans on the nodes free
-        when it was sent; the next one on those freed since), and tasks to post-process."""
-        if self.ledger.stopping is not None or len(self.claims) >= MAX_CLAIMS:
-            return
+    def _claim(self, now: float) -> list[ledger.Intent]:
+        """Claim tasks for the free nodes, and tasks to post-process."""
+        if self.ledger.stopping is not None or not self.claims.ready(now):
+            return []
         polled = now >= self.next_poll
         if polled:
             self.next_poll = now + self.options.poll_interval
-        plan = self.resources.copy()
-        for earlier in self.claims:
-            plan.reserve(earlier.reserved)
-        capacity = self._capacity(plan)
+        capacity = self._capacity()
         limit = 2 * capacity + 16 if capacity > 0 and (self.want_claim or polled) else 0
         room = 4 * self.options.workers - self.ledger.count(
-            ledger.Phase.WORKING, ledger.Phase.RECHECKING) - sum(c.post_limit for c in self.claims)
+            ledger.Phase.WORKING, ledger.Phase.RECHECKING)
         post_limit = room if room > 0 and (self.want_post or polled) else 0
         if not limit and not post_limit:
-            return
-        info = self.info()
-        request = Claim(plan, lambda c, r: self._policy(request, c, r, info), limit, post_limit,
-                        self._remaining_minutes(), plan.with_room if limit else [])
-        self.claims.append(request)
-        self.session.send(request)
-
-    def _policy(self, request: Claim, candidates: list[Task], resources: Resources,
-                info: dict[str, Any]) -> Sequence[Task]:
-        """Which candidates to claim (in the session's thread): the select_tasks hook, the
-        default policy if a plugin fails."""
-        request.max_packing = max(t.node_packing_count for t in candidates)
+            return []
         try:
-            chosen = self.pm.hook.select_tasks(candidates=candidates, resources=resources,
-                                               launcher=info)
-        except Exception:
-            log.exception("a select_tasks plugin failed; using the default policy")
-            chosen = None
-        if chosen is None:
-            chosen = policy.largest_first(candidates, resources.copy())
-        return chosen
-
-    def _claimed(self, request: Claim) -> list[ledger.Intent]:
-        self.claims.remove(request)
-        self.max_packing = max(self.max_packing, request.max_packing)
-        if request.limit:
-            self.want_claim = bool(request.runs) or bool(request.error)
-        if request.post_limit:
-            self.want_post = bool(request.posts) or bool(request.error)
+            runs, posts, apps = self.claims.claim(
+                self.resources, self.info(), limit=limit, post_limit=post_limit,
+                max_wall_minutes=self._remaining_minutes())
+        except ClaimLost as exc:
+            return self._event(PresumedDead(str(exc)))
+        if limit:
+            self.want_claim = bool(runs)
+        if post_limit:
+            self.want_post = bool(posts)
         intents: list[ledger.Intent] = []
-        for claimed, with_nodes in ((request.runs, True), (request.posts, False)):
-            if not claimed:
-                continue
-            log.info("claimed %d task(s)%s: %s", len(claimed), "" if with_nodes else " to finish",
-                     ids_text([c.task.id for c in claimed]))  # type: ignore[misc]
+        for claimed, with_nodes in ((runs, True), (posts, False)):
+            if claimed:
+                log.info("claimed %d task(s)%s: %s", len(claimed),
+                         "" if with_nodes else " to finish",
+                         ids_text([c.task.id for c in claimed]))  # type: ignore[misc]
             for c in claimed:
-                intents += self._adopt(c, request, with_nodes=with_nodes)
+                intents += self._adopt(c, apps, with_nodes=with_nodes)
         return intents
 
-    def _adopt(self, c: claim.Claimed, request: Claim, *,
+    def _adopt(self, c: claim.Claimed, apps: dict[int, App], *,
                with_nodes: bool) -> list[ledger.Intent]:
         task = c.task
-        app = request.apps.get(task.app_id)  # type: ignore[arg-type]
+        app = apps.get(task.app_id)  # type: ignore[arg-type]
         if app is None:  # its app could not be read: the reconcile gives it back
             return []
-        # on the nodes its claim planned (no other claim could plan on them)
+        # on the nodes its claim planned: they are free (nothing else took nodes meanwhile)
         has_nodes = with_nodes and self.resources.allocate(
             task, on=[n.index for n in c.nodes]) is not None
         refusal = None
@@ -719,6 +693,14 @@ class Launcher:
                 refusal = str(exc)
         return self.ledger.claimed(task, app, c.parent_ids, has_nodes=has_nodes,
                                    refusal=refusal)
+
+    def _recover(self, ids: Sequence[int]) -> None:
+        """Give back claims the database says we hold and the ledger did not know when it asked
+        (less any it learned of since: the claims are made on the same connection)."""
+        rows = self.claims.recover([t for t in ids if t not in self.ledger])
+        if rows:
+            log.warning("gave back %d claim(s) this launcher did not know it held: %s",
+                        len(rows), ", ".join(f"{r['id']} ({r['state']})" for r in rows))
 
     # --- node agents ---------------------------------------------------------------------------
 

@@ -461,12 +461,17 @@ class Ledger:
         again = tuple(t for t in asked if t in self.tasks and self.tasks[t].phase in READS)
         return [Read(again)] if again and not self.dead else []
 
-    def reconciled(self, owned: Mapping[int, State]) -> list[Intent]:
-        """What the database says this launcher holds (read after every write sent before)."""
+    def reconciled(self, owned: Mapping[int, State],
+                   known: Iterable[int] | None = None) -> list[Intent]:
+        """What the database says this launcher holds (read after every write sent before);
+        ``known``: the tasks the ledger held when it asked (a task claimed since may be missing
+        from the answer: it is not judged). Unknown claims are to be recovered, less any claimed
+        since (the caller checks again when it recovers them)."""
         if self.dead:
             return []
         intents: list[Intent] = []
-        for e in list(self.tasks.values()):
+        asked = None if known is None else set(known)
+        for e in [e for t, e in self.tasks.items() if asked is None or t in asked]:
             state = owned.get(e.id)
             if state is None:
                 intents += self._let_go(e, "is no longer held by this launcher", lost=True)

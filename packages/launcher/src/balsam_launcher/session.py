@@ -1,19 +1,24 @@
-"""The launcher's database session: every database call a launcher makes, on one thread with its
-own connection.
+"""Every database call of the launcher: the session (a thread with its own connection) and the
+claims (the loop's own connection).
 
-The loop sends requests (:meth:`Session.send`); the session serves them first in, first out, so
-that an answer reflects every write sent before it, and hands each request back answered (or
-failed, ``error`` set) through ``post``, the loop's inbox, in the order it served them. A claim
-goes ahead of the queue (it touches only unclaimed tasks, so no answer depends on it waiting):
-nodes freed wait one claim for their next tasks, not a queue of writes. Between requests it
-heartbeats (after each committed heartbeat the lease is renewed; dead launchers are reaped) and it
-hears NOTIFY (new work, kill hints), which it posts as events too.
+The session thread serves the loop's requests first in, first out, so that an answer reflects
+every write sent before it, and posts each request back answered (or failed, ``error`` set), in
+the order it served them. Between requests it heartbeats (after each committed heartbeat the
+lease is renewed; dead launchers are reaped) and hears NOTIFY (new work, kill hints), which it
+posts as events. Writes are batched and off the loop: while they are in flight, the loop starts
+processes.
 
-Faults: a lost connection is reconnected with backoff, re-reading ``server-info`` so that a server
-restarted on another port is found, and requests wait meanwhile; a transaction the server rolled
-back (SQLSTATE class 40) fails its request at once, for the loop to send again; other server
-errors (a full disk, too many connections...) fail it too and the session backs off; anything
-else is a bug and ends the launcher (:class:`Crashed`). A launcher found presumed dead
+Claims are not: a free node waits for its claim, so the loop makes them itself
+(:class:`Claims`, synchronous, on a connection of its own), like the recovery of claims the
+ledger does not know (serialised with the claims, it never gives back a task just claimed). A
+request whose answer judges what the launcher holds (a reconcile) therefore carries what the
+launcher knew when it was sent: a claim committed since is not in the answer, and is not judged.
+
+Faults: a lost connection is reconnected with backoff, re-reading ``server-info`` so that a
+server restarted on another port is found, and requests wait meanwhile; a transaction the server
+rolled back (SQLSTATE class 40) fails its request at once, for the loop to send again; other
+server errors (a full disk, too many connections...) fail it too and the session backs off;
+anything else is a bug and ends the launcher (:class:`Crashed`). A launcher found presumed dead
 (:class:`PresumedDead`) stops heart-beating.
 """
 
@@ -25,10 +30,11 @@ import queue
 import selectors
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pluggy
 import psycopg
 
 from balsam import claim
@@ -38,7 +44,7 @@ from balsam.models import App, Task
 from balsam.project import Project
 from balsam.resources import Resources
 from balsam.states import State
-from balsam_launcher import lease
+from balsam_launcher import lease, policy
 from balsam_launcher.ledger import Batch, Known
 
 log = logging.getLogger("balsam.launcher")
@@ -49,7 +55,7 @@ TASKS_CHANNEL, KILL_CHANNEL = "balsam_tasks", "balsam_kill"
 Post = Callable[[object], None]
 
 
-# --- requests: each carries its answer back --------------------------------------------------
+# --- the session's requests: each carries its answer back --------------------------------------
 
 
 @dataclass(eq=False)
@@ -60,39 +66,6 @@ class Request:
 
     def run(self, conn: Connection, s: Session) -> None:
         raise NotImplementedError
-
-
-@dataclass(eq=False)
-class Claim(Request):
-    """Claim tasks to run on ``resources`` (a copy: the launcher's own change meanwhile) and
-    tasks to post-process, with their apps. On failure, what was claimed before it is kept."""
-
-    resources: Resources
-    policy: claim.Policy
-    limit: int
-    post_limit: int
-    max_wall_minutes: float | None
-    #: The nodes this claim may place tasks on (no other claim in flight plans on them).
-    reserved: list[int] = field(default_factory=list)
-    #: The largest node_packing_count among the candidates (serial mode's capacity).
-    max_packing: int = field(default=1, init=False)
-    runs: list[claim.Claimed] = field(default_factory=list, init=False)
-    posts: list[claim.Claimed] = field(default_factory=list, init=False)
-    apps: dict[int, App] = field(default_factory=dict, init=False)
-
-    def run(self, conn: Connection, s: Session) -> None:
-        if self.limit > 0:
-            self.runs = claim.claim_for_run(conn, s.launcher, self.resources, self.policy,
-                                            wf_filter=s.wf_filter, limit=self.limit,
-                                            max_wall_minutes=self.max_wall_minutes)
-        if self.post_limit > 0:
-            self.posts = claim.claim_for_post(conn, s.launcher, limit=self.post_limit,
-                                              wf_filter=s.wf_filter)
-        missing = {c.task.app_id for c in (*self.runs, *self.posts)} - s.apps.keys()
-        if missing:
-            s.apps.update(claim.apps(conn, missing))  # type: ignore[arg-type]
-        self.apps = {c.task.app_id: s.apps[c.task.app_id]  # type: ignore[index,misc]
-                     for c in (*self.runs, *self.posts) if c.task.app_id in s.apps}
 
 
 @dataclass(eq=False)
@@ -128,23 +101,14 @@ class ReadStates(Request):
 
 @dataclass(eq=False)
 class Reconcile(Request):
-    """What the database says this launcher holds."""
+    """What the database says this launcher holds; ``known``: the tasks the launcher knew when
+    it asked (the only ones the answer can judge)."""
 
+    known: frozenset[int]
     owned: dict[int, State] = field(default_factory=dict, init=False)
 
     def run(self, conn: Connection, s: Session) -> None:
         self.owned = claim.owned(conn, s.launcher)
-
-
-@dataclass(eq=False)
-class Recover(Request):
-    """Give back claims the launcher does not know it holds, by the recovery rule."""
-
-    ids: tuple[int, ...]
-    rows: list[dict[str, Any]] = field(default_factory=list, init=False)
-
-    def run(self, conn: Connection, s: Session) -> None:
-        self.rows = claim.recover_unknown(conn, s.launcher, self.ids)
 
 
 @dataclass(eq=False)
@@ -184,7 +148,7 @@ class End(Request):
         self.released = claim.end_launcher(conn, s.launcher, self.reason)
 
 
-# --- events the session posts ------------------------------------------------------------------
+# --- events the session posts --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -205,6 +169,11 @@ class PresumedDead:
 
 
 @dataclass(frozen=True)
+class Disconnected:
+    pass
+
+
+@dataclass(frozen=True)
 class Reconnected:
     pass
 
@@ -214,11 +183,11 @@ class Crashed:
     error: BaseException
 
 
-# --- the session -------------------------------------------------------------------------------
+# --- the session ---------------------------------------------------------------------------------
 
 
 class Session:
-    """The launcher's connection and the thread that owns it."""
+    """The launcher's session connection and the thread that owns it."""
 
     def __init__(self, project: Project, post: Post, *, wf_filter: claim.WorkflowFilter,
                  heartbeat_interval: float) -> None:
@@ -227,10 +196,8 @@ class Session:
         self.wf_filter = wf_filter
         self.heartbeat_interval = heartbeat_interval
         self.launcher = 0
-        self.apps: dict[int, App] = {}
         self.conn: Connection | None = None
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
-        self._claims: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
@@ -239,35 +206,19 @@ class Session:
         self._reconnect_delay = 0.2
         self._backoff = 0.0
 
-    # --- the loop's side ---------------------------------------------------------------------
+    # --- the loop's side -----------------------------------------------------------------------
 
-    def register(self, *, job_mode: str, num_nodes: int, wf_filter: str,
-                 batch_job_id: int | None, heartbeat_timeout: float) -> int:
-        """Connect and register the launcher (in the caller's thread, before :meth:`start`)."""
-        self.conn = self._connect(self.project)
-        try:
-            row = claim.register_launcher(
-                self.conn, job_mode=job_mode, num_nodes=num_nodes, wf_filter=wf_filter,
-                batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout)
-        except psycopg.errors.ForeignKeyViolation:
-            self.close()
-            message = f"no batch job {batch_job_id} in this project"
-            raise InvalidInput(message) from None
-        except psycopg.Error as exc:
-            self.close()
-            raise translate(exc) from exc
-        self.launcher = int(row["id"])
-        return self.launcher
-
-    def start(self) -> None:
+    def start(self, launcher: int) -> None:
         """Serve requests from now on, after a first heartbeat (which reaps dead launchers: a
         first claim may then find their tasks)."""
+        self.launcher = launcher
+        self.conn = _connect(self.project, listen=True)
         self._next_heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._main, name="database", daemon=True)
         self._thread.start()
 
     def send(self, request: Request) -> None:
-        (self._claims if isinstance(request, Claim) else self._requests).put(request)
+        self._requests.put(request)
         try:
             os.write(self._wake_w, b"r")
         except BlockingIOError:
@@ -283,12 +234,13 @@ class Session:
         if self._thread is not None:
             self._thread.join(timeout)
         if self._thread is None or not self._thread.is_alive():
-            self._close_conn()
+            _close(self.conn)
+            self.conn = None
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             self._wake_r = self._wake_w = -1
 
-    # --- the thread --------------------------------------------------------------------------
+    # --- the thread ----------------------------------------------------------------------------
 
     def _main(self) -> None:
         try:
@@ -296,7 +248,7 @@ class Session:
                 if self.conn is None:
                     self._reconnect()
                 elif self._backoff:
-                    self._sleep(self._backoff)
+                    self._closing.wait(self._backoff)
                     self._backoff = 0.0
                 elif not self._dead and time.monotonic() >= self._next_heartbeat:
                     self._guarded(self._heartbeat)
@@ -312,9 +264,10 @@ class Session:
         """The next request, waiting until one comes, a notification arrives or it is time to
         heartbeat."""
         assert self.conn is not None
-        request = self._take()
-        if request is not None:
-            return request
+        try:
+            return self._requests.get_nowait()
+        except queue.Empty:
+            pass
         timeout = max(0.0, self._next_heartbeat - time.monotonic()) if not self._dead else 1.0
         with selectors.DefaultSelector() as sel:
             sel.register(self._wake_r, selectors.EVENT_READ)
@@ -322,19 +275,15 @@ class Session:
             sel.select(timeout)
         _drain(self._wake_r)
         self._guarded(self._notifies)
-        return self._take()
-
-    def _take(self) -> Request | None:
-        for requests in (self._claims, self._requests):
-            try:
-                return requests.get_nowait()
-            except queue.Empty:
-                pass
-        return None
+        try:
+            return self._requests.get_nowait()
+        except queue.Empty:
+            return None
 
     def _serve(self, request: Request) -> None:
         assert self.conn is not None
-        ok = self._guarded(lambda: request.run(self.conn, self), request)  # type: ignore[arg-type]
+        conn = self.conn
+        ok = self._guarded(lambda: request.run(conn, self), request)
         if not ok and isinstance(request, End) and self.conn is None:
             self._requests.put(request)  # waits for the connection to come back
             return
@@ -364,7 +313,9 @@ class Session:
             if kind == "lost":
                 log.warning("database connection lost (%s): tasks keep running; reconnecting",
                             why)
-                self._close_conn()
+                _close(self.conn)
+                self.conn = None
+                self.post(Disconnected())
             elif kind == "rolled back":
                 # A deadlock with another launcher (both releasing shared children): nothing
                 # was written; the loop sends it again.
@@ -395,36 +346,167 @@ class Session:
     def _reconnect(self) -> None:
         try:
             # server-info again: the server may have come back on another port
-            self.conn = self._connect(Project.load(self.project.root))
+            self.conn = _connect(Project.load(self.project.root), listen=True)
         except (BalsamError, psycopg.Error) as exc:
             log.debug("reconnect failed: %s", first_line(exc))
-            self._sleep(self._reconnect_delay)
+            self._closing.wait(self._reconnect_delay)
             self._reconnect_delay = min(5.0, self._reconnect_delay * 2)
             return
         log.info("reconnected to the database")
         self._next_heartbeat = time.monotonic()  # prove we live at once
         self.post(Reconnected())
 
-    @staticmethod
-    def _connect(project: Project) -> Connection:
-        conn = connect(project)
+
+# --- claims: the loop's own connection -----------------------------------------------------------
+
+
+class Claims:
+    """Claims and the recovery of unknown claims, made by the loop on its own connection. When
+    the connection fails, claims wait (each attempt to reconnect is spaced by a backoff, and
+    made only once the session is connected again: a dead server must not stall the loop)."""
+
+    def __init__(self, project: Project, pm: pluggy.PluginManager, *,
+                 wf_filter: claim.WorkflowFilter) -> None:
+        self.project, self.pm, self.wf_filter = project, pm, wf_filter
+        self.launcher = 0
+        self.apps: dict[int, App] = {}
+        self.conn: Connection | None = None
+        #: The largest node_packing_count among the candidates seen (serial mode's capacity).
+        self.max_packing = 1
+        self._retry_at = 0.0
+        self._delay = 0.2
+
+    def register(self, *, job_mode: str, num_nodes: int, wf_filter: str,
+                 batch_job_id: int | None, heartbeat_timeout: float) -> int:
+        """Connect and register the launcher."""
+        self.conn = _connect(self.project, listen=False)
         try:
-            claim.open_session(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+            row = claim.register_launcher(
+                self.conn, job_mode=job_mode, num_nodes=num_nodes, wf_filter=wf_filter,
+                batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout)
+        except psycopg.errors.ForeignKeyViolation:
+            self.close()
+            message = f"no batch job {batch_job_id} in this project"
+            raise InvalidInput(message) from None
+        except psycopg.Error as exc:
+            self.close()
+            raise translate(exc) from exc
+        self.launcher = int(row["id"])
+        return self.launcher
 
-    def _close_conn(self) -> None:
-        if self.conn is not None:
+    def ready(self, now: float) -> bool:
+        """Whether a claim may be made now (connected, or time to try again)."""
+        return self.conn is not None or now >= self._retry_at
+
+    def lost(self) -> None:
+        """The session lost its connection: so has this one, most likely."""
+        _close(self.conn)
+        self.conn = None
+        self._retry_at = float("inf")
+
+    def resume(self) -> None:
+        """The session is connected again: reconnect at the next claim."""
+        self._retry_at = 0.0
+
+    def claim(self, resources: Resources, info: dict[str, Any], *, limit: int, post_limit: int,
+              max_wall_minutes: float | None
+              ) -> tuple[list[claim.Claimed], list[claim.Claimed], dict[int, App]]:
+        """Claim tasks to run on ``resources`` (through the ``select_tasks`` hook, which sees
+        ``info``) and tasks to post-process, with their apps. ClaimLost if the launcher was
+        presumed dead; nothing (and a backoff) if the database fails."""
+        runs: list[claim.Claimed] = []
+        posts: list[claim.Claimed] = []
+        try:
+            conn = self._conn()
+            if limit > 0:
+                runs = claim.claim_for_run(conn, self.launcher, resources, self._policy(info),
+                                           wf_filter=self.wf_filter, limit=limit,
+                                           max_wall_minutes=max_wall_minutes)
+            if post_limit > 0:
+                posts = claim.claim_for_post(conn, self.launcher, limit=post_limit,
+                                             wf_filter=self.wf_filter)
+            missing = {c.task.app_id for c in (*runs, *posts)} - self.apps.keys()
+            if missing:
+                self.apps.update(claim.apps(conn, missing))  # type: ignore[arg-type]
+        except (psycopg.Error, BalsamError) as exc:
+            if isinstance(exc, ClaimLost):
+                raise
+            self._failed(exc)
+        # what was claimed before a failure is kept (its app unknown: the reconcile recovers it)
+        return runs, posts, self.apps
+
+    def recover(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Give back, by the recovery rule, claims the database says we hold and the ledger
+        does not know (the caller leaves out any it learned of since asking)."""
+        try:
+            return claim.recover_unknown(self._conn(), self.launcher, ids)
+        except (psycopg.Error, BalsamError) as exc:
+            self._failed(exc)
+            return []
+
+    def close(self) -> None:
+        _close(self.conn)
+        self.conn = None
+
+    def _conn(self) -> Connection:
+        if self.conn is None:
+            self.conn = _connect(Project.load(self.project.root), listen=False)
+            self._delay = 0.2
+        return self.conn
+
+    def _failed(self, exc: BaseException) -> None:
+        """Claims wait a while: the connection is gone (the session says when it is back),
+        the transaction was rolled back, or the server cannot do it now."""
+        kind = classify(self.conn, exc) if isinstance(exc, psycopg.Error) else "lost"
+        if kind == "bug":
+            raise exc
+        if kind == "server":
+            log.warning("database error (SQLSTATE %s: %s): claims wait %.1fs",
+                        getattr(exc, "sqlstate", ""), first_line(exc), self._delay)
+        elif kind == "lost":
+            log.debug("claims wait: %s", first_line(exc))
+            self.close()
+        self._retry_at = time.monotonic() + (self._delay if kind != "rolled back" else 0.0)
+        self._delay = min(5.0, 2 * self._delay)
+
+    def _policy(self, info: dict[str, Any]) -> claim.Policy:
+        def choose(candidates: list[Task], resources: Resources) -> Sequence[Task]:
+            """The select_tasks hook; the default policy if a plugin fails."""
+            self.max_packing = max([self.max_packing,
+                                    *(t.node_packing_count for t in candidates)])
             try:
-                self.conn.close()
-            except psycopg.Error:
-                pass
-            self.conn = None
+                chosen = self.pm.hook.select_tasks(candidates=candidates, resources=resources,
+                                                   launcher=info)
+            except Exception:
+                log.exception("a select_tasks plugin failed; using the default policy")
+                chosen = None
+            if chosen is None:
+                chosen = policy.largest_first(candidates, resources.copy())
+            return chosen
 
-    def _sleep(self, seconds: float) -> None:
-        self._closing.wait(seconds)
+        return choose
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _connect(project: Project, *, listen: bool) -> Connection:
+    """A launcher connection: durable commits; the session's also LISTENs."""
+    conn = connect(project)
+    try:
+        claim.open_session(conn, listen=listen)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _close(conn: Connection | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
 
 
 def classify(conn: Connection | None, exc: psycopg.Error) -> str:

@@ -9,6 +9,10 @@ SET synchronous_commit TO on;
 LISTEN balsam_tasks;
 LISTEN balsam_kill;
 
+-- name: claim_session
+-- A launcher's connection that does not listen (its claims).
+SET synchronous_commit TO on;
+
 -- name: register_launcher
 INSERT INTO launchers (batch_job_id, hostname, pid, job_mode, wf_filter, num_nodes,
                        heartbeat_timeout)
