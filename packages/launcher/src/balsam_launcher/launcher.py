@@ -478,9 +478,6 @@ class Launcher:
             intent = self.todo[0]
             if isinstance(intent, ledger.Start):
                 more = self._start(intent.task_id)
-                # Let the session thread have the GIL (CPython 3.11 holds it while a child
-                # execs): sleep(0) releases it without giving the CPU away.
-                time.sleep(0)
                 if not self.inbox.empty():
                     self._read_inbox()
                 self._send_writes()
