@@ -24,12 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from balsam import zones
 from balsam.errors import InvalidInput
 
 #: Entries of the project directory that belong to its owner's tools (the control zone): no
 #: task works there.
-CONTROL_ZONE = frozenset({"server-info", "server-ca.pem", "job-templates", "balsamdb",
-                          ".pgsocket"})
+CONTROL_ZONE = frozenset({zones.SERVER_INFO, zones.SERVER_CA, zones.TEMPLATES_DIR, zones.DB_DIR,
+                          zones.SOCKET_DIR})
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 #: A planted FIFO must not block the launcher (O_NONBLOCK), and reading the last line of the
