@@ -5,5 +5,5 @@ from __future__ import annotations
 from balsam.errors import BalsamError
 from balsam.hookspecs import hookimpl, hookspec
 
-__version__ = "0.1.3"
+__version__ = "0.1.4"
 __all__ = ["BalsamError", "__version__", "hookimpl", "hookspec"]
