@@ -1,3 +1,3 @@
 """balsam-launcher."""
 
-__version__ = "0.2.0"
+__version__ = "0.1.3"
