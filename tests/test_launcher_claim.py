@@ -281,6 +281,20 @@ def test_end_launcher_releases_and_times_out_what_ran(db, app):
         claim.heartbeat(db, me)
 
 
+def test_a_running_task_is_never_released_without_its_outcome(db, app):
+    me = register(db)
+    running = _running_on(db, app, me)
+    [ready] = lt.add_tasks(db, app, [{"name": "r"}])
+    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    assert claim.release(db, me, [running, ready]) == {ready}
+    row = lt.states(db)[running]
+    assert (row["state"], row["launcher_id"]) == ("RUNNING", me)
+    assert claim.apply(db, me, [], [running])[1] == set()
+    assert claim.held_states(db, me, [running, ready]) == {running: (S.RUNNING, "", 1)}
+    # it leaves with its outcome, or by the recovery rule
+    assert [r["state"] for r in claim.recover_unknown(db, me, [running])] == ["RESTART_READY"]
+
+
 def test_claims_a_launcher_forgot_are_recovered_like_a_dead_launchers(db, app):
     me = register(db)
     running = _running_on(db, app, me)

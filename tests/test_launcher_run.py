@@ -109,6 +109,7 @@ def test_run_error_fails_or_is_retried(project, tmp_path):
         error = next(e for e in lt.events(db) if e["task_id"] == once
                      and e["to_state"] == "RUN_ERROR")
         assert error["message"] == "exit 3: oops"
+        assert row["state_message"] == "exit 3: oops; no error handler, no retries left"
         assert row["attempts"] == 1
         [retried] = lt.add_tasks(db, app, [{"name": "retried"}])
         run_launcher(project, max_retries=2)

@@ -58,3 +58,18 @@ def test_a_copy_clones_only_the_nodes_it_changes():
     scratch.allocate(Task(id=1, num_nodes=2))
     assert sum(a is not b for a, b in zip(res.nodes, scratch.nodes, strict=True)) == 2
     assert res.idle_nodes == 1000 and scratch.idle_nodes == 998
+
+
+
+def test_a_placement_planned_on_a_copy_is_replayed_exactly():
+    real = Resources.on_hosts(["a", "b", "c"], "serial")
+    t1, t2 = Task(id=1, node_packing_count=2), Task(id=2, node_packing_count=2)
+    assert [n.index for n in real.allocate(t1, on=[2])] == [2]
+    assert real.allocate(t2, on=[0, 1]) is None  # a serial task takes one node
+    assert [n.index for n in real.allocate(t2, on=[2])] == [2]  # two halves
+    assert real.allocate(Task(id=5), on=[2]) is None and real.free_share == 2
+    mpi = Resources.on_hosts(["a", "b", "c"], "mpi")
+    big = Task(id=3, num_nodes=2)
+    assert mpi.allocate(big, on=[0, 0]) is None and mpi.allocate(big, on=[1]) is None
+    assert [n.index for n in mpi.allocate(big, on=[2, 0])] == [2, 0]
+    assert mpi.allocate(Task(id=4), on=[0]) is None and mpi.idle_nodes == 1

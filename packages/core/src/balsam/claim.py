@@ -17,7 +17,7 @@ from typing import Any
 
 from balsam.db import Connection
 from balsam.errors import ClaimLost
-from balsam.models import Task, validate_user_name
+from balsam.models import App, Task, validate_user_name
 from balsam.project import ADMIN_ROLE
 from balsam.queries import query
 from balsam.resources import Node, Resources
@@ -259,7 +259,9 @@ def mark_running(conn: Connection, launcher: int, messages: dict[int, str],
 
 
 def release(conn: Connection, launcher: int, ids: Iterable[int]) -> set[int]:
-    """Give up the claim on tasks (their state is left as it is); returns those released."""
+    """Give up the claim on tasks (their state is left as it is); returns those released. A
+    RUNNING task is never released: its run ends with its outcome or by the recovery rule
+    (:func:`recover_unknown`, :func:`reap_dead`)."""
     ids = list(ids)
     if not ids:
         return set()
@@ -283,6 +285,32 @@ def require(done: set[int], wanted: Iterable[int], launcher: int) -> None:
         shown = ", ".join(str(i) for i in lost[:10]) + (" ..." if len(lost) > 10 else "")
         message = f"launcher {launcher} no longer holds task(s) {shown}"
         raise ClaimLost(message)
+
+
+def held_states(conn: Connection, launcher: int,
+                ids: Iterable[int]) -> dict[int, tuple[State, str, int]]:
+    """Claim-checked re-read: (state, message, attempts) of the tasks of ``ids`` the launcher
+    still holds (the others are missing)."""
+    rows = conn.execute(q("held_states"), {"launcher": launcher, "ids": list(ids)}).fetchall()
+    return {r["id"]: (State(r["state"]), r["state_message"], r["attempts"]) for r in rows}
+
+
+def open_session(conn: Connection, *, listen: bool = True) -> None:
+    """Make ``conn`` a launcher's: durable commits, and (``listen``) LISTEN for new work and
+    kills (a connection that never reads notifications must not listen: they would pile up)."""
+    conn.execute(q("launcher_session" if listen else "claim_session"))
+
+
+def apps(conn: Connection, ids: Iterable[int]) -> dict[int, App]:
+    """Apps by id."""
+    rows = conn.execute(q("apps_by_id"), {"ids": list(ids)}).fetchall()
+    return {r["id"]: App.from_row(r) for r in rows}
+
+
+def parents(conn: Connection, task_id: int) -> list[Task]:
+    """A task's parents (id, name, workflow, user_workdir: where their files are)."""
+    rows = conn.execute(q("parents_of"), {"ids": [task_id]}).fetchall()
+    return [Task.from_row(r) for r in rows]
 
 
 def owned(conn: Connection, launcher: int) -> dict[int, State]:

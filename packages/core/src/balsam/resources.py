@@ -91,6 +91,7 @@ class Resources:
     def running(self) -> set[int]:
         return set(self._where)
 
+
     def share(self, task: Task) -> Fraction:
         """The fraction of each of its nodes a task occupies."""
         if self.job_mode == "serial":
@@ -123,9 +124,10 @@ class Resources:
 
     # --- changing ------------------------------------------------------------------------------
 
-    def allocate(self, task: Task) -> list[Node] | None:
-        """Give the task its nodes now; None (and no change) if it does not fit."""
-        nodes = self.find(task)
+    def allocate(self, task: Task, on: Sequence[int] | None = None) -> list[Node] | None:
+        """Give the task its nodes now: the first that fit, or exactly the nodes ``on`` (a
+        placement planned on a copy); None (and no change) if it does not fit."""
+        nodes = self.find(task) if on is None else self._fit(task, on)
         if nodes is None or task.id is None or task.id in self._where:
             return None
         share = self.share(task)
@@ -139,6 +141,14 @@ class Resources:
                 del self._open[bisect.bisect_left(self._open, n.index)]
         self._where[task.id] = [n.index for n in nodes]
         return nodes
+
+    def _fit(self, task: Task, on: Sequence[int]) -> list[Node] | None:
+        wanted = task.num_nodes if self.job_mode == "mpi" else 1
+        if not self.can_ever_run(task) or len(on) != wanted or len(set(on)) != len(on):
+            return None
+        share = self.share(task)
+        nodes = [self.nodes[i] for i in on]
+        return nodes if all(n.free >= share for n in nodes) else None
 
     def release(self, task_id: int) -> None:
         """Free whatever the task holds (nothing if it holds nothing)."""

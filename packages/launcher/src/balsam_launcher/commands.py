@@ -50,10 +50,13 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
               help="Threads for stage-in and pre- and post-processing scripts.")
 @click.option("--kill-grace", type=click.FloatRange(min=0), default=3, show_default=True,
               metavar="SECONDS", help="Between SIGTERM and SIGKILL when stopping a task.")
+@click.option("--allow-workdir", multiple=True, metavar="PREFIX",
+              help="Let tasks work under this absolute directory outside the project "
+                   "(repeatable); others are FAILED instead of run.")
 def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: bool,
              time_limit_minutes: float | None, nodes: int | None, batch_job_id: int | None,
              heartbeat_timeout: float, poll_interval: float, max_retries: int, workers: int,
-             kill_grace: float) -> None:
+             kill_grace: float, allow_workdir: tuple[str, ...]) -> None:
     """Run the active project's tasks on this batch job's nodes.
 
     Nodes come from Slurm, PBS or Cobalt, or the local host. SIGTERM or SIGINT (the scheduler
@@ -67,7 +70,7 @@ def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: boo
                       consume_all=consume_all, time_limit_minutes=time_limit_minutes,
                       nodes=nodes, batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
                       poll_interval=poll_interval, max_retries=max_retries, workers=workers,
-                      kill_grace=kill_grace)
+                      kill_grace=kill_grace, allow_workdir=allow_workdir)
     runner = Launcher(Project.from_env(), options, plugin_manager())
     code = runner.run()
     if runner.log_path is not None:

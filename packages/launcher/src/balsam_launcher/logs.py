@@ -11,7 +11,8 @@ from pathlib import Path
 from balsam.errors import NotFound
 from balsam.project import Project
 
-_LAUNCHER_LOG = re.compile(r"^launcher_(\d+)\.log$")
+#: ``launcher_<id>.log``, or ``launcher_<id>-<random>.log`` when that name was taken.
+_LAUNCHER_LOG = re.compile(r"^launcher_(\d+)(?:-[0-9a-f]+)?\.log$")
 
 
 def launcher_logs(project: Project) -> dict[int, Path]:

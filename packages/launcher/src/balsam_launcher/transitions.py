@@ -21,9 +21,12 @@ WORK = ("stage_in", "preprocess", "postprocess", "error_handler", "timeout_handl
 
 
 def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_retries: int,
-              state: State | None = None) -> Step | None:
+              state: State | None = None, cause: str | None = None,
+              attempts: int | None = None) -> Step | None:
     """The next step for a held task that is not running (in ``state``, by default its own), or
-    None to leave it alone.
+    None to leave it alone. ``cause`` is the message of the move into ``state`` (by default the
+    task's own): why a run failed, which a FAILED task's message repeats. ``attempts`` counts
+    the runs so far (by default the task's own).
 
     Legacy rules: stage-in only with parents and ``input_files``; preprocess once (a restart
     skips it); a run error goes to the app's postprocess script if ``post_error_handler``,
@@ -32,6 +35,8 @@ def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_r
     a state with no launcher work left (final, or runnable but without nodes) are released.
     """
     state = task.state if state is None else state
+    cause = task.state_message if cause is None else cause
+    attempts = task.attempts if attempts is None else attempts
     if state == S.READY:
         if task.input_files.strip() and has_parents:
             return ("stage_in", None)
@@ -53,16 +58,24 @@ def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_r
     if state == S.RUN_ERROR:
         if task.post_error_handler and app.postprocess:
             return ("error_handler", None)
-        if task.attempts <= max_retries:
-            return ("move", (S.RESTART_READY, f"retry {task.attempts} of {max_retries}"))
-        return ("move", (S.FAILED, "the run failed and the task has no error handler"))
+        if attempts <= max_retries:
+            retry = f"retry {attempts} of {max_retries}"
+            return ("move", (S.RESTART_READY, _because(cause, retry)))
+        return ("move", (S.FAILED, _because(cause or "the run failed",
+                                            "no error handler, no retries left")))
     if state == S.RUN_TIMEOUT:
         if task.post_timeout_handler and app.postprocess:
             return ("timeout_handler", None)
         if task.auto_timeout_retry:
-            return ("move", (S.RESTART_READY, "timed out: will restart"))
-        return ("move", (S.FAILED, "timed out, without automatic retry or timeout handler"))
+            return ("move", (S.RESTART_READY, _because(cause, "timed out: will restart")))
+        return ("move", (S.FAILED, _because(cause, "timed out, without automatic retry or "
+                                                   "timeout handler")))
     return ("release", None)
+
+
+def _because(cause: str, decision: str) -> str:
+    """A decision's message after the cause it follows from (``exit 3: oops; retry 1 of 2``)."""
+    return f"{cause}; {decision}" if cause else decision
 
 
 def after_script(state: State) -> tuple[State, str]:

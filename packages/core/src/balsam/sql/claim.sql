@@ -9,6 +9,10 @@ SET synchronous_commit TO on;
 LISTEN balsam_tasks;
 LISTEN balsam_kill;
 
+-- name: claim_session
+-- A launcher's connection that does not listen (its claims).
+SET synchronous_commit TO on;
+
 -- name: register_launcher
 INSERT INTO launchers (batch_job_id, hostname, pid, job_mode, wf_filter, num_nodes,
                        heartbeat_timeout)
@@ -132,8 +136,9 @@ WHERE t.id = m.id
 RETURNING t.id, t.attempts;
 
 -- name: release_tasks
+-- Never a RUNNING task: a run leaves through its outcome or the recovery rule (recover_claims).
 UPDATE tasks SET launcher_id = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND launcher_id = %(launcher)s
+WHERE id = ANY(%(ids)s::bigint[]) AND launcher_id = %(launcher)s AND state <> 'RUNNING'
 RETURNING id;
 
 -- name: release_all_tasks
@@ -152,6 +157,11 @@ SELECT id, state FROM tasks WHERE launcher_id = %(launcher)s;
 
 -- name: task_states
 SELECT id, state, launcher_id, state_message FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: held_states
+-- Claim-checked: only the tasks of %(ids)s this launcher still holds.
+SELECT id, state, state_message, attempts FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]) AND launcher_id = %(launcher)s;
 
 -- name: apps_by_id
 SELECT * FROM apps WHERE id = ANY(%(ids)s::bigint[]);
