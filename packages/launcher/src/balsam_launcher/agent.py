@@ -1,10 +1,12 @@
 """Serial mode on other nodes: one agent per node, all started by a single MPI launch, runs the
 tasks the launcher sends it. No mpirun per task, and the node's processes are its own children.
+Each agent is fenced like a launcher (balsam_launcher.fence): its tasks die with it.
 
 The agents connect back to the launcher over TCP (the launcher's address, a port, and a one-time
 token on their command line) and speak newline-delimited JSON: the launcher sends ``start``
-(argv, cwd, env, output file) and ``signal``; an agent answers ``started`` and ``exit``. When
-the launcher goes away, each agent kills what it started and exits.
+(argv, cwd, env, output file), ``signal`` and ``lease`` (with each heartbeat: how many seconds
+the launcher's lease still runs); an agent answers ``started`` and ``exit``. When the launcher
+goes away or stops renewing the lease, each agent kills what it started and exits.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from balsam.errors import BalsamError
 from balsam.models import Task
 from balsam.resources import Node
+from balsam_launcher import fence, lease
 from balsam_launcher.process import spawn
 from balsam_launcher.steps import kill_group
 
@@ -60,20 +63,31 @@ class Lines:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m balsam_launcher.agent HOST PORT TOKEN``."""
+    """``python -m balsam_launcher.agent HOST PORT TOKEN``.
+
+    The agent runs behind its own fence (see balsam_launcher.fence): its tasks die with it. It
+    kills them and exits when the launcher's connection closes or when the launcher stops
+    renewing its lease (the ``lease`` message, sent with each heartbeat, says for how long).
+    """
     host, port, token = (argv if argv is not None else sys.argv[1:])[:3]
+    fence.enter(lease_timeout=None, name="agent")
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     sock = socket.create_connection((host, int(port)), timeout=60)
     sock.settimeout(None)
     send(sock, {"op": "hello", "token": token, "host": socket.gethostname(),
                 "rank": rank_from_env()})
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, None)
+    selector.register(wake_r, selectors.EVENT_READ, "wake")
     children: dict[int, Any] = {}
     lines = Lines()
     try:
         while True:
             for key, _ in selector.select():
-                if key.data is None:
+                if key.data == "wake":
+                    os.read(wake_r, 4096)
+                elif key.data is None:
                     data = sock.recv(65536)
                     if not data:
                         return 0  # the launcher is gone
@@ -84,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                     selector.unregister(run.pidfd)
                     rc = run.popen.wait()
                     run.close()
+                    if lease.expired():
+                        break  # the fence killed it, not its own end: say nothing
                     send(sock, {"op": "exit", "id": run.task_id, "rc": rc})
+            if lease.lapsed() or lease.expired():
+                print(f"balsam agent on {socket.gethostname()}: the launcher's lease lapsed",
+                      file=sys.stderr)
+                return 1
     finally:
         for run in children.values():
             kill_group(run.pid, signal.SIGKILL)
@@ -93,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _handle(msg: dict[str, Any], sock: socket.socket, selector: selectors.BaseSelector,
             children: dict[int, Any]) -> None:
-    tid = msg["id"]
-    if msg["op"] == "start":
+    tid = msg.get("id")
+    if msg["op"] == "lease":
+        lease.extend(float(msg["seconds"]))
+    elif msg["op"] == "start":
         try:
             run = spawn(tid, msg["argv"], cwd=Path(msg["cwd"]), env={**os.environ, **msg["env"]},
                         output=Path(msg["output"]))
@@ -104,7 +126,7 @@ def _handle(msg: dict[str, Any], sock: socket.socket, selector: selectors.BaseSe
             return
         children[tid] = run
         selector.register(run.pidfd, selectors.EVENT_READ, tid)
-        send(sock, {"op": "started", "id": tid, "pid": run.pid})
+        send(sock, {"op": "started", "id": tid, "pid": fence.host_pid_for(run.pid, run.pidfd)})
     elif msg["op"] == "signal" and tid in children:
         kill_group(children[tid].pid, msg["sig"])
 
@@ -226,6 +248,14 @@ class AgentPool:
             return
         conn.settimeout(None)
         self.agents[rank] = Agent(self.nodes[rank].index, hello.get("host", ""), conn, lines)
+
+    def renew(self, seconds: float) -> None:
+        """Each agent kills its tasks unless renewed within ``seconds`` (see lease.extend)."""
+        for agent in self.agents.values():
+            try:
+                send(agent.sock, {"op": "lease", "seconds": seconds})
+            except OSError:
+                pass
 
     def sockets(self) -> list[tuple[socket.socket, Agent]]:
         return [(a.sock, a) for a in self.agents.values()]

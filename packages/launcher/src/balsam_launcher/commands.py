@@ -12,7 +12,7 @@ from balsam.errors import NotFound
 from balsam.plugins import plugin_manager
 from balsam.project import Project
 from balsam.states import FINAL, State
-from balsam_launcher import logs, steps
+from balsam_launcher import fence, logs, steps
 from balsam_launcher.launcher import Launcher, Options
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -59,6 +59,10 @@ def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: boo
     Nodes come from Slurm, PBS or Cobalt, or the local host. SIGTERM or SIGINT (the scheduler
     ending the job) stops running tasks, marks them RUN_TIMEOUT and exits cleanly. The log goes
     to log/launcher_<id>.log in the project.
+
+    No task process outlives the launcher: it runs in its own PID namespace (BALSAM_FENCE=
+    subreaper where namespaces are refused, none to turn this off), and if it cannot heartbeat
+    in time its tasks are killed before others may run them again.
     """
     if wf_substring and not wf_filter:
         message = "--wf-substring needs --wf-filter"
@@ -68,7 +72,9 @@ def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: boo
                       nodes=nodes, batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
                       poll_interval=poll_interval, max_retries=max_retries, workers=workers,
                       kill_grace=kill_grace)
+    fence.mode()  # a bad BALSAM_FENCE is refused here, before anything starts
     runner = Launcher(Project.from_env(), options, plugin_manager())
+    fence.enter(lease_timeout=heartbeat_timeout)  # returns in the fenced launcher process only
     code = runner.run()
     if runner.log_path is not None:
         click.echo(f"launcher {runner.id} ended ({runner.stopping}); log: {runner.log_path}",

@@ -39,7 +39,7 @@ from balsam.project import Project, current_user
 from balsam.queries import query
 from balsam.resources import Node, Resources
 from balsam.states import State
-from balsam_launcher import detect, policy, steps
+from balsam_launcher import detect, fence, lease, policy, steps
 from balsam_launcher.agent import AgentPool, AgentRun
 from balsam_launcher.process import Run, spawn
 from balsam_launcher.transitions import after_script, move_times, next_step
@@ -203,7 +203,7 @@ class Launcher:
             row = claim.register_launcher(
                 self._db(), job_mode=self.options.job_mode, num_nodes=self.resources.num_nodes,
                 wf_filter=self.options.wf_filter, batch_job_id=self.options.batch_job_id,
-                heartbeat_timeout=self.options.heartbeat_timeout)
+                heartbeat_timeout=self.options.heartbeat_timeout, pid=fence.host_pid())
         except psycopg.errors.ForeignKeyViolation:
             message = f"no batch job {self.options.batch_job_id} in this project"
             raise InvalidInput(message) from None
@@ -308,6 +308,8 @@ class Launcher:
                 self._agent_message(key.data[1])
         now = time.monotonic()
         self._check_signals()
+        if not self.dead and (lease.lapsed() or lease.expired(now)):
+            self._fenced()
         if self.deadline is not None and now >= self.deadline:
             self.stop("time limit reached")
         self._collect_exits(now)
@@ -432,7 +434,12 @@ class Launcher:
 
     def _heartbeat(self, now: float) -> None:
         conn = self._db()
+        sent_at = time.monotonic()
         claim.heartbeat(conn, self.id)
+        lease.renewed(sent_at)
+        if self.agents is not None:
+            self.agents.renew(lease.expiry(sent_at, self.options.heartbeat_timeout)
+                              - time.monotonic())
         self.next_heartbeat = now + self.options.heartbeat_interval
         reaped = claim.reap_dead(conn)
         if reaped["launchers"]:
@@ -469,6 +476,25 @@ class Launcher:
             held.dropped = held.dropped or "lost"
         for run in self.runs.values():
             run.stop("lost", 0)
+
+    def _fenced(self) -> None:
+        """Our lease ran out (no heartbeat committed in time): our fence is killing our tasks.
+        Stop as if presumed dead (no more writes); once the fence says every process is gone,
+        give the claims back if they are still ours, as the reaper would."""
+        self._presumed_dead(ClaimLost(f"launcher {self.id}: its lease lapsed and its fence "
+                                      "killed its tasks"))
+        now = time.monotonic()
+        for run in self.runs.values():
+            run.tick(now)
+        if self.conn is None or not lease.confirmed(within=2.0):
+            return  # the reaper recovers them
+        try:
+            recovered = claim.abandon(self.conn, self.id, "lease lapsed")
+            log.warning("gave back %d task(s) to run again", len(recovered))
+        except ClaimLost as exc:
+            log.error("%s", exc)
+        except psycopg.Error as exc:
+            log.warning("cannot give the tasks back (%s): the reaper will", _first_line(exc))
 
     # --- claiming ------------------------------------------------------------------------------
 
@@ -749,7 +775,8 @@ class Launcher:
             self._free_nodes(task.id)
             return
         held.run = self.runs[task.id] = run  # type: ignore[assignment]
-        where = "through its node agent" if run.remote else f"pid {run.pid}"
+        where = ("through its node agent" if run.remote
+                 else f"pid {fence.host_pid_for(run.pid, run.pidfd)}")
         self._write(held, [*chain, (S.RUNNING, f"{where} on {hosts}")])
         if run.pidfd is not None:
             self.selector.register(run.pidfd, selectors.EVENT_READ, task.id)
