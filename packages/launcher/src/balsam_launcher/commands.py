@@ -37,9 +37,10 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--batch-job-id", type=click.IntRange(min=1), envvar="BALSAM_BATCH_JOB_ID",
               metavar="ID",
               help="The balsam batch job this launcher runs in (default $BALSAM_BATCH_JOB_ID).")
-@click.option("--heartbeat-timeout", type=_POSITIVE, default=60, show_default=True,
+@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), default=60, show_default=True,
               metavar="SECONDS", help="Others presume this launcher dead after this long "
-                                      "without a heartbeat and restart its tasks.")
+                                      "without a heartbeat and restart its tasks; its own "
+                                      "tasks are killed a little before (at least 1).")
 @click.option("--poll-interval", type=_POSITIVE, default=5, show_default=True, metavar="SECONDS",
               help="Look for work this often even if no notification arrives.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=0, show_default=True,

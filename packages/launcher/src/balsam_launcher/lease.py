@@ -65,9 +65,9 @@ def deadline(sent: Iterable[float], timeout: float) -> float | None:
 def attach(fd: int | None, timeout: float | None = None) -> None:
     """Send renewals to ``fd`` (the non-blocking write end of the fence's pipe), or nowhere;
     ``timeout`` is the launcher's heartbeat timeout (None for an agent, whose launcher says how
-    long each renewal lasts)."""
-    global _fd, _timeout
-    _fd, _timeout = fd, timeout
+    long each renewal lasts). Starts a new lease: nothing renewed, nothing lapsed."""
+    global _fd, _timeout, _until, _lapsed
+    _fd, _timeout, _until, _lapsed = fd, timeout, None, False
 
 
 def renewed(sent_at: float) -> None:
