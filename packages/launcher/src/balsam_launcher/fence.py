@@ -29,10 +29,12 @@ import functools
 import os
 import select
 import selectors
+import shutil
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from balsam.errors import InvalidInput
@@ -73,6 +75,7 @@ def enter(*, lease_timeout: float | None, name: str = "launcher") -> str:
     wanted = mode()
     if wanted == "none":
         return "none"
+    job = slurm_job()  # before the namespace: it reads our parent in /proc
     namespaced = wanted == "namespace" and _unshare(name)
     if not namespaced:
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
@@ -84,9 +87,9 @@ def enter(*, lease_timeout: float | None, name: str = "launcher") -> str:
     child = os.fork()
     if child:
         os.close(ctl_r)
-        _outer(child, namespaced)
+        _outer(child, namespaced, job)
     os.close(ctl_w)
-    return _supervisor(ctl_r, namespaced, lease_timeout, name)
+    return _supervisor(ctl_r, namespaced, lease_timeout, name, job)
 
 
 # --- P: the command's process --------------------------------------------------------------------
@@ -109,12 +112,17 @@ def _unshare(name: str) -> bool:
     return True
 
 
-def _outer(child: int, namespaced: bool) -> NoReturn:
-    """Wait for C (signals reach it through the control pipe); exit with its status."""
+def _outer(child: int, namespaced: bool, job: str | None) -> NoReturn:
+    """Wait for C (signals reach it through the control pipe); exit with its status.
+
+    If C was killed without a namespace to die with it, clean up after it: what it left (we
+    are a subreaper too) and the Slurm steps it started. In a namespace the kernel killed the
+    rest; P can start no process (its children would belong to the dead namespace), and the
+    steps end with the job, whose main process P is (measured: within 0.2 s).
+    """
     _, status = os.waitpid(child, 0)
-    if not namespaced:  # C died first: we adopted what it left
-        sweep(host_pid(), spare=())
-        end_slurm_steps()
+    if os.WIFSIGNALED(status) and not namespaced:
+        sweep(host_pid(), between=lambda: end_slurm_steps(job))
     os._exit(_exit_code(status))
 
 
@@ -124,9 +132,10 @@ def _outer(child: int, namespaced: bool) -> NoReturn:
 class _Supervisor:
     """C's state: its one child L, L's lease, and the signals to pass on."""
 
-    def __init__(self, ctl: int, namespaced: bool) -> None:
+    def __init__(self, ctl: int, namespaced: bool, job: str | None) -> None:
         self.ctl = ctl
         self.namespaced = namespaced
+        self.job = job
         self.me = host_pid()
         self.child = 0
         self.child_host = 0
@@ -241,23 +250,25 @@ class _Supervisor:
         """The lease lapsed: kill everything below C but L, then tell L."""
         self.lapsed = True
         started = time.monotonic()
-        steps = end_slurm_steps()
-        killed = sweep(self.me, spare=(self.child_host,))
+        steps: list[int] = []
+        killed = sweep(self.me, spare=(self.child_host,),
+                       between=lambda: steps.append(end_slurm_steps(self.job)))
         took = (time.monotonic() - started) * 1000
         _signal(self.child, lease.FENCED)
         print(f"balsam fence: the lease of pid {self.child_host} lapsed: killed {killed} "
-              f"process(es){f' and {steps} Slurm step(s)' if steps else ''} in {took:.0f} ms",
+              f"process(es){f' and {steps[0]} Slurm step(s)' if steps and steps[0] else ''} "
+              f"in {took:.0f} ms",
               file=sys.stderr, flush=True)
 
     def _finish(self) -> NoReturn:
         """L exited (or P died): nothing of ours may outlive it."""
-        end_slurm_steps()
-        sweep(self.me, spare=())
+        sweep(self.me, between=lambda: end_slurm_steps(self.job))
         self._reap()
         os._exit(128 + signal.SIGKILL if self.status is None else _exit_code(self.status))
 
 
-def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, name: str) -> str:
+def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, name: str,
+                job: str | None) -> str:
     """C's life; returns in L."""
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
@@ -268,7 +279,7 @@ def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, name: s
     else:  # P dies: C sees the control pipe close and cleans up
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     os.setsid()  # signals for P's process group or session reach L once, through P
-    supervisor = _Supervisor(ctl, namespaced)
+    supervisor = _Supervisor(ctl, namespaced, job)
     if supervisor.start():
         lease.attach(supervisor.lease_w, lease_timeout)
         lease.watch()
@@ -279,7 +290,7 @@ def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, name: s
         import traceback
 
         traceback.print_exc()
-        sweep(supervisor.me, spare=())
+        sweep(supervisor.me, between=lambda: end_slurm_steps(job))
         os._exit(70)
 
 
@@ -356,13 +367,15 @@ def descendants(root: int) -> set[int]:
     return set(_below(root))
 
 
-def sweep(root: int, *, spare: tuple[int, ...] = ()) -> int:
+def sweep(root: int, *, spare: tuple[int, ...] = (),
+          between: Callable[[], object] | None = None) -> int:
     """Kill every process below ``root`` except ``spare`` (not their descendants); returns how
     many were killed.
 
     First every one is stopped (SIGSTOP, looking again for the children they forked meanwhile),
     then killed: killed one by one, a shell would see its child die and run its next command
-    before its own SIGKILL arrived. Stopped, nothing of theirs runs again.
+    before its own SIGKILL arrived. Stopped, nothing of theirs runs again. ``between`` runs
+    while they are stopped (no srun can start a step then).
     """
     deadline = time.monotonic() + FREEZE_SECONDS
     while time.monotonic() < deadline:  # a process in uninterruptible sleep stops late
@@ -374,6 +387,8 @@ def sweep(root: int, *, spare: tuple[int, ...] = ()) -> int:
         parents = set(below) | {root}
         for pid in moving:
             _signal_checked(pid, parents, signal.SIGSTOP)
+    if between is not None:
+        between()
     killed: set[int] = set()
     for _ in range(1000):
         below = _below(root)
@@ -407,10 +422,39 @@ def _signal_checked(pid: int, parents: set[int], sig: int) -> bool:
 # --- Slurm steps ---------------------------------------------------------------------------------
 
 
-def end_slurm_steps(env: Mapping[str, str] = os.environ) -> int:
-    """Cancel the steps of this Slurm job that were started from below the fence (the tasks of
-    an ``srun`` run on other nodes, under slurmstepd, not under us). Returns how many."""
-    return 0
+def slurm_job(env: Mapping[str, str] = os.environ) -> str | None:
+    """The Slurm job this process is the main process of (its batch script exec'd it, as the
+    job templates do), or None. Every other step of that job was started from below us."""
+    job = env.get("SLURM_JOB_ID", "")
+    if not job.isdigit() or "SLURM_STEP_ID" in env:  # a step's task (an agent) owns nothing
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/comm") as f:
+            return job if f.read().strip() == "slurmstepd" else None
+    except OSError:
+        return None
+
+
+def end_slurm_steps(job: str | None) -> int:
+    """Kill the tasks of every step of our Slurm ``job`` (not its batch, extern or interactive
+    step); returns how many steps. Their tasks run under slurmstepd on every node, not under
+    us, and killing srun does not end a step whose srun helper died with it (measured)."""
+    squeue, scancel = shutil.which("squeue"), shutil.which("scancel")
+    if job is None or squeue is None or scancel is None:
+        return 0
+    try:
+        listed = subprocess.run([squeue, "--steps", "--jobs", job, "--noheader", "--format=%i"],
+                                capture_output=True, text=True, timeout=30,
+                                stdin=subprocess.DEVNULL).stdout.split()
+        steps = [step for step in listed
+                 if step.partition(".")[0] == job and step.partition(".")[2].isdigit()]
+        if steps:
+            subprocess.run([scancel, "--signal=KILL", *steps], capture_output=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"balsam fence: cannot end the steps of Slurm job {job}: {exc}", file=sys.stderr)
+        return 0
+    return len(steps)
 
 
 # --- small helpers -------------------------------------------------------------------------------
