@@ -5,6 +5,8 @@ earlier than when it was sent: the fence must act before that, and never while i
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 from hypothesis import given
@@ -61,6 +63,27 @@ def test_renewals_reach_the_fence_and_never_block():
             lease.renewed(float(i))
         lease.extend(30.0)
     finally:
+        lease.attach(None)
+        os.close(read)
+        os.close(write)
+
+
+def test_only_the_fences_notice_counts_as_a_lapse():
+    """A stray FENCED signal (anyone may send one) wakes the launcher but fences nothing."""
+    read, write = os.pipe2(os.O_NONBLOCK)
+    before = signal.getsignal(lease.FENCED)
+    try:
+        lease.attach(None, notice=read)
+        lease.watch()
+        os.kill(os.getpid(), lease.FENCED)
+        time.sleep(0.01)
+        assert not lease.lapsed()
+        os.write(write, b"!")
+        assert not lease.lapsed()  # not told yet
+        os.kill(os.getpid(), lease.FENCED)
+        assert lease.confirmed(within=1.0)
+    finally:
+        signal.signal(lease.FENCED, before)
         lease.attach(None)
         os.close(read)
         os.close(write)

@@ -8,18 +8,19 @@ P  the command's own process, the pid the scheduler or the job script sees. It u
    and a PID namespace, forks C, passes on the signals it gets, and exits with C's status.
 C  PID 1 of that namespace: forks L, reaps every orphan, and watches L's lease (the expiries L
    writes to a pipe after each committed heartbeat, see :mod:`balsam_launcher.lease`). When the
-   lease lapses, C kills every process below it except L, keeps doing so until L exits, and then
-   tells L (:data:`lease.FENCED`). When L exits, C kills whatever is left and exits likewise.
+   lease lapses, C kills every process below it but L (and the Slurm steps of a job the
+   launcher owns), keeps doing so until L exits, and tells L. When L exits, C kills whatever
+   is left and exits with L's status.
 L  the launcher (or agent): :func:`enter` returns in it.
 
 If P dies, even by SIGKILL, its parent-death signal kills C, and the kernel kills every process
 of a PID namespace whose init dies. Where namespaces are refused (or ``BALSAM_FENCE=subreaper``),
 C is a subreaper in the host's namespace and P is one too: C cleans up when P dies, P when C
-dies; only both dying at once (or a node failing) leaves tasks behind. ``BALSAM_FENCE=none``
-turns the fence off (debugging).
+dies; only both dying at once (or the node) leaves tasks behind. ``BALSAM_FENCE=none`` turns
+the fence off (debugging).
 
-Inside the namespace pids are the namespace's: :func:`host_pid` and :func:`host_pid_of` give the
-numbers the rest of the machine (``/proc``, ``ps``, the launchers table) knows.
+Inside the namespace pids are the namespace's: :func:`host_pid` and :func:`host_pid_for` give
+the numbers the rest of the machine (``/proc``, ``ps``, the launchers table) knows.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ class _Supervisor:
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.lease_r, self.lease_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.notice_r, self.notice_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def start(self) -> bool:
         """Fork L; True in L."""
@@ -163,11 +165,12 @@ class _Supervisor:
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(1)  # C died before the parent-death signal was set
-            for fd in (self.ctl, self.wake_r, self.wake_w, self.lease_r):
+            for fd in (self.ctl, self.wake_r, self.wake_w, self.lease_r, self.notice_w):
                 os.close(fd)
             self.selector.close()
             return True
         os.close(self.lease_w)
+        os.close(self.notice_r)
         pidfd = os.pidfd_open(self.child)
         self.child_host = host_pid_of(pidfd)
         os.close(pidfd)
@@ -254,6 +257,7 @@ class _Supervisor:
         killed = sweep(self.me, spare=(self.child_host,),
                        between=lambda: steps.append(end_slurm_steps(self.job)))
         took = (time.monotonic() - started) * 1000
+        _write(self.notice_w, b"!")
         _signal(self.child, lease.FENCED)
         print(f"balsam fence: the lease of pid {self.child_host} lapsed: killed {killed} "
               f"process(es){f' and {steps[0]} Slurm step(s)' if steps and steps[0] else ''} "
@@ -281,7 +285,7 @@ def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, name: s
     os.setsid()  # signals for P's process group or session reach L once, through P
     supervisor = _Supervisor(ctl, namespaced, job)
     if supervisor.start():
-        lease.attach(supervisor.lease_w, lease_timeout)
+        lease.attach(supervisor.lease_w, lease_timeout, supervisor.notice_r)
         lease.watch()
         return "namespace" if namespaced else "subreaper"
     try:

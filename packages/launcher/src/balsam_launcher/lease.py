@@ -8,7 +8,9 @@ dated it no earlier). The engine calls :func:`renewed` after every committed hea
 agent calls :func:`extend` when its launcher renews its lease. Outside a fence both do nothing.
 
 What travels on the fence's pipe is the lease's *expiry*: the ``time.monotonic()`` at which the
-fence must act. The arithmetic is here, as pure functions.
+fence must act. Once it has killed every task, the fence writes to a second pipe and sends
+:data:`FENCED` to wake the launcher: :func:`lapsed` then says so. The arithmetic is here, as
+pure functions.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from typing import Any
 
 #: One renewal on the pipe: the monotonic time (seconds) at which the lease expires.
 RECORD = struct.Struct("=d")
-#: What the fence sends the launcher (or agent) once it has killed its tasks.
-FENCED = signal.SIGRTMIN + 2
+#: Wakes the launcher once the fence has written its notice. Ignored by default, so that it
+#: is harmless to a process that is already exiting; a stray one is checked against the pipe.
+FENCED = signal.SIGURG
 #: The most the fence acts ahead of the database's deadline (seconds); see :func:`margin`.
 MAX_MARGIN = 5.0
 
 _fd: int | None = None
+_notice: int | None = None
 _timeout: float | None = None
 _until: float | None = None  # the latest expiry sent
+_poked = False  # FENCED arrived: look at the notice pipe
 _lapsed = False
 
 
@@ -40,10 +45,11 @@ def margin(timeout: float) -> float:
     """How long before the database may presume the launcher dead its fence acts.
 
     It must cover the fence's own wake-up and the killing of every process (tens of ms measured,
-    hundreds on a loaded node), the drift between the database's clock and this host's over one
-    timeout (NTP slews at most 500 ppm), and an agent's network delay. A quarter of the timeout,
-    at most :data:`MAX_MARGIN`: a healthy launcher heartbeats every quarter timeout (at most every
-    10 s), so it renews with half its timeout, or 45 s of 60, to spare.
+    hundreds on a loaded node or with Slurm steps to cancel), the drift between the database's
+    clock and this host's over one timeout (NTP slews at most 500 ppm), and an agent's network
+    delay. A quarter of the timeout, at most :data:`MAX_MARGIN`: a healthy launcher heartbeats
+    every quarter timeout (at most every 10 s), so it renews with half its timeout, or 45 s of
+    60, to spare.
     """
     return min(timeout / 4, MAX_MARGIN)
 
@@ -59,15 +65,16 @@ def deadline(sent: Iterable[float], timeout: float) -> float | None:
     return max((expiry(s, timeout) for s in sent), default=None)
 
 
-# --- the launcher's (or agent's) side of the pipe ------------------------------------------------
+# --- the launcher's (or agent's) side of the pipes -----------------------------------------------
 
 
-def attach(fd: int | None, timeout: float | None = None) -> None:
+def attach(fd: int | None, timeout: float | None = None, notice: int | None = None) -> None:
     """Send renewals to ``fd`` (the non-blocking write end of the fence's pipe), or nowhere;
     ``timeout`` is the launcher's heartbeat timeout (None for an agent, whose launcher says how
-    long each renewal lasts). Starts a new lease: nothing renewed, nothing lapsed."""
-    global _fd, _timeout, _until, _lapsed
-    _fd, _timeout, _until, _lapsed = fd, timeout, None, False
+    long each renewal lasts); ``notice`` is the non-blocking read end of the pipe on which the
+    fence says it has killed the tasks. Starts a new lease: nothing renewed, nothing lapsed."""
+    global _fd, _notice, _timeout, _until, _poked, _lapsed
+    _fd, _notice, _timeout, _until, _poked, _lapsed = fd, notice, timeout, None, False, False
 
 
 def renewed(sent_at: float) -> None:
@@ -98,27 +105,33 @@ def _send(until: float) -> None:
 
 
 def watch() -> None:
-    """Note the fence's :data:`FENCED` signal (whose default action would kill us) for
-    :func:`lapsed`; a process waiting on ``signal.set_wakeup_fd`` is woken by it too."""
+    """Be woken by :data:`FENCED` (a process waiting on ``signal.set_wakeup_fd`` is too)."""
     signal.signal(FENCED, _on_fenced)
 
 
 def _on_fenced(signum: int, frame: Any) -> None:
-    global _lapsed
-    _lapsed = True
+    global _poked
+    _poked = True
 
 
 def lapsed() -> bool:
     """Whether the fence has killed this process's tasks because its lease expired."""
+    global _poked, _lapsed
+    if _poked and not _lapsed and _notice is not None:
+        _poked = False
+        try:
+            _lapsed = bool(os.read(_notice, 1))
+        except BlockingIOError:
+            pass
     return _lapsed
 
 
 def confirmed(within: float) -> bool:
     """Wait up to ``within`` seconds for the fence to say it has killed every task."""
     deadline = time.monotonic() + within
-    while not _lapsed and time.monotonic() < deadline:
+    while not lapsed() and time.monotonic() < deadline:
         time.sleep(0.01)
-    return _lapsed
+    return lapsed()
 
 
 def expired(now: float | None = None) -> bool:
