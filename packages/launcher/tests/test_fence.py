@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
 from balsam_cli.main import build_cli
 from balsam_launcher import fence
@@ -27,30 +28,36 @@ import os, signal, subprocess, sys, time
 from balsam_launcher import fence, lease
 
 ready, timeout, action = sys.argv[1], sys.argv[2], sys.argv[3]
-mode = fence.enter(lease_timeout=None if timeout == "-" else float(timeout))
-got = []
-for sig in (signal.SIGTERM, signal.SIGUSR1):
-    signal.signal(sig, lambda s, f: got.append(signal.Signals(s).name))
-tree = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], process_group=0)
-subprocess.Popen(["sh", "-c", "setsid sleep 61 &"]).wait()
-if timeout != "-":
-    lease.renewed(time.monotonic())
-with open(ready + ".tmp", "w") as f:
-    f.write(f"{fence.host_pid()} {mode}")
-os.rename(ready + ".tmp", ready)
-if action == "exit3":
-    sys.exit(3)
-if action == "lapse":
-    while not lease.lapsed():
+
+
+def main():
+    got = []
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda s, f: got.append(signal.Signals(s).name))
+    tree = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], process_group=0)
+    subprocess.Popen(["sh", "-c", "setsid sleep 61 &"]).wait()
+    if timeout != "-":
+        lease.renewed(time.monotonic())
+    with open(ready + ".tmp", "w") as f:
+        f.write(f"{fence.host_pid()} {fence.current()}")
+    os.rename(ready + ".tmp", ready)
+    if action == "exit3":
+        return 3
+    if action == "lapse":
+        while not lease.lapsed():
+            time.sleep(0.01)
+        late = subprocess.Popen(["sleep", "60"])  # started after the lapse: killed too
+        print("lapsed", tree.wait(), late.wait(), flush=True)
+        return 0
+    end = time.monotonic() + 3
+    while time.monotonic() < end and not got:
         time.sleep(0.01)
-    late = subprocess.Popen(["sleep", "60"])  # started after the lapse: killed too
-    print("lapsed", tree.wait(), late.wait(), flush=True)
-    sys.exit(0)
-end = time.monotonic() + 3
-while time.monotonic() < end and not got:
-    time.sleep(0.01)
-time.sleep(0.3)  # a second copy of the signal would arrive by now
-print(" ".join(got), flush=True)
+    time.sleep(0.3)  # a second copy of the signal would arrive by now
+    print(" ".join(got), flush=True)
+    return 0
+
+
+sys.exit(fence.run(main, lease_timeout=None if timeout == "-" else float(timeout)))
 """
 
 
@@ -184,3 +191,25 @@ def test_an_unknown_fence_is_refused_at_the_door(monkeypatch):
     assert result.exit_code == 1
     assert result.output.strip() == ("Error: BALSAM_FENCE='cgroup': use one of namespace, "
                                      "subreaper, none")
+
+
+@pytest.mark.parametrize("fencing", FENCES)
+def test_called_in_process_the_caller_is_left_as_it_was(monkeypatch, fencing):
+    """The process that calls fence.run (P) stays in its namespaces, keeps its signal handlers
+    and gets the status back; main ran in another process, behind the fence."""
+    monkeypatch.setenv(fence.VARIABLE, fencing)
+    namespace = os.readlink("/proc/self/ns/user"), os.readlink("/proc/self/ns/pid")
+    handlers = {sig: signal.getsignal(sig) for sig in fence.FORWARDED}
+    me = os.getpid()
+
+    def main() -> int:
+        return 7 if os.getpid() != me and fence.current() == fencing else 9
+
+    def fails() -> int:
+        raise InvalidInput("no such thing")
+
+    assert fence.run(main, lease_timeout=None) == 7
+    assert fence.run(fails, lease_timeout=None) == 1
+    assert (os.readlink("/proc/self/ns/user"), os.readlink("/proc/self/ns/pid")) == namespace
+    assert {sig: signal.getsignal(sig) for sig in fence.FORWARDED} == handlers
+    assert fence.current() == "none"

@@ -70,10 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     renewing its lease (the ``lease`` message, sent with each heartbeat, says for how long).
     """
     host, port, token = (argv if argv is not None else sys.argv[1:])[:3]
-    fence.enter(lease_timeout=None, name="agent")
+    return fence.run(lambda: _serve(host, int(port), token), lease_timeout=None, name="agent")
+
+
+def _serve(host: str, port: int, token: str) -> int:
+    """The agent's loop, behind its fence."""
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    sock = socket.create_connection((host, int(port)), timeout=60)
+    sock = socket.create_connection((host, port), timeout=60)
     sock.settimeout(None)
     send(sock, {"op": "hello", "token": token, "host": socket.gethostname(),
                 "rank": rank_from_env()})

@@ -8,11 +8,11 @@ import click
 
 from balsam import api
 from balsam.db import connect
-from balsam.errors import NotFound
+from balsam.errors import InvalidInput, NotFound
 from balsam.plugins import plugin_manager
 from balsam.project import Project
 from balsam.states import FINAL, State
-from balsam_launcher import fence, logs, steps
+from balsam_launcher import batch_jobs, fence, logs, steps
 from balsam_launcher.launcher import Launcher, Options
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -74,13 +74,24 @@ def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: boo
                       poll_interval=poll_interval, max_retries=max_retries, workers=workers,
                       kill_grace=kill_grace)
     fence.mode()  # a bad BALSAM_FENCE is refused here, before anything starts
-    runner = Launcher(Project.from_env(), options, plugin_manager())
-    fence.enter(lease_timeout=heartbeat_timeout)  # returns in the fenced launcher process only
-    code = runner.run()
-    if runner.log_path is not None:
-        click.echo(f"launcher {runner.id} ended ({runner.stopping}); log: {runner.log_path}",
-                   err=True)
-    sys.exit(code)
+    project = Project.from_env()
+    runner = Launcher(project, options, plugin_manager())
+    with connect(project) as conn:  # the server is up, the batch job exists: before the fence
+        if batch_job_id is not None:
+            try:
+                batch_jobs.get(conn, batch_job_id)
+            except NotFound:
+                message = f"no batch job {batch_job_id} in this project"
+                raise InvalidInput(message) from None
+
+    def launch() -> int:  # behind the fence, in its own process
+        code = runner.run()
+        if runner.log_path is not None:
+            click.echo(f"launcher {runner.id} ended ({runner.stopping}); log: "
+                       f"{runner.log_path}", err=True)
+        return code
+
+    sys.exit(fence.run(launch, lease_timeout=heartbeat_timeout))
 
 
 @click.command("log")

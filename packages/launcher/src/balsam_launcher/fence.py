@@ -1,17 +1,17 @@
 """The fence: no task process outlives its launcher, and a launcher whose lease lapsed stops
 everything it started before anyone may run its tasks again.
 
-``balsam launcher`` (and each node agent) calls :func:`enter`, which splits the process in three
-and returns only in the third. Nothing is added to a task's start.
+``balsam launcher`` (and each node agent) runs its work through :func:`run`, in three processes.
+Nothing is added to a task's start.
 
-P  the command's own process, the pid the scheduler or the job script sees. It unshares a user
-   and a PID namespace, forks C, passes on the signals it gets, and exits with C's status.
+P  the command's own process, the pid the scheduler or the job script sees. It starts C in a new
+   user and PID namespace, passes on the signals it gets, and returns C's status.
 C  PID 1 of that namespace: forks L, reaps every orphan, and watches L's lease (the expiries L
    writes to a pipe after each committed heartbeat, see :mod:`balsam_launcher.lease`). When the
    lease lapses, C kills every process below it but L (and the Slurm steps of a job the
    launcher owns), keeps doing so until L exits, and tells L. When L exits, C kills whatever
    is left and exits with L's status.
-L  the launcher (or agent): :func:`enter` returns in it.
+L  the launcher (or agent): it runs the function given to :func:`run`.
 
 If P dies, even by SIGKILL, its parent-death signal kills C, and the kernel kills every process
 of a PID namespace whose init dies. Where namespaces are refused (or ``BALSAM_FENCE=subreaper``),
@@ -35,10 +35,11 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from balsam.errors import InvalidInput
+from balsam.errors import BalsamError, InvalidInput
 from balsam_launcher import lease
 
 #: ``namespace`` (the default; falls back to ``subreaper`` when refused), ``subreaper``, ``none``.
@@ -57,7 +58,9 @@ RESWEEP_SECONDS = 0.05
 FREEZE_SECONDS = 0.5
 
 _CLONE_NEWUSER, _CLONE_NEWPID = 0x10000000, 0x20000000
+_CLONE_SYSCALL = {"x86_64": 56, "aarch64": 220, "ppc64le": 120, "ppc64": 120}
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_current = "none"
 
 
 def mode(env: Mapping[str, str] = os.environ) -> str:
@@ -69,62 +72,88 @@ def mode(env: Mapping[str, str] = os.environ) -> str:
     return value
 
 
-def enter(*, lease_timeout: float | None, name: str = "launcher") -> str:
-    """Run the rest of this program as L behind a fence; returns (in L only) the fence in force:
-    ``namespace``, ``subreaper`` or ``none``. ``lease_timeout`` is the launcher's heartbeat
-    timeout (None for an agent, whose launcher says how long each renewal lasts)."""
+def run(main: Callable[[], int], *, lease_timeout: float | None,
+        name: str = "launcher") -> int:
+    """Run ``main`` (in L) behind a fence and return its exit status (in this process, P, whose
+    namespaces, signal handlers and children are as they were before). ``lease_timeout`` is
+    the launcher's heartbeat timeout (None for an agent, whose launcher says how long each
+    renewal lasts)."""
     wanted = mode()
     if wanted == "none":
-        return "none"
-    job = slurm_job()  # before the namespace: it reads our parent in /proc
-    namespaced = wanted == "namespace" and _unshare(name)
-    if not namespaced:
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        return main()
+    job = slurm_job()
     sys.stdout.flush()
     sys.stderr.flush()
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
-    for sig in FORWARDED:  # before the fork: a signal must not kill P in between
-        signal.signal(sig, lambda signum, frame: _write(ctl_w, bytes([signum])))
-    child = os.fork()
-    if child:
-        os.close(ctl_r)
-        _outer(child, namespaced, job)
-    os.close(ctl_w)
-    return _supervisor(ctl_r, namespaced, lease_timeout, name, job)
+    handlers = {sig: signal.signal(sig, lambda signum, frame: _write(ctl_w, bytes([signum])))
+                for sig in FORWARDED}  # from before the fork: a signal must not kill P between
+    namespaced, child = wanted == "namespace", -1
+    if namespaced:
+        child = _clone_into_namespaces(name)
+        namespaced = child >= 0
+    others: set[int] = set()
+    if not namespaced:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # if C dies, what it leaves comes to us
+        others = descendants(host_pid())  # not ours to sweep (when called in-process)
+        child = os.fork()
+    if child == 0:
+        os.close(ctl_w)
+        _supervisor(ctl_r, namespaced, lease_timeout, job, main)  # never returns
+    os.close(ctl_r)
+    try:
+        return _outer(child, job, others if not namespaced else None)
+    finally:
+        os.close(ctl_w)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if not namespaced:
+            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
 
 
 # --- P: the command's process --------------------------------------------------------------------
 
 
-def _unshare(name: str) -> bool:
-    """Enter a new user namespace (our own ids only) and make the next child PID 1 of a new PID
-    namespace. False, with one line on stderr, where the system refuses."""
+def _clone_into_namespaces(name: str) -> int:
+    """``os.fork()``, but the child is PID 1 of a new PID namespace, in a new user namespace that
+    maps only our own ids; this process stays where it is. -1, with one line on stderr, where
+    the system refuses. (``unshare()`` would move this process into the user namespace.)"""
     uid, gid = os.getuid(), os.getgid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWPID) != 0:
-        error = os.strerror(ctypes.get_errno())
-        print(f"balsam {name}: no namespace for the fence (unshare: {error}); using a "
-              f"subreaper", file=sys.stderr)
-        return False
-    for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{gid} {gid} 1")):
-        with open(f"/proc/self/{path}", "w") as f:
-            f.write(text)
-    return True
+    libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the call keeps the GIL, like os.fork
+    libc.syscall.restype = ctypes.c_long
+    number = _CLONE_SYSCALL.get(os.uname().machine)
+    if number is None:
+        print(f"balsam {name}: no namespace for the fence on {os.uname().machine}; using a "
+              "subreaper", file=sys.stderr)
+        return -1
+    ctypes.pythonapi.PyOS_BeforeFork()
+    flags = _CLONE_NEWUSER | _CLONE_NEWPID | signal.SIGCHLD
+    child = libc.syscall(ctypes.c_long(number), ctypes.c_long(flags), *[ctypes.c_long(0)] * 4)
+    if child == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                           ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{path}", "w") as f:
+                f.write(text)
+        return 0
+    error = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if child < 0:
+        print(f"balsam {name}: no namespace for the fence (clone: {os.strerror(error)}); "
+              "using a subreaper", file=sys.stderr)
+    return int(child)
 
 
-def _outer(child: int, namespaced: bool, job: str | None) -> NoReturn:
-    """Wait for C (signals reach it through the control pipe); exit with its status.
-
-    If C was killed without a namespace to die with it, clean up after it: what it left (we
-    are a subreaper too) and the Slurm steps it started. In a namespace the kernel killed the
-    rest; P can start no process (its children would belong to the dead namespace), and the
-    steps end with the job, whose main process P is (measured: within 0.2 s).
-    """
+def _outer(child: int, job: str | None, others: set[int] | None) -> int:
+    """Wait for C (signals reach it through the control pipe); return its status. If C was
+    killed, clean up after it: the Slurm steps it started, and, where there is no namespace to
+    die with it (``others`` is then what was below us before C), what it left to us."""
     _, status = os.waitpid(child, 0)
-    if os.WIFSIGNALED(status) and not namespaced:
-        sweep(host_pid(), between=lambda: end_slurm_steps(job))
-    os._exit(_exit_code(status))
+    if os.WIFSIGNALED(status):
+        if others is None:
+            end_slurm_steps(job)
+        else:
+            sweep(host_pid(), skip=others, between=lambda: end_slurm_steps(job))
+    return _exit_code(status)
 
 
 # --- C: the supervisor ---------------------------------------------------------------------------
@@ -271,9 +300,10 @@ class _Supervisor:
         os._exit(128 + signal.SIGKILL if self.status is None else _exit_code(self.status))
 
 
-def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, name: str,
-                job: str | None) -> str:
-    """C's life; returns in L."""
+def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, job: str | None,
+                main: Callable[[], int]) -> NoReturn:
+    """C's life; L's too, once C has forked it."""
+    global _current
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
     if namespaced:
@@ -285,17 +315,43 @@ def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, name: s
     os.setsid()  # signals for P's process group or session reach L once, through P
     supervisor = _Supervisor(ctl, namespaced, job)
     if supervisor.start():
+        _current = "namespace" if namespaced else "subreaper"
         lease.attach(supervisor.lease_w, lease_timeout, supervisor.notice_r)
         lease.watch()
-        return "namespace" if namespaced else "subreaper"
+        _launcher(main)
     try:
         supervisor.run()
     except BaseException:  # a bug in C must not leave L unfenced
-        import traceback
-
         traceback.print_exc()
         sweep(supervisor.me, between=lambda: end_slurm_steps(job))
         os._exit(70)
+
+
+def _launcher(main: Callable[[], int]) -> NoReturn:
+    """L: run ``main`` and exit with its status; it never returns into its caller's frames (in
+    the process that called :func:`run`, they go on)."""
+    try:
+        code = main()
+    except SystemExit as exc:
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except BalsamError as exc:  # as the CLI reports it
+        print(f"Error: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def current() -> str:
+    """The fence this process runs behind: ``namespace``, ``subreaper`` or ``none``."""
+    return _current
 
 
 # --- finding and killing processes ---------------------------------------------------------------
@@ -348,8 +404,10 @@ def _stat(entry: str | int, dir_fd: int | None = None) -> tuple[int, str] | None
     return int(fields[1]), fields[0].decode()
 
 
-def _below(root: int) -> dict[int, tuple[int, str]]:
-    """The live processes below ``root`` (zombies excluded): host pid -> (ppid, state)."""
+def _below(root: int, skip: set[int] | frozenset[int] = frozenset()
+           ) -> dict[int, tuple[int, str]]:
+    """The live processes below ``root`` (zombies excluded, and the subtrees of ``skip``):
+    host pid -> (ppid, state)."""
     children: dict[int, list[tuple[int, int, str]]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -360,7 +418,7 @@ def _below(root: int) -> dict[int, tuple[int, str]]:
     todo = [root]
     while todo:
         for pid, ppid, state in children.get(todo.pop(), ()):
-            if pid not in found:
+            if pid not in found and pid not in skip:
                 found[pid] = (ppid, state)
                 todo.append(pid)
     return found
@@ -371,10 +429,10 @@ def descendants(root: int) -> set[int]:
     return set(_below(root))
 
 
-def sweep(root: int, *, spare: tuple[int, ...] = (),
+def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[int] = frozenset(),
           between: Callable[[], object] | None = None) -> int:
-    """Kill every process below ``root`` except ``spare`` (not their descendants); returns how
-    many were killed.
+    """Kill every process below ``root`` except ``spare`` (not their descendants) and the
+    subtrees of ``skip``; returns how many were killed.
 
     First every one is stopped (SIGSTOP, looking again for the children they forked meanwhile),
     then killed: killed one by one, a shell would see its child die and run its next command
@@ -383,7 +441,7 @@ def sweep(root: int, *, spare: tuple[int, ...] = (),
     """
     deadline = time.monotonic() + FREEZE_SECONDS
     while time.monotonic() < deadline:  # a process in uninterruptible sleep stops late
-        below = _below(root)
+        below = _below(root, skip)
         moving = [pid for pid, (_, state) in below.items()
                   if pid not in spare and state not in "Tt"]
         if not moving:
@@ -395,7 +453,7 @@ def sweep(root: int, *, spare: tuple[int, ...] = (),
         between()
     killed: set[int] = set()
     for _ in range(1000):
-        below = _below(root)
+        below = _below(root, skip)
         targets = below.keys() - set(spare)
         if not targets:
             break
