@@ -364,12 +364,16 @@ def host_pid() -> int:
 
 def host_pid_of(pidfd: int) -> int:
     """The host's pid of the process a pidfd refers to (its ``Pid:`` in fdinfo)."""
-    with open(f"/proc/self/fdinfo/{pidfd}") as f:
-        for line in f:
-            if line.startswith("Pid:"):
-                return int(line.split()[1])
-    message = f"no Pid in the fdinfo of fd {pidfd}"
-    raise OSError(message)
+    fd = os.open(f"/proc/self/fdinfo/{pidfd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        text = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    start = text.find(b"\nPid:")
+    if start < 0:
+        message = f"no Pid in the fdinfo of fd {pidfd}"
+        raise OSError(message)
+    return int(text[start + 5:text.index(b"\n", start + 5)])
 
 
 @functools.cache
