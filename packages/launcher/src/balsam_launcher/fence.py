@@ -51,7 +51,9 @@ FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signa
 #: A signal C got itself (a whole process tree or cgroup was signalled, L included) within this
 #: many seconds of the same signal from P is not passed on again.
 SAME_SIGNAL_SECONDS = 0.05
-#: Once the lease lapsed, look for new processes below C this often until L exits.
+#: Once the lease lapsed, look for new processes below C until L exits: at first this often,
+#: then half as often each time nothing was found, down to once a second (while L is stopped,
+#: it starts nothing: only its state is looked at).
 RESWEEP_SECONDS = 0.05
 #: How long :func:`sweep` tries to stop every process before it kills them (some may not stop
 #: at once: in uninterruptible sleep, or forking faster than it looks).
@@ -81,7 +83,7 @@ def run(main: Callable[[], int], *, lease_timeout: float | None,
     wanted = mode()
     if wanted == "none":
         return main()
-    job = slurm_job()
+    job, ids = slurm_job(), (os.getuid(), os.getgid())
     sys.stdout.flush()
     sys.stderr.flush()
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
@@ -96,9 +98,13 @@ def run(main: Callable[[], int], *, lease_timeout: float | None,
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # if C dies, what it leaves comes to us
         others = descendants(host_pid())  # not ours to sweep (when called in-process)
         child = os.fork()
-    if child == 0:
-        os.close(ctl_w)
-        _supervisor(ctl_r, namespaced, lease_timeout, job, main)  # never returns
+    if child == 0:  # C: whatever happens, it never returns into the caller's frames
+        try:
+            os.close(ctl_w)
+            _supervisor(ctl_r, namespaced, lease_timeout, job, main, ids)
+        except BaseException:
+            traceback.print_exc()
+        os._exit(70)
     os.close(ctl_r)
     try:
         return _outer(child, job, others if not namespaced else None)
@@ -117,7 +123,6 @@ def _clone_into_namespaces(name: str) -> int:
     """``os.fork()``, but the child is PID 1 of a new PID namespace, in a new user namespace that
     maps only our own ids; this process stays where it is. -1, with one line on stderr, where
     the system refuses. (``unshare()`` would move this process into the user namespace.)"""
-    uid, gid = os.getuid(), os.getgid()
     libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the call keeps the GIL, like os.fork
     libc.syscall.restype = ctypes.c_long
     number = _CLONE_SYSCALL.get(os.uname().machine)
@@ -130,10 +135,6 @@ def _clone_into_namespaces(name: str) -> int:
     child = libc.syscall(ctypes.c_long(number), ctypes.c_long(flags), *[ctypes.c_long(0)] * 4)
     if child == 0:
         ctypes.pythonapi.PyOS_AfterFork_Child()
-        for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                           ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{path}", "w") as f:
-                f.write(text)
         return 0
     error = ctypes.get_errno()
     ctypes.pythonapi.PyOS_AfterFork_Parent()
@@ -172,6 +173,7 @@ class _Supervisor:
         self.status: int | None = None
         self.until: float | None = None
         self.lapsed = False
+        self.resweep = RESWEEP_SECONDS
         self.parent_gone = False
         self.direct: dict[int, float] = {}  # signal -> when C got it itself
         self.from_parent: list[tuple[int, float]] = []  # (signal, when P passed it on)
@@ -228,12 +230,12 @@ class _Supervisor:
             if not self.lapsed and self.until is not None and now >= self.until:
                 self._fence()
             elif self.lapsed:
-                sweep(self.me, spare=(self.child_host,))
+                self._sweep_again()
 
     def _wait(self) -> float | None:
         times = [t + SAME_SIGNAL_SECONDS for _, t in self.from_parent]
         if self.lapsed:
-            times.append(time.monotonic() + RESWEEP_SECONDS)
+            times.append(time.monotonic() + self.resweep)
         elif self.until is not None:
             times.append(self.until)
         return max(0.0, min(times) - time.monotonic()) if times else None
@@ -293,6 +295,14 @@ class _Supervisor:
               f"in {took:.0f} ms",
               file=sys.stderr, flush=True)
 
+    def _sweep_again(self) -> None:
+        """After a lapse: kill what L (or an orphan) started since."""
+        stat = _stat(self.child_host)
+        if stat is not None and stat[1] in "Tt":
+            return
+        found = sweep(self.me, spare=(self.child_host,))
+        self.resweep = RESWEEP_SECONDS if found else min(1.0, self.resweep * 2)
+
     def _finish(self) -> NoReturn:
         """L exited (or P died): nothing of ours may outlive it."""
         sweep(self.me, between=lambda: end_slurm_steps(self.job))
@@ -301,12 +311,17 @@ class _Supervisor:
 
 
 def _supervisor(ctl: int, namespaced: bool, lease_timeout: float | None, job: str | None,
-                main: Callable[[], int]) -> NoReturn:
-    """C's life; L's too, once C has forked it."""
+                main: Callable[[], int], ids: tuple[int, int]) -> NoReturn:
+    """C's life; L's too, once C has forked it. ``ids``: our uid and gid outside."""
     global _current
     for sig in FORWARDED:
         signal.signal(sig, signal.SIG_DFL)
     if namespaced:
+        uid, gid = ids  # only these are mapped, to themselves
+        for path, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                           ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{path}", "w") as f:
+                f.write(text)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if _closed(ctl):
             os._exit(1)  # P died before the parent-death signal was set
