@@ -4,7 +4,9 @@
   round trip of a launcher that does nothing (start, exit, the fence's final sweep, back in
   the caller), for each fence: none, subreaper, namespace;
 - per task: the only per-task work, naming a task's pid as the host knows it from its pidfd
-  (a PID namespace only; outside one the pid is the host's);
+  (a PID namespace only; outside one the pid is the host's), and the rate at which a process
+  behind each fence starts, names and reaps ``/bin/true`` (the launcher's start-up ceiling),
+  the fences taking turns;
 - lapse: from the lease's expiry to every one of N task trees (``sh`` and two ``sleep``) killed
   and the launcher told, as a fenced launcher sees it.
 
@@ -24,6 +26,8 @@ from typing import Any
 from unittest import mock
 
 from balsam_launcher import fence, lease
+
+MODES = ("none", "subreaper", "namespace")
 
 
 def _start(mode: str, rounds: int, where: Path) -> tuple[float, float]:
@@ -58,6 +62,31 @@ def _host_pid_cost(calls: int) -> float:
         child.wait()
 
 
+def _start_rates(tasks: int, rounds: int, where: Path) -> dict[str, float]:
+    """Median tasks/s starting /bin/true as the launcher does, behind each fence."""
+    out = where / "rate"
+
+    def main() -> int:
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        began = time.perf_counter()
+        for _ in range(tasks):
+            child = subprocess.Popen(["/bin/true"], process_group=0, stdin=stdin)
+            pidfd = os.pidfd_open(child.pid)
+            fence.host_pid_for(child.pid, pidfd)
+            os.close(pidfd)
+            child.wait()
+        out.write_text(repr(tasks / (time.perf_counter() - began)))
+        return 0
+
+    rates: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for mode in MODES:
+            with mock.patch.dict(os.environ, {fence.VARIABLE: mode}):
+                assert fence.run(main, lease_timeout=None) == 0
+            rates.setdefault(mode, []).append(float(out.read_text()))
+    return {mode: statistics.median(r) for mode, r in rates.items()}
+
+
 def _lapse(trees: int, where: Path) -> float:
     """Milliseconds from the lease's expiry to the fence's notice, with ``trees`` task trees."""
     out = where / "lapse"
@@ -86,7 +115,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rounds = 10 if quick else 50
     with tempfile.TemporaryDirectory(prefix="balsam-bench-fence-") as tmp:
         where = Path(tmp)
-        for mode in ("none", "subreaper", "namespace"):
+        for mode in MODES:
             first, total = _start(mode, rounds, where)
             rows.append({"benchmark": f"fence start ({mode})", "metric": "to the launcher's code",
                          "value": first, "unit": "ms (median)"})
@@ -94,6 +123,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
                          "value": total, "unit": "ms (median)"})
         rows.append({"benchmark": "fence per task", "metric": "host pid from pidfd",
                      "value": _host_pid_cost(2000 if quick else 20000), "unit": "us/task"})
+        rates = _start_rates(300 if quick else 2000, 3 if quick else 5, where)
+        for mode, rate in rates.items():
+            rows.append({"benchmark": f"fence per task ({mode})",
+                         "metric": "start, name and reap /bin/true", "value": rate,
+                         "unit": "tasks/s (median)"})
         for trees in ((10, 100) if quick else (10, 100, 400)):
             rows.append({"benchmark": f"fence lapse ({trees} task trees)",
                          "metric": "expiry to all killed", "value": _lapse(trees, where),
