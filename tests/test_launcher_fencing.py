@@ -42,23 +42,29 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except FileNotFoundError:
-        return False
-
-
-def ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
 def launcher_row(db, proc) -> dict:
     """The launcher's row once it is registered (its pid is L's, as the host numbers it)."""
     wait_for(lambda: db.execute("SELECT 1 FROM launchers").fetchone(), 30, "the launcher row")
     return db.execute("SELECT * FROM launchers ORDER BY id LIMIT 1").fetchone()
+
+
+def started(proc, launcher: int) -> set[int]:
+    """What the launcher started: every process below P (the command's) but C and L."""
+    return fence.descendants(proc.pid) - {launcher, lt.parent(launcher)}
+
+
+def freeze_until_fenced(proc, launcher: int) -> None:
+    """SIGSTOP the launcher; its fence kills what it started within its heartbeat timeout."""
+    time.sleep(0.5)  # the forks and daemons are under way
+    tasks = started(proc, launcher)
+    assert len(tasks) >= 3 * 2 + 4  # each task and its sleep, the fork's two, the daemon
+    os.kill(launcher, signal.SIGSTOP)
+    wait_for(lambda: not any(lt.alive(p) for p in tasks), 5, "the fence to kill the tasks")
+
+
+def end_reason(db, launcher_id: int) -> str:
+    return db.execute("SELECT end_reason FROM launchers WHERE id = %s",
+                      [launcher_id]).fetchone()["end_reason"]
 
 
 def running(db, ids) -> bool:
@@ -120,14 +126,14 @@ def test_sigkill_leaves_no_process_and_every_task_runs_once(project, tree_app, t
             row = launcher_row(db, proc)
             wait_for(lambda: running(db, ids), 30, "the tasks to run")
             launcher = row["pid"]
-            assert ppid(ppid(launcher)) == proc.pid  # P -> C -> L
+            assert lt.parent(lt.parent(launcher)) == proc.pid  # P -> C -> L
             time.sleep(0.5)  # the forks and daemons are under way
             everything = fence.descendants(proc.pid) | {proc.pid}
             assert len(everything) >= 2 + 3 * ranks + 4  # C, L, the tasks, forks and daemons
-            target = {"P": proc.pid, "L": launcher, "C": ppid(launcher)}[victim]
+            target = {"P": proc.pid, "L": launcher, "C": lt.parent(launcher)}[victim]
             os.kill(target, signal.SIGKILL)
             killed_at = time.monotonic()
-            wait_for(lambda: not any(alive(p) for p in everything), 1.0,
+            wait_for(lambda: not any(lt.alive(p) for p in everything), 1.0,
                      "every process of the launcher to die")
             assert time.monotonic() - killed_at < 1.0
             assert proc.wait(timeout=5) == (-9 if victim == "P" else 128 + 9)
@@ -150,17 +156,13 @@ def test_frozen_launcher_is_fenced_before_its_tasks_run_again(project, tree_app,
         try:
             row = launcher_row(db, frozen)
             wait_for(lambda: running(db, ids), 30, "the tasks to run")
-            time.sleep(0.5)
-            tasks = fence.descendants(row["pid"])
-            assert len(tasks) >= 7
-            os.kill(row["pid"], signal.SIGSTOP)
-            wait_for(lambda: not any(alive(p) for p in tasks), 5, "the fence to kill the tasks")
+            freeze_until_fenced(frozen, row["pid"])
             live = db.execute("SELECT ended_at IS NULL AND heartbeat_at + heartbeat_timeout "
                               "> now() AS live FROM launchers WHERE id = %s",
                               [row["id"]]).fetchone()["live"]
             assert live  # killed before anyone could presume the launcher dead
             assert running(db, ids)
-            assert alive(row["pid"])  # the launcher lives, frozen, to say so later
+            assert lt.alive(row["pid"])  # the launcher lives, frozen, to say so later
             recover_and_count(project, db, ids, counts, tmp_path, ranks=1, job_mode="serial")
             os.kill(row["pid"], signal.SIGCONT)
             assert frozen.wait(timeout=30) == 1
@@ -168,11 +170,10 @@ def test_frozen_launcher_is_fenced_before_its_tasks_run_again(project, tree_app,
             if frozen.poll() is None:
                 os.kill(row["pid"], signal.SIGCONT)
                 lt.kill_session(frozen)
+        survivor = db.execute("SELECT max(id) AS id FROM launchers").fetchone()["id"]
         done = [e for e in lt.events(db) if e["to_state"] == "RUN_DONE"]
-        assert {e["launcher_id"] for e in done} == {row["id"] + 1}
-        reason = db.execute("SELECT end_reason FROM launchers WHERE id = %s",
-                            [row["id"]]).fetchone()["end_reason"]
-        assert reason.startswith("presumed dead")
+        assert {e["launcher_id"] for e in done} == {survivor}  # nothing from the frozen one
+        assert end_reason(db, row["id"]).startswith("presumed dead")
     log = (project.log_dir / f"launcher_{row['id']}.log").read_text()
     assert "its lease lapsed and its fence killed its tasks" in log
     assert f"launcher {row['id']} was presumed dead" in log
@@ -190,19 +191,15 @@ def test_a_lapsed_lease_gives_the_tasks_back_at_once(project, tree_app, tmp_path
         try:
             row = launcher_row(db, proc)
             wait_for(lambda: running(db, ids), 30, "the tasks to run")
-            tasks = fence.descendants(row["pid"])
-            os.kill(row["pid"], signal.SIGSTOP)
-            wait_for(lambda: not any(alive(p) for p in tasks), 5, "the fence to kill the tasks")
+            freeze_until_fenced(proc, row["pid"])
             os.kill(row["pid"], signal.SIGCONT)
             assert proc.wait(timeout=30) == 1
         finally:
             if proc.poll() is None:
                 os.kill(row["pid"], signal.SIGCONT)
                 lt.kill_session(proc)
-        reason = db.execute("SELECT end_reason FROM launchers WHERE id = %s",
-                            [row["id"]]).fetchone()["end_reason"]
         states = lt.states(db)
-        assert reason == "lease lapsed"
+        assert end_reason(db, row["id"]) == "lease lapsed"
         assert {states[t]["state"] for t in ids} == {"RESTART_READY"}
         assert {states[t]["state_message"] for t in ids} == {f"launcher {row['id']} lease lapsed"}
         recover_and_count(project, db, ids, counts, tmp_path, ranks=1, job_mode="serial")
@@ -228,7 +225,7 @@ def test_agents_tasks_die_with_their_launcher(project, tree_app, tmp_path, monke
                 b"\0")[1:3] == [b"-m", b"balsam_launcher.agent"]]
             assert len(agents) == 3 * 3  # each agent's P, C and agent
             os.kill(proc.pid, signal.SIGKILL)
-            wait_for(lambda: not any(alive(p) for p in everything), 1.0,
+            wait_for(lambda: not any(lt.alive(p) for p in everything), 1.0,
                      "every process of the launcher to die")
             proc.wait(timeout=5)
         finally:
@@ -252,7 +249,8 @@ def test_pids_in_the_database_are_the_hosts(project, tree_app, tmp_path):
             wait_for(lambda: running(db, [tid]), 30, "the task to run")
             event = next(e for e in lt.events(db) if e["to_state"] == "RUNNING")
             task_pid = int(event["message"].split()[1])  # "pid N on host"
-            assert ppid(task_pid) == row["pid"] and ppid(row["pid"]) in fence.descendants(proc.pid)
+            assert lt.parent(task_pid) == row["pid"]
+            assert lt.parent(lt.parent(row["pid"])) == proc.pid
             assert Path(f"/proc/{task_pid}/cmdline").read_bytes().split(b"\0")[:2] == [
                 b"/bin/sh", str(tmp_path / "tree.sh").encode()]
             status = Path(f"/proc/{row['pid']}/status").read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from balsam_launcher import fence
+from balsam_launcher import testing as lt
 
 pytestmark = pytest.mark.slow
 
@@ -76,17 +77,9 @@ def launcher(tmp_path):
     fake.close()
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except FileNotFoundError:
-        return False
-
-
 def wait_gone(pids: set[int], timeout: float) -> float:
     start = time.monotonic()
-    while any(alive(p) for p in pids):
+    while any(lt.alive(p) for p in pids):
         assert time.monotonic() - start < timeout, "processes left behind"
         time.sleep(0.02)
     return time.monotonic() - start
@@ -112,7 +105,7 @@ def test_a_renewed_lease_keeps_the_tasks_running(launcher):
     for _ in range(10):
         time.sleep(0.25)
         launcher.send(op="lease", seconds=1.0)
-    assert alive(pid)
+    assert lt.alive(pid)
     launcher.send(op="signal", id=7, sig=15)
     assert launcher.receive() == {"op": "exit", "id": 7, "rc": -15}
 

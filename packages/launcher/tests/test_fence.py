@@ -17,6 +17,7 @@ from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
 from balsam_cli.main import build_cli
 from balsam_launcher import fence
+from balsam_launcher import testing as lt
 
 FENCES = ["namespace", "subreaper"]
 
@@ -78,19 +79,6 @@ def start(tmp_path: Path, fencing: str, timeout: str, action: str) -> tuple[subp
     return proc, int(launcher)
 
 
-def ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("fencing", FENCES)
 def test_the_launchers_status_is_the_commands(tmp_path, fencing):
     proc, _ = start(tmp_path, fencing, "-", "exit3")
@@ -101,7 +89,7 @@ def test_the_launchers_status_is_the_commands(tmp_path, fencing):
     os.kill(launcher, signal.SIGKILL)
     proc.communicate(timeout=10)
     assert proc.returncode == 128 + signal.SIGKILL
-    assert not any(alive(p) for p in everything)
+    assert not any(lt.alive(p) for p in everything)
 
 
 @pytest.mark.parametrize("fencing", FENCES)
@@ -125,12 +113,12 @@ def test_a_lapsed_lease_kills_every_task_and_tells_the_launcher(tmp_path, fencin
     launcher, which is told and lives on."""
     started = time.monotonic()
     proc, launcher = start(tmp_path, fencing, "1", "lapse")
-    tasks = fence.descendants(proc.pid) - {launcher, ppid(launcher)}
+    tasks = fence.descendants(proc.pid) - {launcher, lt.parent(launcher)}
     assert len(tasks) >= 4  # sh, its two sleeps, the daemon (C's, as an orphan)
     out, err = proc.communicate(timeout=10)
     assert out.split() == ["lapsed", "-9", "-9"]
     assert proc.returncode == 0
-    assert not any(alive(p) for p in tasks)
+    assert not any(lt.alive(p) for p in tasks)
     assert time.monotonic() - started > 0.75
     assert f"the lease of pid {launcher} lapsed: killed " in err
 
@@ -180,7 +168,7 @@ def test_sweep_stops_everything_before_it_kills(tmp_path, monkeypatch, freeze):
         fence.sweep(holder.pid)
         holder.kill()
         holder.wait()
-    assert not any(alive(p) for p in below)
+    assert not any(lt.alive(p) for p in below)
     reacted = tmp_path / "reacted"
     assert reacted.exists() != freeze
 
