@@ -18,11 +18,15 @@ from balsam_launcher.agent import Lines, rank_from_env
 pytestmark = [pytest.mark.pg, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs mpirun")]
 
-#: Prints its parent's command line, then records itself.
+#: Prints its parent's command line, then records itself. (Behind the launcher's fence $PPID is
+#: the PID namespace's number, /proc the host's: /proc/self/stat names the parent as /proc does.)
 WHO = """#!/bin/sh
-tr '\\0' ' ' < /proc/$PPID/cmdline; echo
-sleep "$1"
-echo "$BALSAM_TASK_ID" >> "$2"
+seconds=$1 counts=$2
+read -r stat < /proc/self/stat
+set -- ${stat##*) }
+tr '\\0' ' ' < /proc/$2/cmdline; echo
+sleep "$seconds"
+echo "$BALSAM_TASK_ID" >> "$counts"
 """
 
 

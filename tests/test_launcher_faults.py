@@ -140,11 +140,15 @@ def test_sigkilled_launcher_is_reaped_and_its_tasks_run_again(project, record, t
 
 
 def test_frozen_launcher_presumed_dead_cannot_overwrite(project, record, tmp_path):
+    """The database alone refuses a presumed-dead launcher's late writes. Its fence would kill
+    the frozen launcher's task before that (tests/test_launcher_fencing.py): this launcher runs
+    without one (BALSAM_FENCE=none), so that its task completes and it tries to record that."""
     app, counts = record
     with connect(project) as db:
         [tid] = lt.add_tasks(db, app, [{"name": "t", "args": f"1.5 {counts}"}])
         frozen = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
-                                   "--heartbeat-timeout", "1", output=tmp_path / "frozen")
+                                   "--heartbeat-timeout", "1", env={"BALSAM_FENCE": "none"},
+                                   output=tmp_path / "frozen")
         try:
             wait_for(lambda: lt.states(db)[tid]["state"] == "RUNNING", 30, "the task to run")
             os.kill(frozen.pid, signal.SIGSTOP)

@@ -95,6 +95,19 @@ def end_launcher(conn: Connection, launcher: int, reason: str) -> list[dict[str,
     return released
 
 
+def abandon(conn: Connection, launcher: int, why: str) -> list[dict[str, Any]]:
+    """End a live launcher that gives up every claim (its fence killed its tasks): they are
+    recovered as the reaper would (RUNNING tasks restart or time out, "launcher N <why>").
+    ClaimLost if it has ended already (others may hold its tasks now)."""
+    with conn.transaction():
+        ended = conn.execute(q("end_launcher"), {"launcher": launcher, "reason": why})
+        if ended.fetchone() is None:
+            message = f"launcher {launcher} was presumed dead: its tasks belong to others now"
+            raise ClaimLost(message)
+        return conn.execute(q("recover_claims"), {
+            "launchers": [launcher], "ids": None, "why": why}).fetchall()
+
+
 def reap_dead(conn: Connection) -> dict[str, Any]:
     """End launchers whose heartbeat is older than their timeout and recover their tasks.
 

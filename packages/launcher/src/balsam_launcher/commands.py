@@ -8,11 +8,11 @@ import click
 
 from balsam import api
 from balsam.db import connect
-from balsam.errors import NotFound
+from balsam.errors import InvalidInput, NotFound
 from balsam.plugins import plugin_manager
 from balsam.project import Project
 from balsam.states import FINAL, State
-from balsam_launcher import logs, steps
+from balsam_launcher import batch_jobs, fence, logs, steps
 from balsam_launcher.launcher import Launcher, Options
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -37,9 +37,10 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--batch-job-id", type=click.IntRange(min=1), envvar="BALSAM_BATCH_JOB_ID",
               metavar="ID",
               help="The balsam batch job this launcher runs in (default $BALSAM_BATCH_JOB_ID).")
-@click.option("--heartbeat-timeout", type=_POSITIVE, default=60, show_default=True,
+@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), default=60, show_default=True,
               metavar="SECONDS", help="Others presume this launcher dead after this long "
-                                      "without a heartbeat and restart its tasks.")
+                                      "without a heartbeat and restart its tasks; its own "
+                                      "tasks are killed a little before (at least 1).")
 @click.option("--poll-interval", type=_POSITIVE, default=5, show_default=True, metavar="SECONDS",
               help="Look for work this often even if no notification arrives.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=0, show_default=True,
@@ -62,6 +63,10 @@ def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: boo
     Nodes come from Slurm, PBS or Cobalt, or the local host. SIGTERM or SIGINT (the scheduler
     ending the job) stops running tasks, marks them RUN_TIMEOUT and exits cleanly. The log goes
     to log/launcher_<id>.log in the project.
+
+    No task process outlives the launcher: it runs in its own PID namespace (BALSAM_FENCE=
+    subreaper where namespaces are refused, none to turn this off), and if it cannot heartbeat
+    in time its tasks are killed before others may run them again.
     """
     if wf_substring and not wf_filter:
         message = "--wf-substring needs --wf-filter"
@@ -71,12 +76,25 @@ def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: boo
                       nodes=nodes, batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
                       poll_interval=poll_interval, max_retries=max_retries, workers=workers,
                       kill_grace=kill_grace, allow_workdir=allow_workdir)
-    runner = Launcher(Project.from_env(), options, plugin_manager())
-    code = runner.run()
-    if runner.log_path is not None:
-        click.echo(f"launcher {runner.id} ended ({runner.stopping}); log: {runner.log_path}",
-                   err=True)
-    sys.exit(code)
+    fence.mode()  # a bad BALSAM_FENCE is refused here, before anything starts
+    project = Project.from_env()
+    runner = Launcher(project, options, plugin_manager())
+    with connect(project) as conn:  # the server is up, the batch job exists: before the fence
+        if batch_job_id is not None:
+            try:
+                batch_jobs.get(conn, batch_job_id)
+            except NotFound:
+                message = f"no batch job {batch_job_id} in this project"
+                raise InvalidInput(message) from None
+
+    def launch() -> int:  # behind the fence, in its own process
+        code = runner.run()
+        if runner.log_path is not None:
+            click.echo(f"launcher {runner.id} ended ({runner.stopping}); log: "
+                       f"{runner.log_path}", err=True)
+        return code
+
+    sys.exit(fence.run(launch, lease_timeout=heartbeat_timeout))
 
 
 @click.command("log")

@@ -40,7 +40,7 @@ from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.models import App, Task
 from balsam.project import Project, current_user
 from balsam.resources import JOB_MODES, Node
-from balsam_launcher import detect, ledger, steps, workdirs
+from balsam_launcher import detect, lease, ledger, steps, workdirs
 from balsam_launcher.process import AgentPool, Processes, program
 from balsam_launcher.session import (
     Claims,
@@ -54,6 +54,7 @@ from balsam_launcher.session import (
     Reaped,
     Reconcile,
     Reconnected,
+    Renewed,
     Session,
     WorkLeft,
     Write,
@@ -317,6 +318,8 @@ class Launcher:
                 self._exits_from(key.data)
         now = time.monotonic()
         self._check_signals()
+        if not self.ledger.dead and (lease.lapsed() or lease.expired(now)):
+            self._fenced()
         if self.deadline is not None and now >= self.deadline:
             self.stop("time limit reached")
         for ended in self.processes.due(now):
@@ -447,6 +450,11 @@ class Launcher:
             self.claims.resume()
             self.want_claim = self.want_post = True
             self.next_reconcile = time.monotonic()
+        elif isinstance(event, Renewed):
+            if self.processes.agents is not None:  # the agents' lease follows ours
+                timeout = self.options.heartbeat_timeout
+                self.processes.agents.renew(lease.expiry(event.sent_at, timeout)
+                                            - time.monotonic())
         elif isinstance(event, PresumedDead):
             log.error("%s", event.message)
             self.exit_code = 1
@@ -455,6 +463,24 @@ class Launcher:
         elif isinstance(event, Crashed):
             raise event.error
         return []
+
+    def _fenced(self) -> None:
+        """Our lease ran out (no heartbeat committed in time): our fence is killing our tasks.
+        Stop as if presumed dead (no more writes); once the fence says every process is gone,
+        give the claims back if they are still ours, as the reaper would."""
+        log.error("launcher %s: its lease lapsed and its fence killed its tasks", self.id)
+        self.exit_code = 1
+        self.pool.cancel()
+        self._do(self.ledger.presumed_dead())
+        if not lease.confirmed(within=2.0):
+            return  # the reaper recovers them
+        try:
+            recovered = self.claims.abandon("lease lapsed")
+            log.warning("gave back %d task(s) to run again", len(recovered))
+        except ClaimLost as exc:
+            log.error("%s", exc)
+        except BalsamError as exc:
+            log.warning("cannot give the tasks back (%s): the reaper will", exc)
 
     def _notified(self, event: Notified) -> list[ledger.Intent]:
         if event.channel == "balsam_tasks":

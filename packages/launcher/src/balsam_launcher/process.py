@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from balsam.errors import BalsamError
 from balsam.models import Task
 from balsam.resources import Node
-from balsam_launcher import workdirs
+from balsam_launcher import fence, workdirs
 
 # --- programs ------------------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class Processes:
             full = self.base_env.copy()
             full.update(env)
             run = spawn(task_id, argv, cwd=dir_fd, env=full, output=output_fd)
-            where = f"pid {run.pid}"
+            where = f"pid {fence.host_pid_for(run.pid, run.pidfd)}"
             if run.pidfd is None:
                 self._unwatched.add(task_id)
             else:
@@ -438,6 +438,14 @@ class AgentPool:
             return
         conn.settimeout(None)
         self.agents[rank] = Agent(self.nodes[rank].index, hello.get("host", ""), conn, lines)
+
+    def renew(self, seconds: float) -> None:
+        """Each agent kills its tasks unless renewed within ``seconds`` (see lease.extend)."""
+        for agent in self.agents.values():
+            try:
+                send(agent.sock, {"op": "lease", "seconds": seconds})
+            except OSError:
+                pass
 
     def start(self, task_id: int, node: Node, argv: Sequence[str], cwd: Path,
               env: dict[str, str], output: Path) -> AgentRun:

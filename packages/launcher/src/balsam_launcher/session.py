@@ -44,7 +44,7 @@ from balsam.models import App, Task
 from balsam.project import Project
 from balsam.resources import Resources
 from balsam.states import State
-from balsam_launcher import lease, policy
+from balsam_launcher import fence, lease, policy
 from balsam_launcher.ledger import Batch, Known
 
 log = logging.getLogger("balsam.launcher")
@@ -161,6 +161,13 @@ class Notified:
 class Reaped:
     launchers: list[int]
     tasks: int
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """A heartbeat committed: the lease runs from ``sent_at`` (monotonic time it was sent)."""
+
+    sent_at: float
 
 
 @dataclass(frozen=True)
@@ -334,6 +341,7 @@ class Session:
         self._next_heartbeat = sent + self.heartbeat_interval
         claim.heartbeat(self.conn, self.launcher)
         lease.renewed(sent)
+        self.post(Renewed(sent))
         reaped = claim.reap_dead(self.conn)
         if reaped["launchers"]:
             self.post(Reaped(reaped["launchers"], len(reaped["tasks"])))
@@ -383,7 +391,8 @@ class Claims:
         try:
             row = claim.register_launcher(
                 self.conn, job_mode=job_mode, num_nodes=num_nodes, wf_filter=wf_filter,
-                batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout)
+                batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
+                pid=fence.host_pid())
         except psycopg.errors.ForeignKeyViolation:
             self.close()
             message = f"no batch job {batch_job_id} in this project"
@@ -434,6 +443,14 @@ class Claims:
             self._failed(exc)
         # what was claimed before a failure is kept (its app unknown: the reconcile recovers it)
         return runs, posts, self.apps
+
+    def abandon(self, why: str) -> list[dict[str, Any]]:
+        """Give every claim back at once (the fence killed our tasks); ClaimLost if we were
+        presumed dead already."""
+        try:
+            return claim.abandon(self._conn(), self.launcher, why)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
 
     def recover(self, ids: Iterable[int]) -> list[dict[str, Any]]:
         """Give back, by the recovery rule, claims the database says we hold and the ledger

@@ -123,6 +123,27 @@ def start_launcher(project_root: Path, *args: str, user: str | None = None,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in "ZX"
+
+
+def parent(pid: int) -> int:
+    """The parent of a live process ``pid`` (as /proc numbers them)."""
+    fields = _stat_fields(pid)
+    assert fields is not None, f"no process {pid}"
+    return int(fields[1])
+
+
 def session_pids(sid: int) -> list[int]:
     """Processes in session ``sid``."""
     found = []

@@ -1,0 +1,203 @@
+"""The fence on its own (no database): a small program stands in for the launcher behind
+:func:`balsam_launcher.fence.enter`, in both fences (a PID namespace, a subreaper)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from balsam.errors import InvalidInput
+from balsam.plugins import get_plugin_manager
+from balsam_cli.main import build_cli
+from balsam_launcher import fence
+from balsam_launcher import testing as lt
+
+FENCES = ["namespace", "subreaper"]
+
+#: Stands in for L. argv: READY-FILE LEASE-TIMEOUT(or -) ACTION. It starts a process tree (a
+#: task that forks, and a daemon in its own session), renews its lease once, writes its host
+#: pid and its tasks' to READY-FILE, then does ACTION and reports what it saw on stdout.
+PROGRAM = r"""
+import os, signal, subprocess, sys, time
+from balsam_launcher import fence, lease
+
+ready, timeout, action = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+def main():
+    got = []
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda s, f: got.append(signal.Signals(s).name))
+    tree = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], process_group=0)
+    subprocess.Popen(["sh", "-c", "setsid sleep 61 &"]).wait()
+    if timeout != "-":
+        lease.renewed(time.monotonic())
+    with open(ready + ".tmp", "w") as f:
+        f.write(f"{fence.host_pid()} {fence.current()}")
+    os.rename(ready + ".tmp", ready)
+    if action == "exit3":
+        return 3
+    if action == "lapse":
+        while not lease.lapsed():
+            time.sleep(0.01)
+        late = subprocess.Popen(["sleep", "60"])  # started after the lapse: killed too
+        print("lapsed", tree.wait(), late.wait(), flush=True)
+        return 0
+    end = time.monotonic() + 3
+    while time.monotonic() < end and not got:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a second copy of the signal would arrive by now
+    print(" ".join(got), flush=True)
+    return 0
+
+
+sys.exit(fence.run(main, lease_timeout=None if timeout == "-" else float(timeout)))
+"""
+
+
+def start(tmp_path: Path, fencing: str, timeout: str, action: str) -> tuple[subprocess.Popen, int]:
+    """Start the program; returns (P, L's host pid) once its tasks run."""
+    ready = tmp_path / "ready"
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", PROGRAM, str(ready), timeout, action],
+                            env={**os.environ, fence.VARIABLE: fencing}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    launcher, mode = ready.read_text().split()
+    assert mode == fencing
+    return proc, int(launcher)
+
+
+@pytest.mark.parametrize("fencing", FENCES)
+def test_the_launchers_status_is_the_commands(tmp_path, fencing):
+    proc, _ = start(tmp_path, fencing, "-", "exit3")
+    proc.communicate(timeout=10)
+    assert proc.returncode == 3
+    proc, launcher = start(tmp_path, fencing, "-", "wait")
+    everything = fence.descendants(proc.pid)
+    os.kill(launcher, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert not any(lt.alive(p) for p in everything)
+
+
+@pytest.mark.parametrize("fencing", FENCES)
+@pytest.mark.parametrize("whom", ["P", "every process"])
+def test_a_signal_reaches_the_launcher_once(tmp_path, fencing, whom):
+    """A signal to the command's process is passed on; a signal to every process (as a
+    scheduler ending a job sends it) is not passed on again."""
+    proc, launcher = start(tmp_path, fencing, "-", "wait")
+    targets = [proc.pid] if whom == "P" else [proc.pid, *fence.descendants(proc.pid)]
+    for pid in targets:
+        os.kill(pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert out.split() == ["SIGTERM"]
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("fencing", FENCES)
+def test_a_lapsed_lease_kills_every_task_and_tells_the_launcher(tmp_path, fencing):
+    """Renewed once with a 1 s timeout, the lease lapses 0.75 s later: the fence kills the
+    tasks, their forks and the daemon (and whatever the launcher starts after), not the
+    launcher, which is told and lives on."""
+    started = time.monotonic()
+    proc, launcher = start(tmp_path, fencing, "1", "lapse")
+    tasks = fence.descendants(proc.pid) - {launcher, lt.parent(launcher)}
+    assert len(tasks) >= 4  # sh, its two sleeps, the daemon (C's, as an orphan)
+    out, err = proc.communicate(timeout=10)
+    assert out.split() == ["lapsed", "-9", "-9"]
+    assert proc.returncode == 0
+    assert not any(lt.alive(p) for p in tasks)
+    assert time.monotonic() - started > 0.75
+    assert f"the lease of pid {launcher} lapsed: killed " in err
+
+
+#: Stands in for C: a subreaper (orphans come back to it) that starts pairs of shells, each
+#: watching the other through a fifo: whichever dies first, the other sees it and writes a line.
+HOLDER = r"""
+import ctypes, os, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+where = sys.argv[1]
+for i in range(10):
+    a, b = f"{where}/a{i}", f"{where}/b{i}"
+    os.mkfifo(a)
+    os.mkfifo(b)
+    for mine, theirs in ((a, b), (b, a)):  # hold my fifo open; read theirs until they die
+        watch = f"exec 3<>{mine}; read x < {theirs}; echo {i} >> {where}/reacted"
+        subprocess.Popen(["sh", "-c", watch])
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_sweep_stops_everything_before_it_kills(tmp_path, monkeypatch, freeze):
+    """Killed one by one (here slowly, as on a busy node), a process can see another die and
+    act; the sweep first stops them all, so none does."""
+    signal_checked = fence._signal_checked
+
+    def slow(pid: int, parents: set[int], sig: int) -> bool:
+        sent = signal_checked(pid, parents, sig)
+        if sig == signal.SIGKILL:
+            time.sleep(0.02)
+        return sent
+
+    monkeypatch.setattr(fence, "_signal_checked", slow)
+    if not freeze:  # what the sweep prevents
+        monkeypatch.setattr(fence, "FREEZE_SECONDS", 0.0)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 10
+        while len(below := fence.descendants(holder.pid)) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # every shell is reading
+        assert fence.sweep(holder.pid) == 20
+        assert holder.poll() is None  # the root is spared
+    finally:
+        fence.sweep(holder.pid)
+        holder.kill()
+        holder.wait()
+    assert not any(lt.alive(p) for p in below)
+    reacted = tmp_path / "reacted"
+    assert reacted.exists() != freeze
+
+
+def test_an_unknown_fence_is_refused_at_the_door(monkeypatch):
+    monkeypatch.setenv(fence.VARIABLE, "cgroup")
+    result = CliRunner().invoke(build_cli(get_plugin_manager()), ["launcher"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: BALSAM_FENCE='cgroup': use one of namespace, "
+                                     "subreaper, none")
+
+
+@pytest.mark.parametrize("fencing", FENCES)
+def test_called_in_process_the_caller_is_left_as_it_was(monkeypatch, fencing):
+    """The process that calls fence.run (P) stays in its namespaces, keeps its signal handlers
+    and gets the status back; main ran in another process, behind the fence."""
+    monkeypatch.setenv(fence.VARIABLE, fencing)
+    namespace = os.readlink("/proc/self/ns/user"), os.readlink("/proc/self/ns/pid")
+    handlers = {sig: signal.getsignal(sig) for sig in fence.FORWARDED}
+    me = os.getpid()
+
+    def main() -> int:
+        return 7 if os.getpid() != me and fence.current() == fencing else 9
+
+    def fails() -> int:
+        raise InvalidInput("no such thing")
+
+    assert fence.run(main, lease_timeout=None) == 7
+    assert fence.run(fails, lease_timeout=None) == 1
+    assert (os.readlink("/proc/self/ns/user"), os.readlink("/proc/self/ns/pid")) == namespace
+    assert {sig: signal.getsignal(sig) for sig in fence.FORWARDED} == handlers
+    assert fence.current() == "none"
