@@ -31,9 +31,23 @@ def balsam(project, monkeypatch):
     return run
 
 
+def held(conn, ids) -> None:
+    """Hold tasks by a stand-in launcher, as a claim would: a RUNNING task always has one."""
+    launcher = conn.execute("INSERT INTO launchers (hostname, pid, job_mode, num_nodes) "
+                            "VALUES ('stand-in', 1, 'mpi', 1) RETURNING id").fetchone()["id"]
+    conn.execute("UPDATE tasks SET launcher_id = %s WHERE id = ANY(%s)", [launcher, list(ids)])
+
+
+def released(conn, ids) -> None:
+    conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [list(ids)])
+
+
 def run_to(task: int, *states: str) -> None:
+    held(api.connection(), [task])
     for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", *states):
         api.set_state([task], state)
+    if states and states[-1] != "RUNNING":
+        released(api.connection(), [task])
 
 
 def test_mkchild_inside_a_task_or_with_a_parent(balsam, monkeypatch):

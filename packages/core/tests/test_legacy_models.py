@@ -37,10 +37,23 @@ def events(task: int) -> list[Event]:
     return [e for e in api.history(task) if isinstance(e, Event)]
 
 
+def held(conn, ids) -> None:
+    """Hold tasks by a stand-in launcher, as a claim would: a RUNNING task always has one."""
+    launcher = conn.execute("INSERT INTO launchers (hostname, pid, job_mode, num_nodes) "
+                            "VALUES ('stand-in', 1, 'mpi', 1) RETURNING id").fetchone()["id"]
+    conn.execute("UPDATE tasks SET launcher_id = %s WHERE id = ANY(%s)", [launcher, list(ids)])
+
+
+def released(conn, ids) -> None:
+    conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [list(ids)])
+
+
 def finish(*ids: int) -> None:
+    held(api.connection(), ids)
     for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED",
                   "JOB_FINISHED"):
         api.set_state(ids, state)
+    released(api.connection(), ids)
 
 
 # --- the user guide, as written -----------------------------------------------------------------
@@ -432,8 +445,10 @@ def test_apps_as_legacy_models(legacy):
 
 
 def run(task: int, *outcome: str) -> None:
+    held(api.connection(), [task])
     for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", *outcome):
         api.set_state([task], state)
+    released(api.connection(), [task])
 
 
 def test_legacy_reports_from_analytics(legacy):
