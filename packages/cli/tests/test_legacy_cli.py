@@ -39,6 +39,9 @@ def held(conn, ids) -> None:
 
 
 def released(conn, ids) -> None:
+    """Give the tasks back and end their stand-in (its span ends now, as a real one's would)."""
+    conn.execute("UPDATE launchers SET ended_at = clock_timestamp() WHERE id IN "
+                 "(SELECT launcher_id FROM tasks WHERE id = ANY(%s))", [list(ids)])
     conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [list(ids)])
 
 

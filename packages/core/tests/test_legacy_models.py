@@ -45,6 +45,9 @@ def held(conn, ids) -> None:
 
 
 def released(conn, ids) -> None:
+    """Give the tasks back and end their stand-in (its span ends now, as a real one's would)."""
+    conn.execute("UPDATE launchers SET ended_at = clock_timestamp() WHERE id IN "
+                 "(SELECT launcher_id FROM tasks WHERE id = ANY(%s))", [list(ids)])
     conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [list(ids)])
 
 
@@ -233,7 +236,7 @@ def test_fields_are_checked_at_the_door(legacy):
     models, _ = legacy
     job = models.BalsamJob(name="x", application="sim")
     for field, value, error in (
-            ("num_nodes", 0, "num_nodes must be at least 1, got 0"),
+            ("num_nodes", 0, "num_nodes must be between 1 and 100,000, got 0"),
             ("walltime_minutes", 5, "BalsamJob.walltime_minutes is not a field"),
             ("job_id", 3, "BalsamJob.job_id is read-only"),
             ("pk", 3, "BalsamJob.pk is read-only"),
