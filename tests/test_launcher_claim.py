@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from hypothesis import settings
@@ -175,8 +176,9 @@ def test_a_move_is_dated_when_it_happened_but_never_out_of_order_or_in_the_futur
     [tid] = lt.add_tasks(db, app, [{"name": "t", "state": "READY"}])
     me = register(db)
     claim.claim_for_run(db, me, nodes(1), policy.largest_first)
-    created = db.execute("SELECT state_changed_at AS at FROM tasks WHERE id = %s",
-                         [tid]).fetchone()["at"].timestamp()
+    created_at = db.execute("SELECT state_changed_at AS at FROM tasks WHERE id = %s",
+                            [tid]).fetchone()["at"]
+    created = created_at.timestamp()
     claim.move(db, me, S.READY, S.STAGED_IN, {tid: ""}, at={tid: created - 3600})
     time.sleep(0.2)
     past = time.time() - 0.1  # after the task's last change
@@ -184,8 +186,9 @@ def test_a_move_is_dated_when_it_happened_but_never_out_of_order_or_in_the_futur
     claim.mark_running(db, me, {tid: ""}, at={tid: time.time() + 3600})
     claim.move(db, me, S.RUNNING, S.RUN_DONE, {tid: ""})  # no time given: the database's clock
     after = time.time()
-    at = [e["at"].timestamp() for e in lt.events(db) if e["task_id"] == tid]
-    assert at[1] == pytest.approx(created + 1e-6, abs=1e-7)  # not before the previous change
+    stamps = [e["at"] for e in lt.events(db) if e["task_id"] == tid]
+    assert stamps[1] == created_at + timedelta(microseconds=1)  # not before the previous change
+    at = [t.timestamp() for t in stamps]
     assert at[2] == pytest.approx(past, abs=1e-6)
     assert past < at[3] <= after  # not in the future
     assert at[3] <= at[4] <= after

@@ -340,16 +340,19 @@ def test_the_lease_is_renewed_after_each_committed_heartbeat(project, tmp_path):
         app = lt.record_app(db, tmp_path)
         lt.add_tasks(db, app, [{"name": "t", "args": f"1.2 {counts}"}])
     began = time.monotonic()
-    lease.attach(write)
+    lease.attach(write, timeout=1.0)
     try:
         run_launcher(project, heartbeat_timeout=1.0)
     finally:
         lease.attach(None)
     ended = time.monotonic()
     with contextlib.closing(os.fdopen(read, "rb")) as f:
-        data = f.read()
+        data = f.read() or b""
     os.close(write)
-    sent = [t for (t,) in struct.iter_unpack(lease.RECORD.format, data)]
+    # Each record is the lease's expiry: when the heartbeat was sent, plus the timeout, less
+    # the fence's margin.
+    ahead = 1.0 - lease.margin(1.0)
+    sent = [t - ahead for (t,) in struct.iter_unpack(lease.RECORD.format, data)]
     assert len(sent) >= 4  # every 0.25 s for about 1.5 s
     assert sent == sorted(sent) and began <= sent[0] and sent[-1] <= ended
 

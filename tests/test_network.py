@@ -318,6 +318,8 @@ def test_the_port_is_kept_and_clients_follow_a_move(run_as, shared_dir):
         # and how to pick another; the new port is recorded and the client follows it.
         balsam_as(run_as, "alice", root, "server", "stop")
         with socket.socket() as squatter:
+            # the server's side of the client's closed connections may linger in TIME_WAIT
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("", port))
             squatter.listen()
             taken = balsam_as(run_as, "alice", root, "server", "start", check=False)
