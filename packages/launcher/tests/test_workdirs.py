@@ -117,3 +117,17 @@ def test_descriptions_name_the_path(tmp_path):
     with pytest.raises(OSError) as info:
         workdirs.open_dir(Place(str(missing), ("x",)))
     assert workdirs.describe(info.value).startswith("No such file or directory")
+
+
+def test_the_last_line_is_the_programs_not_the_mpi_launchers():
+    rule = "-" * 74
+    assert workdirs.program_line(["boom on node", "srun: error: node1: task 0: Exited with "
+                                  "exit code 3", ""]) == "boom on node"
+    assert workdirs.program_line(["rank 0 failed: bad input", rule,
+                                  "prterun detected that one or more processes exited with",
+                                  "non-zero status, thus causing the job to be terminated.",
+                                  rule]) == "rank 0 failed: bad input"
+    assert workdirs.program_line(["srun: error: Unable to create step for job 7"]) == (
+        "srun: error: Unable to create step for job 7")  # all there is: the cause
+    assert workdirs.program_line(["", "  "]) == ""
+

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,15 +137,37 @@ def create_log(directory: Path, name: str) -> int:
 
 
 def last_line(fd: int, limit: int = 300) -> str:
-    """The last non-empty line of an open file (read with ``pread``; at most ``limit``
-    characters)."""
+    """The last line the program printed in an open file (read with ``pread``; at most
+    ``limit`` characters): see :func:`program_line`."""
     try:
         size = os.fstat(fd).st_size
         data = os.pread(fd, 4096, max(0, size - 4096))
     except OSError:
         return ""
-    lines = [ln.strip() for ln in data.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1][-limit:] if lines else ""
+    return program_line(data.decode(errors="replace").splitlines())[-limit:]
+
+
+#: Lines an MPI launcher or Slurm adds about a failed run (``srun: error: node1: task 0: Exited
+#: with exit code 3``); the exit code says as much, the program's own last words say more.
+_LAUNCHER_LINE = re.compile(r"(srun|slurmstepd(-\S+)?|mpirun|mpiexec|prterun|aprun|jsrun)"
+                            r"(: | noticed | detected )")
+
+
+def program_line(lines: list[str]) -> str:
+    """The last non-empty line that is the program's: an MPI launcher's closing report (its
+    ``srun:`` lines, or Open MPI's block between rules of dashes) is skipped, unless it is all
+    there is."""
+    kept = [ln.strip() for ln in lines if ln.strip()]
+    if not kept:
+        return ""
+    ours: list[str] = []
+    in_block = False
+    for line in kept:
+        if set(line) == {"-"} and len(line) >= 20:  # Open MPI frames its reports in rules
+            in_block = not in_block
+        elif not in_block and not _LAUNCHER_LINE.match(line):
+            ours.append(line)
+    return (ours or kept)[-1]
 
 
 def describe(exc: OSError) -> str:
