@@ -489,8 +489,8 @@ def _connection(conn: Connection | None) -> Iterator[Connection]:
 
 def _rows(conn: Connection, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     with wrap_db_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("balsam", "no_jit"))  # type: ignore[arg-type]
-        cur.execute(query("balsam", name), params)  # type: ignore[arg-type]
+        cur.execute(query("balsam", "no_jit"))
+        cur.execute(query("balsam", name), params)
         return cur.fetchall()
 
 

@@ -136,7 +136,7 @@ def modify_app(app: AppRef, field: str, value: str, *, conn: Connection | None =
     column = field.strip().replace("-", "_").lower()
     value = coerce_app_field(column, value)
     conn = _conn(conn)
-    stmt = sql.SQL(_q("update_app")).format(column=sql.Identifier(column))  # type: ignore[arg-type]
+    stmt = sql.SQL(_q("update_app")).format(column=sql.Identifier(column))
     try:
         with wrap_db_errors(), conn.transaction():
             found = get_app(app, conn=conn)
@@ -438,7 +438,7 @@ def modify_task(task: TaskRef, field: str, value: Any, *, message: str = "",
                 and current.state not in INITIAL:
             # Its directory already exists under the old name: keep using it.
             conn.execute(_q("pin_workdir"), {"id": task_id, "workdir": current.workdir})
-        stmt = sql.SQL(_q("update_task")).format(column=sql.Identifier(column))  # type: ignore[arg-type]
+        stmt = sql.SQL(_q("update_task")).format(column=sql.Identifier(column))
         conn.execute(stmt, {"id": task_id, "value": Jsonb(new) if column in _JSON else new})
         return get_task(task_id, conn=conn)
 

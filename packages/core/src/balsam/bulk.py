@@ -183,7 +183,7 @@ def _copy(conn: Connection, builder: Builder, specs: Iterable[Mapping[str, Any]]
           progress: Progress | None, where: Callable[[int], str] | None) -> list[int]:
     q = _queries()
     conn.execute(q["create_new_tasks_table"])
-    with conn.cursor().copy(q["copy_new_tasks"]) as copy:  # type: ignore[arg-type]
+    with conn.cursor().copy(q["copy_new_tasks"]) as copy:
         block: list[str] = []
         for spec in specs:
             try:

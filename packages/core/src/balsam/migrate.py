@@ -5,9 +5,9 @@ from __future__ import annotations
 from importlib.resources import files
 
 import pluggy
-import psycopg
 from psycopg import sql
 
+from balsam.db import Connection
 from balsam.queries import query
 from balsam.states import FINAL, INITIAL, RUNNABLE, TRANSITIONS, State
 
@@ -17,11 +17,11 @@ def migration_files(package: str) -> list[tuple[str, str]]:
     folder = files(package).joinpath("sql", "migrations")
     if not folder.is_dir():
         return []
-    entries = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    entries = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name, f.read_text()) for f in entries]
 
 
-def migrate(conn: psycopg.Connection, package: str) -> list[str]:
+def migrate(conn: Connection, package: str) -> list[str]:
     """Apply each unapplied migration of ``package`` in its own transaction; return their names."""
     with conn.transaction():
         conn.execute(query("balsam", "create_migrations_table"))
@@ -31,18 +31,18 @@ def migrate(conn: psycopg.Connection, package: str) -> list[str]:
         if name in done:
             continue
         with conn.transaction():
-            conn.execute(sql.SQL(text))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(text))
             conn.execute(query("balsam", "record_migration"), {"package": package, "name": name})
         applied.append(name)
     return applied
 
 
-def _applied(conn: psycopg.Connection, package: str) -> set[str]:
+def _applied(conn: Connection, package: str) -> set[str]:
     rows = conn.execute(query("balsam", "applied_migrations"), {"package": package}).fetchall()
-    return {r["name"] if isinstance(r, dict) else r[0] for r in rows}
+    return {r["name"] for r in rows}
 
 
-def sync_states(conn: psycopg.Connection) -> None:
+def sync_states(conn: Connection) -> None:
     """Make ``task_states``/``task_transitions`` equal to :mod:`balsam.states`."""
     pairs = [(src.value, dst.value) for src, dsts in TRANSITIONS.items() for dst in sorted(dsts)]
     with conn.transaction():
@@ -57,7 +57,7 @@ def sync_states(conn: psycopg.Connection) -> None:
         })
 
 
-def upgrade(conn: psycopg.Connection, packages: tuple[str, ...] = ()) -> list[str]:
+def upgrade(conn: Connection, packages: tuple[str, ...] = ()) -> list[str]:
     """Bring the schema up to date: core first, then ``packages``; returns what was applied."""
     applied = [f"balsam/{n}" for n in migrate(conn, "balsam")]
     sync_states(conn)

@@ -7,7 +7,7 @@ looks dead, how long a workflow has left) are pure functions, tested without a d
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -99,7 +99,7 @@ def launcher_health(*, ended: bool, heartbeat_age: float, heartbeat_timeout: flo
     return True, ""
 
 
-def remaining_tasks(counts: dict[str, int]) -> int:
+def remaining_tasks(counts: Mapping[str, int]) -> int:
     """How many of these tasks are not in a final state."""
     return sum(n for state, n in counts.items() if state not in FINAL)
 
@@ -118,7 +118,7 @@ def eta_seconds(remaining: int, finished_recently: int,
 def _rows(conn: Connection, name: str,
           params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with wrap_db_errors():
-        return conn.execute(query("balsam", name), params or {}).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query("balsam", name), params or {}).fetchall()
 
 
 def launchers(conn: Connection, *, alive_only: bool = False) -> list[LauncherStatus]:
@@ -217,19 +217,19 @@ TASK_EXPRESSIONS: dict[str, str] = {
 
 
 def tasks(conn: Connection, columns: Sequence[str], *, filters: dict[str, Any],
-          limit: int | None = None, chunk: int = 2000) -> Iterator[tuple[Any, ...]]:
+          limit: int | None = None, chunk: int = 2000) -> Generator[tuple[Any, ...]]:
     """The rows of ``balsam ls`` (the given keys of :data:`TASK_EXPRESSIONS`, in order), in id
     order, streamed through a server-side cursor: the first row comes at once and memory holds
     one chunk. ``filters`` are resolved ones (ids, workflow, states, name, app_id). Close the
     generator (``contextlib.closing``) when stopping early: that ends the cursor."""
     select = sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(sql.SQL(TASK_EXPRESSIONS[c]), sql.Identifier(c))  # type: ignore[arg-type]
+        sql.SQL("{} AS {}").format(sql.SQL(TASK_EXPRESSIONS[c]), sql.Identifier(c))
         for c in columns)
-    stmt = sql.SQL(query("balsam", "monitor_tasks")).format(columns=select)  # type: ignore[arg-type]
+    stmt = sql.SQL(query("balsam", "monitor_tasks")).format(columns=select)
     params = {"ids": None, "workflow": None, "states": None, "name": None, "app_id": None,
               **filters, "limit": limit}
     with wrap_db_errors(), conn.transaction(), \
-            conn.cursor(name="balsam_ls", row_factory=tuple_row) as cur:  # type: ignore[call-overload]
+            conn.cursor(name="balsam_ls", row_factory=tuple_row) as cur:
         cur.itersize = chunk
         cur.execute(stmt, params)
         yield from cur

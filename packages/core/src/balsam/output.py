@@ -348,11 +348,16 @@ def _natural(columns: list[Column], rows: list[list[str]], header: bool) -> list
     return widths
 
 
+def _unpadded(cell: str, _width: int) -> str:
+    return cell
+
+
 def _liner(columns: list[Column], widths: list[int]) -> Callable[[list[str]], str]:
     """A function joining one row's cells, padded (the last column is not padded)."""
-    pads = [(str.rjust if c.right else str.ljust, w) for c, w in zip(columns, widths, strict=True)]
+    pads: list[tuple[Callable[[str, int], str], int]] = [
+        (str.rjust if c.right else str.ljust, w) for c, w in zip(columns, widths, strict=True)]
     if not columns[-1].right:
-        pads[-1] = (lambda cell, _w: cell, 0)  # type: ignore[assignment]
+        pads[-1] = (_unpadded, 0)
 
     def line(cells: list[str]) -> str:
         return GAP.join([pad(cell, w) for (pad, w), cell in zip(pads, cells, strict=True)]) \

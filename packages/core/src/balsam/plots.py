@@ -7,7 +7,7 @@ notebook or a server process leaves the caller's figures alone.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,9 +100,17 @@ def _integer_ticks(ax: Axes) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _edges(starts: list[datetime], ends: list[datetime]) -> list[datetime]:
-    """Bin edges for a step drawing: every start, then the last end."""
-    return [*starts, ends[-1]] if starts else []
+def _edges(starts: list[datetime], ends: list[datetime]) -> list[float]:
+    """Bin edges for a step drawing: every start, then the last end (as matplotlib dates)."""
+    return _days([*starts, ends[-1]]) if starts else []
+
+
+def _days(moments: list[datetime]) -> list[float]:
+    """Matplotlib's dates (days since its epoch), which the date axis of ``_time_axis`` shows."""
+    import matplotlib.dates as mdates
+
+    epoch = datetime.fromisoformat(mdates.get_epoch()).replace(tzinfo=UTC)
+    return [(m - epoch) / timedelta(days=1) for m in moments]
 
 
 def _percent(value: float | None) -> str:
@@ -143,7 +151,7 @@ def plot_utilization(report: Utilization, path: Path) -> Path:
 
 
 def _bars(ax: Axes, bins: list[Any], layers: dict[str, list[float]]) -> None:
-    starts = [b.start for b in bins]
+    starts = _days([b.start for b in bins])
     widths = [(b.end - b.start) / timedelta(days=1) for b in bins]
     bottom = [0.0] * len(bins)
     for key, values in layers.items():

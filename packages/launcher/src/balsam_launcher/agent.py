@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from balsam_launcher import fence, lease
-from balsam_launcher.process import Lines, kill_group, send, spawn
+from balsam_launcher.process import Lines, LocalRun, kill_group, send, spawn
 
 #: Environment variables MPI launchers set to a process's rank (Open MPI, MPICH/PMI, Slurm, ALPS).
 RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID", "ALPS_APP_PE")
@@ -59,7 +59,7 @@ def _serve(host: str, port: int, token: str) -> int:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ, None)
     selector.register(wake_r, selectors.EVENT_READ, "wake")
-    children: dict[int, Any] = {}
+    children: dict[int, LocalRun] = {}
     lines = Lines()
     try:
         while True:
@@ -74,7 +74,7 @@ def _serve(host: str, port: int, token: str) -> int:
                         _handle(msg, sock, selector, children)
                 else:
                     run = children.pop(key.data)
-                    selector.unregister(run.pidfd)
+                    selector.unregister(key.fd)
                     rc = run.popen.wait()
                     run.close()
                     if lease.expired():
@@ -91,8 +91,8 @@ def _serve(host: str, port: int, token: str) -> int:
 
 
 def _handle(msg: dict[str, Any], sock: socket.socket, selector: selectors.BaseSelector,
-            children: dict[int, Any]) -> None:
-    tid = msg.get("id")
+            children: dict[int, LocalRun]) -> None:
+    tid = int(msg.get("id", -1))
     if msg["op"] == "lease":
         lease.extend(float(msg["seconds"]))
     elif msg["op"] == "start":
@@ -102,6 +102,10 @@ def _handle(msg: dict[str, Any], sock: socket.socket, selector: selectors.BaseSe
         except OSError as exc:
             send(sock, {"op": "exit", "id": tid, "rc": 127,
                         "error": f"{exc.strerror}: {exc.filename}"})
+            return
+        if run.pidfd is None:  # pidfds came with Linux 5.3: an agent watches its runs by them
+            run.close(stopped=True)
+            send(sock, {"op": "exit", "id": tid, "rc": 127, "error": "no pidfd on this host"})
             return
         children[tid] = run
         selector.register(run.pidfd, selectors.EVENT_READ, tid)

@@ -113,6 +113,8 @@ def reconcile(row: dict[str, Any], status: JobStatus | None, launchers: Launcher
     :param launchers: what the launchers of this job recorded.
     """
     state = row["state"]
+    started: datetime | None
+    ended: datetime | None
     if state in (FINISHED, FAILED):
         return None
     if state == CANCELLED:
@@ -133,7 +135,7 @@ def reconcile(row: dict[str, Any], status: JobStatus | None, launchers: Launcher
         ended = status.ended_at
         if new == QUEUED and launchers.count:
             new, message = RUNNING, ""  # the scheduler's view lags the launcher's
-        if new in ENDED and not ended:
+        if new in ENDED and ended is None:
             ended = launchers.last_end or now
     elif launchers.alive:
         new, message, started, ended = RUNNING, "", None, None

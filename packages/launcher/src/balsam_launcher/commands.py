@@ -131,7 +131,7 @@ def log(task_id: int | None, launcher_id: int | None, lines: int | None, follow:
             message = f"task {task_id} ({task.state}) has no output yet: no {path}"
             raise NotFound(message)
 
-        def done() -> bool:  # type: ignore[misc]
+        def done() -> bool:
             with connect(project) as conn:
                 return State(api.get_task(task_id, conn=conn).state) in FINAL
 

@@ -67,7 +67,7 @@ def resources(job_mode: str, nodes: int | None = None,
 def host_addresses(host: str) -> set[str] | None:
     """The addresses a host name resolves to, or None if it does not resolve."""
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None)}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except OSError:
         return None
 

@@ -758,7 +758,7 @@ class Launcher:
 # --- small helpers -----------------------------------------------------------------------------
 
 
-class _LogFile(logging.StreamHandler):  # type: ignore[type-arg]
+class _LogFile(logging.StreamHandler):
     """The launcher's log: a file it created itself (see :func:`workdirs.create_log`)."""
 
     def close(self) -> None:

@@ -86,8 +86,10 @@ class Run(Protocol):
     """A task's run, wherever it is."""
 
     task_id: int
-    pid: int
     output_fd: int
+
+    @property
+    def pid(self) -> int: ...
 
     def signal(self, sig: int) -> None: ...
     def poll(self) -> int | None: ...
@@ -227,12 +229,13 @@ class Processes:
         else:
             full = self.base_env.copy()
             full.update(env)
-            run = spawn(task_id, argv, cwd=dir_fd, env=full, output=output_fd)
-            where = f"pid {fence.host_pid_for(run.pid, run.pidfd)}"
-            if run.pidfd is None:
+            local = spawn(task_id, argv, cwd=dir_fd, env=full, output=output_fd)
+            where = f"pid {fence.host_pid_for(local.pid, local.pidfd)}"
+            if local.pidfd is None:
                 self._unwatched.add(task_id)
             else:
-                self.selector.register(run.pidfd, 1, _Pid(task_id))
+                self.selector.register(local.pidfd, 1, _Pid(task_id))
+            run = local
         run.output_fd = output_fd
         self.runs[task_id] = run
         return where

@@ -93,7 +93,7 @@ def plan(policy: Policy, work: Sequence[Work], waiting_jobs: int,
     """The jobs to submit now (pure: no database, no scheduler)."""
     need, _ = nodes_needed(work, policy.job_mode, policy.max_nodes)
     need -= waiting_nodes
-    requests = []
+    requests: list[JobRequest] = []
     while need > 0 and waiting_jobs + len(requests) < policy.max_queued:
         nodes = min(max(need, policy.min_nodes), policy.max_nodes)
         requests.append(policy.request(nodes))

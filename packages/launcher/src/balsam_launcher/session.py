@@ -38,6 +38,7 @@ import pluggy
 import psycopg
 
 from balsam import claim
+from balsam.claim import Policy
 from balsam.db import Connection, connect, translate
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.models import App, Task
@@ -486,7 +487,7 @@ class Claims:
         self._retry_at = time.monotonic() + (self._delay if kind != "rolled back" else 0.0)
         self._delay = min(5.0, 2 * self._delay)
 
-    def _policy(self, info: dict[str, Any]) -> claim.Policy:
+    def _policy(self, info: dict[str, Any]) -> Policy:
         def choose(candidates: list[Task], resources: Resources) -> Sequence[Task]:
             """The select_tasks hook; the default policy if a plugin fails."""
             self.max_packing = max([self.max_packing,

@@ -153,7 +153,7 @@ def split_admin(project: Project) -> bool:
         with conn.transaction():
             member = project_roles(conn)["member"]
             row = conn.execute(query("balsam_pgserver", "own_verifier")).fetchone()
-            conn.execute(sql.SQL(query("balsam_pgserver", "split_admin")).format(  # type: ignore[arg-type]
+            conn.execute(sql.SQL(query("balsam_pgserver", "split_admin")).format(
                 owner=sql.Identifier(project.owner), admin=sql.Identifier(ADMIN_ROLE),
                 member=sql.Identifier(member),
                 verifier=sql.Literal(row["rolpassword"] if row else None)))

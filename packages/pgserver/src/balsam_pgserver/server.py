@@ -112,7 +112,7 @@ def _run(args: Sequence[str | os.PathLike[str]], run_as: str | None = None,
     kwargs = _as_user(run_as)
     try:
         return subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+                              stdin=subprocess.DEVNULL, timeout=timeout, **kwargs)
     except subprocess.TimeoutExpired as exc:
         message = f"{Path(str(args[0])).name} timed out after {timeout:.0f}s"
         raise PostgresError(message) from exc

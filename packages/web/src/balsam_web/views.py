@@ -45,7 +45,7 @@ def _q(name: str) -> str:
 def _rows(conn: Connection, name: str, params: Mapping[str, Any] | None = None,
           ) -> list[dict[str, Any]]:
     with wrap_db_errors():
-        return conn.execute(_q(name), params or {}).fetchall()  # type: ignore[arg-type]
+        return conn.execute(_q(name), params or {}).fetchall()
 
 
 # --- parameters (pure) ------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def overview_page(conn: Connection) -> dict[str, Any]:
     for wf in progress:
         for state, n in wf.counts.items():
             totals[state] = totals.get(state, 0) + n
-    ordered = {s.value: totals[s.value] for s in State if s.value in totals}
+    ordered: dict[str, int] = {s.value: totals[s.value] for s in State if s.value in totals}
     remaining = monitor.remaining_tasks(ordered)
     finished = sum(wf.finished_last_hour for wf in progress)
     now = datetime.now(UTC)
@@ -162,14 +162,16 @@ def _floor(moment: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(moment.timestamp() // seconds * seconds, UTC)
 
 
-def finished_chart(report: analytics.Throughput, **size: float) -> Any:
+def finished_chart(report: analytics.Throughput, *, width: float = 760,
+                   height: float = 240) -> Any:
     """Tasks finished per bin as stacked bars (one layer per group, or one for all)."""
     series = {k: [float(b.by.get(k, 0)) for b in report.bins] for k in report.groups}
     layers = analytics.fold_groups(series, MAX_GROUPS) if report.by else {
         "finished": [float(b.count) for b in report.bins]}
     return charts.time_chart(
         _series(report.bins, report.window.until, layers), bars=True,
-        y_label=f"finished per {analytics.duration_text(report.window.bin_seconds)}", **size)
+        y_label=f"finished per {analytics.duration_text(report.window.bin_seconds)}",
+        width=width, height=height)
 
 
 def _series(bins: list[Any], end: datetime, layers: dict[str, list[float]],
@@ -181,10 +183,10 @@ def tasks_page(conn: Connection, flt: TaskFilter) -> dict[str, Any]:
     """One page of tasks, newest first, with links to the newer and older pages."""
     params = {**asdict(flt), "cap": COUNT_CAP + 1}
     newer_first = flt.after is None
-    where = sql.SQL(_q("task_filter"))  # type: ignore[arg-type]
-    page = sql.SQL(_q("task_page")).format(  # type: ignore[arg-type]
+    where = sql.SQL(_q("task_filter"))
+    page = sql.SQL(_q("task_page")).format(
         filter=where, direction=sql.SQL("DESC" if newer_first else "ASC"))
-    count = sql.SQL(_q("task_count_capped")).format(filter=where)  # type: ignore[arg-type]
+    count = sql.SQL(_q("task_count_capped")).format(filter=where)
     with wrap_db_errors():
         rows = conn.execute(page, params).fetchall()
         matching = conn.execute(count, params).fetchone()["n"]  # type: ignore[index]
