@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+from balsam.contracts import InitOptions
 from balsam.db import connect
 from balsam.lifecycle import init_project
 from balsam.plugins import get_plugin_manager
@@ -88,7 +89,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
           tempfile.TemporaryDirectory() as tmp,
           patch.dict(os.environ, {"BALSAM_HOME": str(Path(tmp) / "home")})):
         os.environ.pop("BALSAM_SCHEDULER", None)
-        project = init_project(Path(tmp) / "project", {"dsn": pg.dsn("bench")},
+        project = init_project(Path(tmp) / "project", InitOptions(dsn=pg.dsn("bench")),
                                get_plugin_manager())
         rows = bench_render(project, renders)
         rows += bench_sync(project, syncs)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from balsam import claim
+from balsam.contracts import InitOptions
 from balsam.db import Connection, connect
 from balsam.lifecycle import init_project
 from balsam.migrate import plugin_packages, upgrade
@@ -57,7 +58,7 @@ def throwaway_project() -> Iterator[tuple[str, Path]]:
         with connect(dsn) as conn:
             upgrade(conn, plugin_packages(pm))
         work = Path(tempfile.mkdtemp(prefix="balsam-bench-project-"))
-        project = init_project(work / "project", {"dsn": dsn}, pm)
+        project = init_project(work / "project", InitOptions(dsn=dsn), pm)
         try:
             yield dsn, project.root
         finally:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
+from balsam.contracts import InitOptions
 from balsam.db import Connection, connect
 from balsam.lifecycle import init_project
 from balsam.plugins import get_plugin_manager
@@ -133,7 +134,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         dsn = pg.dsn("bench")
         env = {**os.environ, "BALSAM_HOME": str(Path(tmp) / "home")}
         with patch.dict(os.environ, env):
-            project = init_project(Path(tmp) / "project", {"dsn": dsn}, get_plugin_manager())
+            project = init_project(Path(tmp) / "project", InitOptions(dsn=dsn),
+                                   get_plugin_manager())
         env["BALSAM_DB_PATH"] = str(project.root)
         with connect(dsn) as conn:
             start = time.perf_counter()

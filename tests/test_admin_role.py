@@ -38,7 +38,7 @@ def project(run_as, shared_dir: Path) -> Path:
 
 def test_owner_is_an_everyday_member_and_only_her_account_reaches_the_admin(run_as, shared_dir):
     root = project(run_as, shared_dir)
-    port = str(Project.load(root).info["port"])
+    port = str(Project.load(root).info.port)
     for env in ({}, TCP):  # over the socket, and over TCP with her stored password
         assert sql_as(run_as, "alice", root, ME, "SET ROLE balsam_admin", **env) == [
             [{"me": "alice", "rolsuper": False}],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,7 @@ def test_scheduler_from_server_info(cli, db, project, monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", f"{FAKES / 'pbs' / 'bin'}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_PBS_SPOOL", str(tmp_path / "spool"))
     monkeypatch.setenv("FAKE_START_DELAY", "30")
-    project.info["scheduler"] = "pbs"
+    project.info = replace(project.info, scheduler="pbs")
     project.save_info()
     cli("submit-launch", "-t", "5", "-n", "1", "-q", "debug")
     [job] = rows(db)

@@ -16,11 +16,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from balsam import hookimpl
 from balsam.db import wrap_db_errors
-from balsam.errors import InvalidTransition
+from balsam.errors import InvalidTransition, SchedulerError
 from balsam.plugins import get_plugin_manager
+from balsam.scheduler import JobStatus, Scheduler
 from balsam_launcher import batch_jobs
 from balsam_launcher.batch_jobs import RANK
-from balsam_launcher.schedulers import JobStatus, Scheduler, SchedulerError
 
 pytestmark = pytest.mark.pg
 

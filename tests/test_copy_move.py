@@ -71,7 +71,7 @@ def test_cp_a_then_mv_keep_working(run_as, populated):
     assert "shared with group balsamtest" in check.stdout
     # The original is untouched. It keeps its port, which the running copy holds: its start
     # says so, and moves to another port when told.
-    port = Project.load(root).info["port"]
+    port = Project.load(root).info.port
     taken = sh(run_as, "alice", root, ACTIVATE, check=False)
     assert taken.returncode == 1
     assert taken.stderr.strip() == (f"Error: port {port} on {Project.load(root).info['host']} is "
@@ -81,7 +81,7 @@ def test_cp_a_then_mv_keep_working(run_as, populated):
     other = free_port()
     run_as("alice", ["balsam", "server", "start", "--port", str(other)],
            env={"BALSAM_DB_PATH": str(root)})
-    assert Project.load(root).info["port"] == other
+    assert Project.load(root).info.port == other
     assert tasks_seen(run_as, "alice", root) == "{'n': 1, 'who': 'bob'}"
     assert tasks_seen(run_as, "bob", root, **tcp) == "{'n': 1, 'who': 'bob'}"
     stop(run_as, copy)
@@ -141,7 +141,7 @@ def test_copy_of_a_running_project_starts_its_own_server(run_as, populated):
            env={"BALSAM_DB_PATH": str(copy)})
     assert tasks_seen(run_as, "alice", copy) == "{'n': 1, 'who': 'bob'}"
     original, copied = Project.load(root), Project.load(copy)
-    assert original.info["port"] != copied.info["port"]
+    assert original.info.port != copied.info.port
     # Stopping the copy never signals the original's server.
     stop(run_as, copy)
     status = run_as("alice", ["balsam", "server", "status"], env={"BALSAM_DB_PATH": str(root)})

@@ -34,7 +34,7 @@ def test_init_with_dsn_migrates_and_activates(tmp_path, empty_dsn, monkeypatch):
     result = CliRunner().invoke(cli, ["init", str(root), "--dsn", empty_dsn])
     assert result.exit_code == 0, result.output
     project = Project.load(root)
-    assert project.info["dsn"] == empty_dsn and not project.embedded
+    assert project.info.dsn == empty_dsn and not project.embedded
     assert not (root / "balsamdb").exists()
     with connect(project) as conn:
         tables = {r["tablename"] for r in conn.execute(

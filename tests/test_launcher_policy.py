@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from balsam import hookimpl
+from balsam.contracts import LauncherInfo
 from balsam.db import connect
 from balsam.plugins import get_plugin_manager
 from balsam.resources import Resources
@@ -42,6 +43,10 @@ def test_hook_select_tasks(project, monkeypatch):
     assert [walls[t] for t in start_order(project, "site")] == [1, 2, 3, 4, 5]
 
 
+LAUNCHER = LauncherInfo(id=1, owner="alice", hostname="h", job_mode="mpi", wf_filter="",
+                        num_nodes=2, simulated=True, scheduler="local", scratch="/tmp")
+
+
 def test_the_default_policy_is_the_last_resort():
     pm = get_plugin_manager()
     impls = [i.plugin_name for i in pm.hook.select_tasks.get_hookimpls()]
@@ -50,7 +55,7 @@ def test_the_default_policy_is_the_last_resort():
     res = Resources.on_hosts(["a", "b"], "mpi")
     tasks = [Task(id=1, num_nodes=1), Task(id=2, num_nodes=2)]
     assert [t.id for t in pm.hook.select_tasks(candidates=tasks, resources=res,
-                                               launcher={})] == [2]
+                                               launcher=LAUNCHER)] == [2]
 
 
 class Broken:

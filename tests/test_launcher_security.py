@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -21,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from psycopg.conninfo import make_conninfo
 
+from balsam.contracts import InitOptions
 from balsam.db import connect
 from balsam.lifecycle import init_project
 from balsam.migrate import plugin_packages, upgrade
@@ -180,7 +182,7 @@ def test_symlinks_a_member_plants_are_never_followed(shared_dir, run_as, db_dsn)
     """alice, a member of the project's group, plants symlinks into the launcher user's home
     where the launcher will create a task directory, an output file and its log."""
     root = shared_dir / "proj"
-    project = init_project(root, {"dsn": db_dsn}, get_plugin_manager())
+    project = init_project(root, InitOptions(dsn=db_dsn), get_plugin_manager())
     for zone in (project.data_dir, project.log_dir):
         os.chmod(zone, 0o3770)  # the work zone: the group writes, sticky
     victim = Path(os.path.expanduser("~")) / f"balsam-victim-{uuid.uuid4().hex[:8]}"
@@ -303,7 +305,7 @@ def test_a_server_back_on_another_port_is_found_through_server_info(tmp_path):
     with throwaway_cluster(prefix="balsam-moved-", dbname="moved") as pg:
         with connect(pg.dsn("moved")) as conn:
             upgrade(conn, plugin_packages(get_plugin_manager()))
-        project = init_project(tmp_path / "project", {"dsn": pg.dsn("moved")},
+        project = init_project(tmp_path / "project", InitOptions(dsn=pg.dsn("moved")),
                                get_plugin_manager())
         with connect(project) as db:
             app = lt.record_app(db, tmp_path)
@@ -319,7 +321,7 @@ def test_a_server_back_on_another_port_is_found_through_server_info(tmp_path):
             pg.port = server.free_port()
             pg.start()
             moved = Project.load(project.root)
-            moved.info["dsn"] = pg.dsn("moved")
+            moved.info = replace(moved.info, dsn=pg.dsn("moved"))
             moved.save_info()
             assert proc.wait(timeout=120) == 0, (tmp_path / "out").read_text()
         finally:

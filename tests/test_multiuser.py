@@ -61,7 +61,7 @@ def test_init_in_a_group_directory_shares_everything(run_as, shared_dir):
     assert all(p.lstat().st_uid == pwd.getpwnam("alice").pw_uid for p in root.iterdir())
     assert not (root / "log/postgresql.log").exists()  # the server's log is in balsamdb/
     info = Project.load(root).info
-    assert info["group"] == "balsamtest" and info["umask"] == "0007"
+    assert info.group == "balsamtest" and info.umask == 0o007
     for user in ("alice", "bob"):
         check = balsam(run_as, user, root, "perms", "check")
         assert "shared with group balsamtest" in check.stdout
@@ -76,7 +76,7 @@ def test_init_with_group_option(run_as, unix_users):
         found = modes(root)
         assert found["."] == (0o2750, "balsamtest") and found["data"] == (0o3770, "balsamtest")
         assert found["server-info"] == (0o640, "balsamtest")
-        assert Project.load(root).info["group"] == "balsamtest"
+        assert Project.load(root).info.group == "balsamtest"
         for bad, message in (("nosuchgroup", "no such group 'nosuchgroup'"),
                              (unix_users.outsider, "you (alice) are not in group dave")):
             proc = run_as("alice", ["balsam", "init", "other", "--group", bad], cwd=private,
@@ -130,7 +130,7 @@ def test_owner_adds_a_member_who_works_and_an_outsider_is_refused(run_as, shared
                                    f"the project's group?)")
     # bob's first activation gave him a password only he can read.
     sh(run_as, "bob", root, ACTIVATE)
-    uuid = Project.load(root).info["uuid"]
+    uuid = Project.load(root).info.uuid
     credentials = Path("/home/bob/.balsam/credentials")
     assert stat.S_IMODE(credentials.stat().st_mode) == 0o700
     assert stat.S_IMODE((credentials / uuid).stat().st_mode) == 0o600

@@ -84,7 +84,7 @@ def background(user: str, code: str, *args: str, **env: str) -> Iterator[Backgro
 
 
 def password_of(user: str, root: Path) -> str:
-    uuid = Project.load(root).info["uuid"]
+    uuid = Project.load(root).info.uuid
     return Path(f"/home/{user}/.balsam/credentials/{uuid}").read_text().strip()
 
 
@@ -146,7 +146,7 @@ while True:  # killed by the test
 
 def test_tcp_is_tls_only_and_the_server_is_verified(run_as, shared_dir):
     root = project(run_as, shared_dir)
-    port = Project.load(root).info["port"]
+    port = Project.load(root).info.port
     # A member's TCP connection works, over TLS.
     tls = "SELECT current_user AS me, ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
     assert sql_as(run_as, "bob", root, tls, **TCP) == [[{"me": "bob", "ssl": True,
@@ -253,7 +253,7 @@ def test_unauthenticated_connections_never_lock_the_administrator_out_for_long(r
         assert "bob" in balsam_as(run_as, "alice", root, *admin).stdout
     # 2. dave, who has no role at all, holds as many connections in authentication as the
     #    server has slots outside the reserve: balsam_admin still gets in.
-    port = str(Project.load(root).info["port"])
+    port = str(Project.load(root).info.port)
     with background("dave", STALLER, port, "bob", "17") as staller:
         staller.wait_for("held 17")
         # The slots outside the reserve are taken (a stalled one expires and is refilled now and
@@ -300,7 +300,7 @@ while not done.is_set():
 
 def test_the_port_is_kept_and_clients_follow_a_move(run_as, shared_dir):
     root = project(run_as, shared_dir)
-    port = Project.load(root).info["port"]
+    port = Project.load(root).info.port
     with background("bob", CLIENT, BALSAM_DB_PATH=str(root), **TCP) as client:
         client.wait_for(f"ok {port}")
         # A crash and a restart: the same port, and the client carries on.
@@ -312,7 +312,7 @@ def test_the_port_is_kept_and_clients_follow_a_move(run_as, shared_dir):
             time.sleep(0.05)
         mark = len(client.lines)
         balsam_as(run_as, "alice", root, "server", "start")
-        assert Project.load(root).info["port"] == port
+        assert Project.load(root).info.port == port
         client.wait_for(f"ok {port}", after=mark)
         # Someone else takes the port while the server is down: the start says so in one line
         # and how to pick another; the new port is recorded and the client follows it.

@@ -90,9 +90,9 @@ def test_activate_by_unique_substring(run_as, shared_dir):
 def test_second_activation_reuses_running_server(run_as, shared_dir):
     root = _init(run_as, shared_dir)
     run_as("alice", ["bash", "-c", '. balsamactivate "$P"'], env={"P": str(root)})
-    port = Project.load(root).info["port"]
+    port = Project.load(root).info.port
     run_as("alice", ["bash", "-c", '. balsamactivate "$P"'], env={"P": str(root)})
-    assert Project.load(root).info["port"] == port
+    assert Project.load(root).info.port == port
 
 
 def test_killed_server_is_restarted_by_owner_activation(run_as, shared_dir):
@@ -157,7 +157,7 @@ def test_a_project_path_with_shell_syntax_runs_nothing(run_as, shared_dir):
               'balsam which && balsam server stop')
     out = run_as("alice", ["bash", "-c", script], env={"P": str(root)}, cwd=shared_dir).stdout
     assert f"project  {root}" in out and "state    running" in out
-    assert Project.load(root).info["port"]
+    assert Project.load(root).info.port
     planted = [p for where in (shared_dir, Path("/home/alice"), root / "balsamdb")
                for p in where.rglob("PWNED*")]
     assert planted == []

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from balsam.contracts import ServerInfo
 from balsam.project import Project
 from balsam_launcher.schedulers.slurm import SlurmScheduler
 
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 @pytest.fixture
 def sched(slurm_cluster, tmp_path):
     (tmp_path / "qsubmit").mkdir()
-    return SlurmScheduler(Project(tmp_path, {"owner": "root"}))
+    return SlurmScheduler(Project(tmp_path, ServerInfo(owner="root")))
 
 
 def script(sched, body, nodes=1, name="job"):

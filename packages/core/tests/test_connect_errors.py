@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import psycopg
 
+from balsam.contracts import ServerInfo
 from balsam.db import _connect_error
 from balsam.errors import PermissionDenied, ServerDown
 from balsam.project import Project, current_user
 
 
 def test_no_password_on_a_compute_node_says_where_to_activate(tmp_path):
-    project = Project(tmp_path, {"owner": "alice", "host": "login", "dsn": None})
+    project = Project(tmp_path, ServerInfo(owner="alice", host="login", dsn=None))
     for reason in ("fe_sendauth: no password supplied",
                    'FATAL:  password authentication failed for user "bob"'):
         exc = psycopg.OperationalError(
@@ -24,7 +25,7 @@ def test_no_password_on_a_compute_node_says_where_to_activate(tmp_path):
 
 
 def test_a_server_that_is_down_is_still_reported_as_down(tmp_path):
-    project = Project(tmp_path, {"owner": "alice", "host": "login", "dsn": None})
+    project = Project(tmp_path, ServerInfo(owner="alice", host="login", dsn=None))
     exc = psycopg.OperationalError('connection to server at "10.78.0.1", port 5432 failed: '
                                    "Connection refused")
     error = _connect_error(project, exc)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 import pytest
 
 from balsam import hookimpl
+from balsam.contracts import LauncherInfo
 from balsam.errors import InvalidInput
 from balsam.models import Task
 from balsam.plugins import get_plugin_manager
@@ -93,16 +95,20 @@ def test_aprun_uses_nids_and_threads():
     assert argv[13:17] == ["-e", "BALSAM_TASK_ID=7", "-e", "FOO=bar baz"]
 
 
+LAUNCHER = LauncherInfo(id=1, owner="alice", hostname=socket.gethostname(), job_mode="mpi",
+                        wf_filter="", num_nodes=2, simulated=False, scheduler="local",
+                        scratch="")
+
+
 def test_default_choice_on_this_host_is_mpirun():
-    launcher = {"simulated": False, "scheduler": "local"}
-    argv = mpi.default_command(TASK, CMD, nodes(socket.gethostname()), ENV, launcher)
+    argv = mpi.default_command(TASK, CMD, nodes(socket.gethostname()), ENV, LAUNCHER)
     assert argv[0] == "mpirun" and argv[-3:] == CMD
 
 
 class SiteMpi:
     @hookimpl
     def mpi_command(self, task, command, nodes, env, launcher):
-        if launcher.get("site") != "special":
+        if launcher.scheduler != "special":
             return None
         return ["site-launch", "--ranks", str(task.num_nodes * task.ranks_per_node), *command]
 
@@ -110,9 +116,10 @@ class SiteMpi:
 def test_hook_mpi_command():
     pm = get_plugin_manager()
     args = {"task": TASK, "command": CMD, "nodes": nodes("n1", "n2"), "env": ENV}
-    default = pm.hook.mpi_command(**args, launcher={"scheduler": "local"})
+    default = pm.hook.mpi_command(**args, launcher=LAUNCHER)
     assert default[0] == "mpirun"  # the launcher's trylast default
     pm.register(SiteMpi(), name="site-mpi")
-    assert pm.hook.mpi_command(**args, launcher={"site": "special"}) == [
+    special = replace(LAUNCHER, scheduler="special")
+    assert pm.hook.mpi_command(**args, launcher=special) == [
         "site-launch", "--ranks", "8", *CMD]
-    assert pm.hook.mpi_command(**args, launcher={"scheduler": "local"})[0] == "mpirun"
+    assert pm.hook.mpi_command(**args, launcher=LAUNCHER)[0] == "mpirun"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from balsam import hookimpl
+from balsam.contracts import ServerInfo
 from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
 from balsam.project import Project
-from balsam_launcher.schedulers import Scheduler, available, chosen_name, get_scheduler
+from balsam.scheduler import Scheduler
+from balsam_launcher.schedulers import available, chosen_name, get_scheduler
 from balsam_launcher.schedulers.local import LocalScheduler
 from balsam_launcher.schedulers.slurm import SlurmScheduler
 
@@ -41,7 +45,7 @@ class SitePlugin:
 @pytest.fixture
 def bare_project(tmp_path):
     (tmp_path / "qsubmit").mkdir()
-    return Project(tmp_path, {"owner": "x"})
+    return Project(tmp_path, ServerInfo(owner="x"))
 
 
 def test_hook_register_schedulers(bare_project):
@@ -64,7 +68,7 @@ def test_hook_register_schedulers(bare_project):
 def test_scheduler_choice_precedence(bare_project, monkeypatch):
     monkeypatch.delenv("BALSAM_SCHEDULER", raising=False)
     assert chosen_name(bare_project) == "local"
-    bare_project.info["scheduler"] = "pbs"
+    bare_project.info = replace(bare_project.info, scheduler="pbs")
     assert chosen_name(bare_project) == "pbs"
     monkeypatch.setenv("BALSAM_SCHEDULER", "cobalt")
     assert chosen_name(bare_project) == "cobalt"

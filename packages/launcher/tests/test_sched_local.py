@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from balsam.contracts import ServerInfo
+from balsam.errors import SchedulerError
 from balsam.project import Project
 from balsam_launcher import submitted
-from balsam_launcher.schedulers import SchedulerError
 from balsam_launcher.schedulers import local_runner as runner
 from balsam_launcher.schedulers.local import LocalScheduler
 
@@ -21,7 +22,7 @@ from balsam_launcher.schedulers.local import LocalScheduler
 def sched(tmp_path, monkeypatch):
     monkeypatch.setenv("BALSAM_HOME", str(tmp_path / "home"))
     (tmp_path / "qsubmit").mkdir()
-    return LocalScheduler(Project(tmp_path, {"owner": "x", "uuid": "u1"}))
+    return LocalScheduler(Project(tmp_path, ServerInfo(owner="x", uuid="u1")))
 
 
 def submit(sched, path: Path, minutes: float) -> str:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from balsam.contracts import ServerInfo
+from balsam.errors import SchedulerError
 from balsam.project import Project
-from balsam_launcher.schedulers import SchedulerError
 from balsam_launcher.schedulers.cobalt import CobaltScheduler
 from balsam_launcher.schedulers.pbs import PBSScheduler
 
@@ -25,7 +26,7 @@ def sched(request, tmp_path, monkeypatch):
     root = tmp_path / "proj"
     (root / "qsubmit").mkdir(parents=True)
     cls = PBSScheduler if flavor == "pbs" else CobaltScheduler
-    return cls(Project(root, {"owner": "x"}))
+    return cls(Project(root, ServerInfo(owner="x")))
 
 
 def job_script(sched, body, name="qlaunch1"):

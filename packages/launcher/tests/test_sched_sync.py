@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from balsam.scheduler import JobStatus
 from balsam_launcher.batch_jobs import Launchers, Update, reconcile
-from balsam_launcher.schedulers import JobStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)

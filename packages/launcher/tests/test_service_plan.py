@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from balsam.claim import Work
 from balsam.errors import InvalidInput
-from balsam_launcher.service import Policy, Work, nodes_needed, plan
+from balsam_launcher.service import Policy, nodes_needed, plan
 
 
 def test_nodes_needed_by_mode():

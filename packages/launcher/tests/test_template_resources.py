@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from balsam.contracts import ServerInfo
 from balsam.plugins import get_plugin_manager
 from balsam.project import Project
 from balsam_launcher.schedulers import get_scheduler
@@ -19,7 +20,7 @@ def project(tmp_path, monkeypatch):
     root = tmp_path / "proj"
     (root / "qsubmit").mkdir(parents=True)
     monkeypatch.setenv("BALSAM_HOME", str(tmp_path / "home"))
-    return Project(root, {"owner": "alice", "umask": "0007"})
+    return Project(root, ServerInfo(owner="alice", umask=0o007))
 
 
 def directives(project, scheduler):

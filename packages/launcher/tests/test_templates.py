@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from balsam.contracts import ServerInfo
 from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
 from balsam.project import Project
@@ -25,7 +26,7 @@ def project(tmp_path, monkeypatch):
     root = tmp_path / "my project's dir"
     (root / "qsubmit").mkdir(parents=True)
     monkeypatch.setenv("BALSAM_HOME", str(tmp_path / "home"))
-    return Project(root, {"owner": "alice", "umask": "0027"})
+    return Project(root, ServerInfo(owner="alice", umask=0o027))
 
 
 def rendered(project, scheduler, job=JOB, template=None):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import grp
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import click
@@ -17,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from balsam import hookimpl, hookspecs
+from balsam.contracts import InitOptions
 from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
 from balsam.project import Project, new_info
@@ -142,7 +144,7 @@ def test_symlinks_are_not_followed(tree, tmp_path):
 
 
 def test_project_umask_that_locks_the_group_out_is_reported_and_fixed(tree):
-    tree.info["umask"] = "0077"
+    tree.info = replace(tree.info, umask=0o077)
     tree.save_info()
     assert "denies the group" in policy.umask_problem(tree)
     policy.fix(tree)
@@ -245,15 +247,15 @@ def test_hook_on_init(tmp_path, group):
     root.mkdir()
     project = Project(root, new_info("root"))
     project.save_info()
-    pm.hook.on_init(project=project, options={"group": group.gr_name})
+    pm.hook.on_init(project=project, options=InitOptions(group=group.gr_name))
     assert _MakesFiles.seen_gid == group.gr_gid, "the group is taken before other plugins run"
     # extra/ is in the control zone: the group reads it, only the owner writes it.
     assert mode(root / "extra") == 0o2750 and mode(root / "extra/config.txt") == 0o640
     info = Project.load(root).info
-    assert info["group"] == group.gr_name and info["umask"] == "0007"
+    assert info.group == group.gr_name and info.umask == 0o007
     assert policy.check(Project.load(root)) == []
     with pytest.raises(InvalidInput, match="no such group"):
-        pm.hook.on_init(project=project, options={"group": "nosuchgroup"})
+        pm.hook.on_init(project=project, options=InitOptions(group="nosuchgroup"))
 
 
 def test_hook_on_activate(tree, capsys):

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import pytest
 
+from balsam.contracts import ServerInfo
 from balsam.errors import ServerDown
 from balsam.project import Project, current_user
 from balsam_pgserver import cluster
 
 
 def test_the_owner_on_another_host_never_starts_the_server(tmp_path, monkeypatch):
-    project = Project(tmp_path, {"owner": current_user(), "host": "login.invalid", "port": 5999,
-                                 "dsn": None})
+    project = Project(tmp_path, ServerInfo(owner=current_user(), host="login.invalid", port=5999,
+                                 dsn=None))
     monkeypatch.setattr(cluster, "start", lambda project: pytest.fail("started a server"))
     with pytest.raises(ServerDown) as down:
         cluster.activate(project, current_user())

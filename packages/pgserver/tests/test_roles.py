@@ -233,6 +233,17 @@ def test_hook_on_add_user(project, user_name, capsys):
     assert f"warning: there is no user {name} on this host" in capsys.readouterr().err
 
 
+def test_hook_on_drop_user(project, user_name):
+    name = user_name("dropped")
+    pm = get_plugin_manager()
+    pm.hook.on_add_user(project=project, username=name, role="member")
+    pm.hook.on_drop_user(project=project, username=name)
+    with connect(project) as conn:
+        assert roles.memberships(conn, name) == []
+    with pytest.raises(NotFound, match="not a user of this project"):
+        pm.hook.on_drop_user(project=project, username=name)
+
+
 def test_server_user_options(project, user_name):
     cli = build_cli(get_plugin_manager())
     name = user_name("bob")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from balsam.contracts import InitOptions
 from balsam.errors import InvalidInput
 from balsam.lifecycle import activate as activate_project
 from balsam.lifecycle import init_project
@@ -24,7 +25,7 @@ def init(path: Path, dsn: str | None, group: str | None) -> None:
     """Create a project directory with its own PostgreSQL cluster."""
     if dsn is not None:
         check_dsn(dsn)
-    project = init_project(path, {"dsn": dsn, "group": group}, plugin_manager())
+    project = init_project(path, InitOptions(dsn=dsn, group=group), plugin_manager())
     click.echo(f"Created Balsam project {project.root}")
     click.echo(f"Activate it with: source balsamactivate {shlex.quote(str(path))}")
 

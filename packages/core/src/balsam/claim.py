@@ -332,6 +332,21 @@ def owned(conn: Connection, launcher: int) -> dict[int, State]:
     return {r["id"]: State(r["state"]) for r in rows}
 
 
+@dataclass(frozen=True)
+class Work:
+    """Unclaimed runnable tasks of one size: what a new batch job would find."""
+
+    num_nodes: int
+    node_packing_count: int
+    tasks: int
+
+
+def unclaimed_work(conn: Connection, wf_filter: str = "") -> list[Work]:
+    """Unclaimed runnable tasks by size, of the workflow ``wf_filter`` (``""``: every one)."""
+    rows = conn.execute(q("unclaimed_work"), {"wf_filter": wf_filter}).fetchall()
+    return [Work(r["num_nodes"], r["node_packing_count"], r["tasks"]) for r in rows]
+
+
 def work_remaining(conn: Connection, launcher: int, resources: Resources, *,
                    wf_filter: WorkflowFilter = WorkflowFilter(),
                    max_wall_minutes: float | None = None) -> bool:

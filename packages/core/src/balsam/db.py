@@ -65,7 +65,7 @@ def _connect_error(target: Project | str, exc: psycopg.OperationalError, *,
             f"{ADMIN_ROLE} is reachable only from their account, over the project's socket")
     if target.embedded and ("certificate verify failed" in text or "does not match host" in text):
         return ServerDown(
-            f"refusing the server at {target.tcp_host()}:{target.info.get('port')}: it did "
+            f"refusing the server at {target.tcp_host()}:{target.info.port}: it did "
             f"not prove it is the project's ({first}); no password was sent")
     if target.embedded and "role" in text and "does not exist" in text:
         user = current_user()
@@ -77,7 +77,7 @@ def _connect_error(target: Project | str, exc: psycopg.OperationalError, *,
         # Over TCP (a compute node) with no password file, or a stale one.
         return PermissionDenied(
             f"you ({current_user()}) have no working database password for {target.root} on "
-            f"this host: activate the project once on {target.info.get('host')}, its server's "
+            f"this host: activate the project once on {target.info.host}, its server's "
             f"host, where balsam sets one up")
     message = f"cannot connect to the database of {target.root}: {first}"
     if target.embedded:

@@ -50,6 +50,10 @@ class Busy(BalsamError):
     """Someone else holds what this needs: try again later."""
 
 
+class SchedulerError(BalsamError):
+    """The batch scheduler failed."""
+
+
 class ClaimLost(BalsamError):
     """The launcher no longer holds the claim on this task."""
 

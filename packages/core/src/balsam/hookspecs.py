@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-
+    from balsam.contracts import InitOptions, LauncherInfo
     from balsam.models import Task
     from balsam.project import Project
     from balsam.resources import Node, Resources
+    from balsam.scheduler import Scheduler
 
 hookspec = pluggy.HookspecMarker("balsam")
 hookimpl = pluggy.HookimplMarker("balsam")
@@ -28,15 +29,16 @@ hookimpl = pluggy.HookimplMarker("balsam")
 
 
 @hookspec
-def on_init(project: Project, options: dict[str, Any]) -> None:
+def on_init(project: Project, options: InitOptions) -> None:
     """Set up a freshly created project directory.
 
     Called by ``balsam init`` after the directory skeleton exists. pgserver creates the cluster
     (or records the external DSN) and applies migrations; perms applies group ownership and modes.
 
     :param project: the new project (its ``server-info`` may still be empty).
-    :param options: the ``balsam init`` options (``dsn``, ``group``, ...) and ``migrations``, the
-        plugin packages whose migrations to apply after core's (see ``migration_packages``).
+    :param options: a :class:`balsam.contracts.InitOptions`: the ``balsam init`` options
+        (``dsn``, ``group``) and ``migrations``, the plugin packages whose migrations to apply
+        after core's (see ``migration_packages``).
 
     All implementations are called; return values are ignored. An exception stops the remaining
     implementations and propagates to the caller, which removes the half-made directory.
@@ -67,8 +69,26 @@ def on_add_user(project: Project, username: str, role: str) -> None:
     :param username: the OS user name, already checked to be a valid SQL identifier.
     :param role: ``"member"`` (read and write tasks) or ``"viewer"`` (read only).
 
-    All implementations are called; return values are ignored. pgserver creates the database role;
-    perms warns if the OS user is not in the project's group.
+    Core fires it (:func:`balsam.users.add_user`) after checking the name and that the caller
+    may manage users. All implementations are called; return values are ignored. pgserver
+    creates the database role; perms warns if the OS user is not in the project's group.
+    """
+
+
+@hookspec
+def on_drop_user(project: Project, username: str) -> None:
+    """Withdraw a collaborator's access to the project.
+
+    :param project: the project (its server is running).
+    :param username: the OS user name, already checked to be a valid SQL identifier, not the
+        owner's.
+
+    Core fires it (:func:`balsam.users.drop_user`) after checking the name and that the caller
+    may manage users. All implementations are called; return values are ignored; an exception
+    (``NotFound`` for someone who is not a user) stops the rest. pgserver revokes the database
+    roles and ends the user's sessions.
+
+    .. versionadded:: 0.2
     """
 
 
@@ -106,7 +126,7 @@ def describe_project(project: Project) -> dict[str, Any] | None:
 
 @hookspec(firstresult=True)
 def select_tasks(
-    candidates: Sequence[Task], resources: Resources, launcher: dict[str, Any]
+    candidates: Sequence[Task], resources: Resources, launcher: LauncherInfo
 ) -> list[Task] | None:
     """Choose which of the candidate tasks to start now on the free resources.
 
@@ -115,8 +135,9 @@ def select_tasks(
         restricted to the launcher's workflow filter and to tasks that could fit its free nodes.
     :param resources: a copy of the launcher's nodes (a :class:`balsam.resources.Resources`);
         a policy may allocate on it to plan, the launcher's own state is not affected.
-    :param launcher: the launcher's settings (``id``, ``job_mode``, ``wf_filter``,
-        ``num_nodes``, ``hostname``, ``remaining_minutes``).
+    :param launcher: the launcher, a :class:`balsam.contracts.LauncherInfo` (``id``, ``owner``,
+        ``hostname``, ``job_mode``, ``wf_filter``, ``num_nodes``, ``simulated``,
+        ``scheduler``, ``scratch``, ``remaining_minutes``).
     :returns: the tasks to start, a subset of ``candidates``, in start order.
 
     Stops at the first non-None result. The launcher's default policy is ``trylast`` (largest
@@ -151,11 +172,12 @@ def register_commands(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_schedulers() -> dict[str, type] | None:
+def register_schedulers() -> dict[str, type[Scheduler]] | None:
     """Name the batch schedulers this plugin provides (for ``submit-launch`` and ``service``).
 
     :returns: a mapping of scheduler name (``"slurm"``) to a subclass of
-        ``balsam_launcher.schedulers.Scheduler``, or None.
+        :class:`balsam.scheduler.Scheduler` (core: a site scheduler needs nothing else), or
+        None.
 
     All implementations are called; the mappings are merged so that the implementation called
     first wins a name. The launcher's built-in schedulers (local, slurm, pbs, cobalt) are
@@ -170,7 +192,7 @@ def register_schedulers() -> dict[str, type] | None:
 
 @hookspec(firstresult=True)
 def mpi_command(task: Task, command: list[str], nodes: list[Node], env: dict[str, str],
-                launcher: dict[str, Any]) -> list[str] | None:
+                launcher: LauncherInfo) -> list[str] | None:
     """Build the command line that starts an MPI task on its nodes (mpirun, srun, aprun, ...).
 
     :param task: the task to start (``num_nodes``, ``ranks_per_node``, ``threads_per_rank``,
@@ -180,7 +202,7 @@ def mpi_command(task: Task, command: list[str], nodes: list[Node], env: dict[str
         name for the node, for example a Cray nid).
     :param env: the task's own variables (``BALSAM_*`` and its ``environ_vars``). They are in the
         process environment already; forward them to remote ranks if the MPI needs it.
-    :param launcher: the launcher's settings (``job_mode``, ``simulated``, ``scheduler``, ...).
+    :param launcher: the launcher, a :class:`balsam.contracts.LauncherInfo`.
     :returns: the full argument list to execute, or None to defer to the next implementation.
 
     Stops at the first non-None result. The launcher's default implementation is ``trylast``: srun

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pluggy
 
+from balsam.contracts import InitOptions
 from balsam.errors import AlreadyExists, BalsamError, InvalidInput
 from balsam.project import SUBDIRS, Project, current_user, new_info, remember_project
 from balsam.zones import TEMPLATES_DIR, user_name
 
 
-def init_project(root: Path, options: dict[str, Any], pm: pluggy.PluginManager) -> Project:
+def init_project(root: Path, options: InitOptions, pm: pluggy.PluginManager) -> Project:
     """Create the project skeleton, then let every plugin set it up (``on_init``).
 
     Refuses a non-empty directory, or one that belongs to someone else (its owner is the owner of
@@ -44,10 +45,9 @@ def init_project(root: Path, options: dict[str, Any], pm: pluggy.PluginManager) 
         for sub in SUBDIRS:
             (root / sub).mkdir()
             os.chmod(root / sub, 0o1770)
-        project = Project(root, new_info(current_user(), dsn=options.get("dsn"),
-                                          group=options.get("group")))
+        project = Project(root, new_info(current_user(), dsn=options.dsn, group=options.group))
         project.save_info()
-        options = {**options, "migrations": plugin_packages(pm)}
+        options = replace(options, migrations=plugin_packages(pm))
         pm.hook.on_init(project=project, options=options)
     except BaseException:
         if created:

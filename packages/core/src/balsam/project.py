@@ -8,7 +8,6 @@ tools read when the published one is found writable by others (and which they pu
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import socket
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from balsam.contracts import ServerInfo
 from balsam.errors import InvalidInput, PermissionDenied, ProjectNotFound, UnsafeFile
 from balsam.zones import (
     CONTROL_FILE_MODE,
@@ -57,7 +57,7 @@ def balsam_home() -> Path:
 @dataclass
 class Project:
     root: Path
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ServerInfo = field(default_factory=ServerInfo)
 
     # --- locating ------------------------------------------------------------------------------
 
@@ -79,8 +79,8 @@ class Project:
                        "(are you in the project's group?)")
             raise ProjectNotFound(message) from None
         try:
-            info = json.loads(text)
-        except json.JSONDecodeError as exc:
+            info = ServerInfo.from_json(text)
+        except ValueError as exc:
             message = f"{info_path} is corrupt: {exc}"
             raise ProjectNotFound(message) from None
         return cls(root=root, info=info)
@@ -161,17 +161,17 @@ class Project:
 
     @property
     def owner(self) -> str:
-        return str(self.info.get("owner", ""))
+        return self.info.owner
 
     @property
     def embedded(self) -> bool:
         """True for the project's own cluster, False for an external server (a DSN)."""
-        return not self.info.get("dsn")
+        return self.info.embedded
 
     @property
     def umask(self) -> int:
         """The umask every balsam tool applies for this project (group-writable by default)."""
-        return int(str(self.info.get("umask", "0007")), 8)
+        return self.info.umask
 
     def guard(self) -> Guard:
         """Who may write this project's control zone: the owner of its directory."""
@@ -180,7 +180,7 @@ class Project:
     def save_info(self) -> None:
         """Publish ``server-info`` (0640) and keep the owner's private copy in ``balsamdb/``;
         atomically, since a half-written file would strand collaborators."""
-        text = json.dumps(self.info, indent=2, sort_keys=True) + "\n"
+        text = self.info.to_json()
         write_new(self.info_path, text, CONTROL_FILE_MODE)
         if self.embedded and self.db_dir.is_dir():
             write_new(self.db_dir / SERVER_INFO, text, 0o600)
@@ -188,13 +188,13 @@ class Project:
     # --- database ------------------------------------------------------------------------------
 
     def socket_path(self) -> Path:
-        return self.socket_dir / f".s.PGSQL.{self.info.get('port', 5432)}"
+        return self.socket_dir / f".s.PGSQL.{self.info.port or 5432}"
 
     def uses_socket(self) -> bool:
         """Whether this process reaches the embedded server through the project's socket."""
         if os.environ.get("BALSAM_DB_TRANSPORT") == "tcp":
             return False
-        return self.info.get("host") == socket.gethostname() and self.socket_path().exists()
+        return self.info.host == socket.gethostname() and self.socket_path().exists()
 
     def conninfo(self, *, admin: bool = False, transport: str | None = None,
                  **overrides: Any) -> str:
@@ -204,12 +204,12 @@ class Project:
         ``transport`` (``"socket"`` or ``"tcp"``) overrides the choice."""
         from psycopg.conninfo import make_conninfo  # here: commands that never connect skip it
 
-        if not self.embedded:
-            return make_conninfo(str(self.info["dsn"]), **overrides)
+        if self.info.dsn:
+            return make_conninfo(self.info.dsn, **overrides)
         tcp = transport == "tcp" or (transport is None and not self.uses_socket())
         params: dict[str, Any] = {
-            "dbname": self.info.get("dbname", "balsam"),
-            "port": self.info.get("port"),
+            "dbname": self.info.dbname,
+            "port": self.info.port,
             "user": current_user(),
             "application_name": "balsam",
             "connect_timeout": 10,
@@ -217,7 +217,7 @@ class Project:
         if admin:
             if tcp:
                 message = (f"administrative commands reach the server over the project's socket: "
-                           f"run this on {self.info.get('host')}, as {self.owner}")
+                           f"run this on {self.info.host}, as {self.owner}")
                 raise PermissionDenied(message)
             params["user"] = ADMIN_ROLE
         if tcp:
@@ -234,7 +234,7 @@ class Project:
 
     def tcp_host(self) -> str:
         """The server's host for TCP clients: ``$BALSAM_DB_HOST`` if set, else server-info's."""
-        return str(os.environ.get("BALSAM_DB_HOST") or self.info.get("host"))
+        return str(os.environ.get("BALSAM_DB_HOST") or self.info.host)
 
     def checked_socket_dir(self) -> Path:
         """The socket directory, refused if anyone but the owner could plant a socket in it."""
@@ -290,19 +290,9 @@ def _owner_copy(root: Path, guard: Guard) -> str | None:
         return None
 
 
-def new_info(owner: str, *, dsn: str | None = None, group: str | None = None) -> dict[str, Any]:
+def new_info(owner: str, *, dsn: str | None = None, group: str | None = None) -> ServerInfo:
     """The initial ``server-info`` of a project."""
-    return {
-        "version": 1,
-        "uuid": str(uuid.uuid4()),
-        "owner": owner,
-        "dbname": "balsam",
-        "dsn": dsn,
-        "host": None,
-        "port": None,
-        "group": group,
-        "umask": "0007",
-    }
+    return ServerInfo(uuid=str(uuid.uuid4()), owner=owner, dsn=dsn, group=group)
 
 
 def check_socket_path(root: Path) -> None:
@@ -318,7 +308,7 @@ def check_socket_path(root: Path) -> None:
 
 
 def credentials_path(project: Project) -> Path:
-    return balsam_home() / "credentials" / str(project.info.get("uuid"))
+    return balsam_home() / "credentials" / project.info.uuid
 
 
 def read_password(project: Project) -> str | None:

@@ -19,21 +19,12 @@ from typing import Any
 import pluggy
 
 from balsam.db import Connection, wrap_db_errors
-from balsam.errors import InvalidInput, NotFound, PermissionDenied
+from balsam.errors import InvalidInput, NotFound, PermissionDenied, SchedulerError
 from balsam.project import Project
 from balsam.queries import query
+from balsam.scheduler import CANCELLED, ENDED, FAILED, FINISHED, QUEUED, RUNNING, JobStatus
 from balsam_launcher import submitted
-from balsam_launcher.schedulers import (
-    CANCELLED,
-    ENDED,
-    FAILED,
-    FINISHED,
-    QUEUED,
-    RUNNING,
-    JobStatus,
-    SchedulerError,
-    available,
-)
+from balsam_launcher.schedulers import available
 
 log = logging.getLogger(__name__)
 

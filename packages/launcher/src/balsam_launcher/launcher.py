@@ -29,13 +29,14 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from balsam import claim
+from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.models import App, Task
 from balsam.project import Project, current_user
@@ -159,7 +160,7 @@ class Launcher:
         self.root = os.path.normpath(str(project.root))
         self.root_fd = -1
         self.common_env: dict[str, str] = {}
-        self.static_info: dict[str, Any] = {}
+        self.static_info: LauncherInfo | None = None
         # Private scratch space on the launcher's host, removed at exit (per-task MPI session
         # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
         self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
@@ -642,17 +643,15 @@ class Launcher:
 
     # --- claims --------------------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
-        """The launcher settings hooks see."""
-        if not self.static_info:
-            self.static_info = {
-                "id": self.id, "job_mode": self.options.job_mode,
-                "wf_filter": self.options.wf_filter, "num_nodes": self.resources.num_nodes,
-                "hostname": socket.gethostname(), "simulated": self.resources.simulated,
-                "scheduler": self.allocation.scheduler, "owner": current_user(),
-                "scratch": str(self.scratch),
-            }
-        return {**self.static_info, "remaining_minutes": self._remaining_minutes()}
+    def info(self) -> LauncherInfo:
+        """The launcher as hooks see it."""
+        if self.static_info is None:
+            self.static_info = LauncherInfo(
+                id=self.id, owner=current_user(), hostname=socket.gethostname(),
+                job_mode=self.options.job_mode, wf_filter=self.options.wf_filter,
+                num_nodes=self.resources.num_nodes, simulated=self.resources.simulated,
+                scheduler=self.allocation.scheduler, scratch=str(self.scratch))
+        return replace(self.static_info, remaining_minutes=self._remaining_minutes())
 
     def _remaining_minutes(self) -> float | None:
         if self.deadline is None:

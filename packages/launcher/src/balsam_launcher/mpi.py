@@ -9,8 +9,8 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
-from typing import Any
 
+from balsam.contracts import LauncherInfo
 from balsam.errors import InvalidInput
 from balsam.models import Task
 from balsam.resources import Node
@@ -37,16 +37,15 @@ def mpirun_flavour(mpirun: str = "mpirun") -> str:
 
 
 def default_command(task: Task, command: Sequence[str], nodes: Sequence[Node],
-                    env: dict[str, str], launcher: dict[str, Any]) -> list[str]:
+                    env: dict[str, str], launcher: LauncherInfo) -> list[str]:
     """The site-independent choice (see the ``mpi_command`` hook)."""
-    local = launcher.get("simulated") or all(n.host == socket.gethostname() for n in nodes)
-    if launcher.get("scheduler") == "slurm" and not launcher.get("simulated") \
-            and shutil.which("srun"):
+    local = launcher.simulated or all(n.host == socket.gethostname() for n in nodes)
+    if launcher.scheduler == "slurm" and not launcher.simulated and shutil.which("srun"):
         return srun(task, command, nodes, cpus=slurm_job_cpus(os.environ))
     if shutil.which("aprun") and not local:
         return aprun(task, command, nodes, env)
-    return mpirun(task, command, nodes, env, local=bool(local), flavour=mpirun_flavour(),
-                  scratch=launcher.get("scratch"))
+    return mpirun(task, command, nodes, env, local=local, flavour=mpirun_flavour(),
+                  scratch=launcher.scratch)
 
 
 def _ranks(task: Task) -> int:

@@ -4,13 +4,15 @@ hook runs (a command that does not launch does not import the launcher)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from balsam import hookimpl
 
 if TYPE_CHECKING:
+    from balsam.contracts import LauncherInfo
     from balsam.models import Task
     from balsam.resources import Node, Resources
+    from balsam.scheduler import Scheduler
 
 #: name -> (module:attribute, one-line help)
 COMMANDS = {
@@ -27,7 +29,7 @@ COMMANDS = {
 
 
 @hookimpl(trylast=True)
-def register_schedulers() -> dict[str, type]:
+def register_schedulers() -> dict[str, type[Scheduler]]:
     from balsam_launcher.schedulers import builtin_schedulers
 
     return builtin_schedulers()
@@ -41,7 +43,7 @@ def register_commands(register: Callable[..., None]) -> None:
 
 @hookimpl(trylast=True)
 def select_tasks(candidates: Sequence[Task], resources: Resources,
-                 launcher: dict[str, Any]) -> list[Task]:
+                 launcher: LauncherInfo) -> list[Task]:
     from balsam_launcher import policy
 
     return policy.largest_first(candidates, resources)
@@ -49,7 +51,7 @@ def select_tasks(candidates: Sequence[Task], resources: Resources,
 
 @hookimpl(trylast=True)
 def mpi_command(task: Task, command: list[str], nodes: list[Node], env: dict[str, str],
-                launcher: dict[str, Any]) -> list[str]:
+                launcher: LauncherInfo) -> list[str]:
     from balsam_launcher import mpi
 
     return mpi.default_command(task, command, nodes, env, launcher)

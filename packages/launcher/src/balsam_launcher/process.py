@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError
 from balsam.models import Task
 from balsam.resources import Node
@@ -392,7 +393,7 @@ class AgentPool:
         port = self.server.getsockname()[1]
         return [sys.executable, "-m", "balsam_launcher.agent", address, str(port), self.token]
 
-    def launch(self, mpi_command: Callable[..., list[str]], info: dict[str, Any],
+    def launch(self, mpi_command: Callable[..., list[str]], info: LauncherInfo,
                output_fd: int, timeout: float = 120) -> None:
         """Start the agents (one rank per node) and wait until each has connected; their output
         goes to ``output_fd`` (closed here)."""

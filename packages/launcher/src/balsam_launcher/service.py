@@ -18,6 +18,7 @@ from typing import Any
 
 import pluggy
 
+from balsam.claim import Work, unclaimed_work
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, BalsamError, InvalidInput, ServerDown
 from balsam.project import Project
@@ -62,15 +63,6 @@ class Policy:
     def request(self, nodes: int) -> JobRequest:
         return JobRequest(nodes, self.wall_time_minutes, self.job_mode, self.project,
                           self.queue, self.wf_filter)
-
-
-@dataclass(frozen=True)
-class Work:
-    """Unclaimed runnable tasks of one size."""
-
-    num_nodes: int
-    node_packing_count: int
-    tasks: int
 
 
 def nodes_needed(work: Sequence[Work], job_mode: str, max_nodes: int) -> tuple[int, int]:
@@ -162,9 +154,7 @@ class Service:
         batch_jobs.sync(conn, self.project, self.pm)
         p = self.policy
         with wrap_db_errors():
-            work = [Work(r["num_nodes"], r["node_packing_count"], r["tasks"]) for r in
-                    conn.execute(query("balsam_launcher", "batch_runnable_work"),
-                                 {"wf_filter": p.wf_filter}).fetchall()]
+            work = unclaimed_work(conn, p.wf_filter)
             waiting = conn.execute(query("balsam_launcher", "batch_waiting"), {
                 "scheduler": self.scheduler, "queue": p.queue, "wf_filter": p.wf_filter,
             }).fetchone()

@@ -39,6 +39,7 @@ import psycopg
 
 from balsam import claim
 from balsam.claim import Policy
+from balsam.contracts import LauncherInfo
 from balsam.db import Connection, connect, translate
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.models import App, Task
@@ -418,7 +419,7 @@ class Claims:
         """The session is connected again: reconnect at the next claim."""
         self._retry_at = 0.0
 
-    def claim(self, resources: Resources, info: dict[str, Any], *, limit: int, post_limit: int,
+    def claim(self, resources: Resources, info: LauncherInfo, *, limit: int, post_limit: int,
               max_wall_minutes: float | None
               ) -> tuple[list[claim.Claimed], list[claim.Claimed], dict[int, App]]:
         """Claim tasks to run on ``resources`` (through the ``select_tasks`` hook, which sees
@@ -487,7 +488,7 @@ class Claims:
         self._retry_at = time.monotonic() + (self._delay if kind != "rolled back" else 0.0)
         self._delay = min(5.0, 2 * self._delay)
 
-    def _policy(self, info: dict[str, Any]) -> Policy:
+    def _policy(self, info: LauncherInfo) -> Policy:
         def choose(candidates: list[Task], resources: Resources) -> Sequence[Task]:
             """The select_tasks hook; the default policy if a plugin fails."""
             self.max_packing = max([self.max_packing,

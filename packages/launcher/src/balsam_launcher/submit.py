@@ -35,9 +35,10 @@ from balsam.config import load_settings
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import BalsamError, InvalidInput, UnsafeFile
 from balsam.project import Project, balsam_home
+from balsam.scheduler import Scheduler
 from balsam.zones import Guard, home_guard, write_new
 from balsam_launcher import batch_jobs, submitted
-from balsam_launcher.schedulers import Scheduler, get_scheduler
+from balsam_launcher.schedulers import get_scheduler
 
 #: Account, queue and filter names go into scheduler directives: keep them to plain words.
 _NAME = re.compile(r"^[A-Za-z0-9_.@:+%=/-]*$")

@@ -20,7 +20,7 @@ from balsam.zones import home_guard
 
 
 def record_path(project: Project) -> Path:
-    return balsam_home() / "submitted" / str(project.info.get("uuid"))
+    return balsam_home() / "submitted" / str(project.info.uuid)
 
 
 def record(project: Project, scheduler: str, scheduler_id: str, details: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -25,8 +26,7 @@ def claim_group(project: Project, requested: str | None) -> grp.struct_group:
 
 def apply_policy(project: Project, group: grp.struct_group) -> None:
     """After the other plugins: record the group and umask, then fix every path's group and mode."""
-    project.info["group"] = group.gr_name
-    project.info["umask"] = project.info.get("umask") or f"{policy.DEFAULT_UMASK:04o}"
+    project.info = replace(project.info, group=group.gr_name)
     project.save_info()
     _, left = policy.apply(project.root, group.gr_gid)
     for problem in left:
@@ -69,4 +69,4 @@ def warn_if_outside_group(project: Project, username: str) -> None:
 
 
 def describe(project: Project) -> dict[str, Any]:
-    return {"group": project.info.get("group"), "umask": f"{project.umask:04o}"}
+    return {"group": project.info.group, "umask": f"{project.umask:04o}"}

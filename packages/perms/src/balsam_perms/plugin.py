@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any
 from balsam import hookimpl
 
 if TYPE_CHECKING:
+    from balsam.contracts import InitOptions
     from balsam.project import Project
 
 
 @hookimpl(wrapper=True)
-def on_init(project: Project, options: dict[str, Any]) -> Generator[None, None, None]:
+def on_init(project: Project, options: InitOptions) -> Generator[None, None, None]:
     from balsam_perms import hooks
 
-    group = hooks.claim_group(project, options.get("group"))
+    group = hooks.claim_group(project, options.group)
     result = yield
     hooks.apply_policy(project, group)
     return result

@@ -14,7 +14,7 @@ import os
 import pwd
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from balsam.errors import InvalidInput, PermissionDenied
@@ -125,7 +125,7 @@ def resolve_group(root: Path, requested: str | None) -> grp.struct_group:
 
 def project_group(project: Project) -> grp.struct_group:
     """The group recorded in ``server-info`` (else the project directory's)."""
-    name = project.info.get("group")
+    name = project.info.group
     if name:
         try:
             return grp.getgrnam(str(name))
@@ -261,7 +261,7 @@ def fix(project: Project) -> tuple[list[Problem], list[Problem]]:
     owner = os.geteuid() in guard.trusted
     if owner:
         if umask_problem(project):
-            project.info["umask"] = f"{DEFAULT_UMASK:04o}"
+            project.info = replace(project.info, umask=DEFAULT_UMASK)
         project.save_info()  # the owner vouches for it (and it gets its private copy)
         republish(project.root, guard)
     return apply(project.root, group.gr_gid, control=owner)

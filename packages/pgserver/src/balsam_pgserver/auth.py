@@ -34,7 +34,7 @@ def not_authorised(project: Project, user: str) -> NotAuthorised:
 
 def on_server_host(project: Project) -> bool:
     """Whether this host can use the project's socket (the server runs here)."""
-    return project.info.get("host") == socket.gethostname() and project.socket_path().exists()
+    return project.info.host == socket.gethostname() and project.socket_path().exists()
 
 
 def ensure_credentials(project: Project, user: str) -> bool:
@@ -91,7 +91,7 @@ def _tcp_login(project: Project, password: str) -> bool | None:
 
 
 def _check_tcp(project: Project, user: str) -> None:
-    host = project.info.get("host")
+    host = project.info.host
     if read_password(project) is None:
         message = (f"you ({user}) have no database password for this project on this host yet: "
                    f"activate it once on {host}, its server's host, where balsam creates one")

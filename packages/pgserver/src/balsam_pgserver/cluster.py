@@ -13,6 +13,7 @@ import socket
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,10 @@ def settings(major: int, max_connections: int = MAX_CONNECTIONS) -> tuple[str, .
 
 def max_connections(project: Project) -> int:
     """The owner's choice in server-info (``max_connections``), else ``MAX_CONNECTIONS``."""
-    value = project.info.get("max_connections", MAX_CONNECTIONS)
-    if not isinstance(value, int) or isinstance(value, bool) or not 10 <= value <= 10000:
+    value = project.info.max_connections
+    if value is None:
+        return MAX_CONNECTIONS
+    if not 10 <= value <= 10000:
         message = (f"max_connections in {project.info_path} must be a whole number from 10 to "
                    f"10000 (got {value!r})")
         raise InvalidInput(message)
@@ -74,7 +77,7 @@ def max_connections(project: Project) -> int:
 def require_owner(project: Project, action: str) -> None:
     """Refuse owner-only actions (start, stop, add users) to collaborators."""
     if not project.embedded:
-        message = f"cannot {action}: the project uses an external server ({project.info['dsn']})"
+        message = f"cannot {action}: the project uses an external server ({project.info.dsn})"
         raise PermissionDenied(message)
     user = current_user()
     if user != project.owner:
@@ -102,11 +105,11 @@ def logfile(project: Project) -> Path:
 
 def is_up(project: Project) -> bool:
     """Whether the embedded server answers, from the owner's or a collaborator's point of view."""
-    if not project.info.get("port"):
+    if not project.info.port:
         return False
-    if project.info.get("host") == socket.gethostname():
+    if project.info.host == socket.gethostname():
         return server.accepts_connections(socket_path=project.socket_path())
-    return server.accepts_connections(host=project.info.get("host"), port=project.info["port"])
+    return server.accepts_connections(host=project.info.host, port=project.info.port)
 
 
 def create(project: Project, packages: tuple[str, ...]) -> None:
@@ -124,12 +127,12 @@ def create(project: Project, packages: tuple[str, ...]) -> None:
     server.initdb(project.db_dir, superuser=ADMIN_ROLE)
     os.chmod(project.db_dir, 0o700)
     ensure_ca(project)
-    project.info.update(host=socket.gethostname(), port=server.free_port())
+    project.info = replace(project.info, host=socket.gethostname(), port=server.free_port())
     project.save_info()
     start(project)
     try:
         with connect(project, admin=True, dbname="postgres") as conn, wrap_db_errors():
-            dbname = sql.Identifier(project.info["dbname"])
+            dbname = sql.Identifier(project.info.dbname)
             conn.execute(sql.SQL("CREATE DATABASE {}").format(dbname))
         migrate(project, packages)
     finally:
@@ -150,7 +153,7 @@ def ensure_ca(project: Project) -> None:
     """Make the project CA if there is none (a project from before TLS) and publish its
     certificate, and server-info, from the owner's private copies if need be."""
     if not (project.db_dir / tls.CA_KEY).exists():
-        tls.create_ca(project.db_dir, str(project.info.get("uuid", "")))
+        tls.create_ca(project.db_dir, project.info.uuid)
     republish(project.root, project.guard())
 
 
@@ -160,7 +163,7 @@ def start(project: Project, port: int | None = None) -> bool:
     require_owner(project, "start the server")
     check_socket_path(project.root)
     with server_lock(project):
-        running_port = project.info.get("port")
+        running_port = project.info.port
         if server.is_running(project.db_dir) and is_up(project):
             if port and port != running_port:
                 message = (f"the server runs on port {running_port}: stop it first "
@@ -183,8 +186,8 @@ def start(project: Project, port: int | None = None) -> bool:
                                            max_connections(project)))
         except server.PortTaken:
             raise server.PortTaken(port_taken(port)) from None
-        if (port, socket.gethostname()) != (running_port, project.info.get("host")):
-            project.info.update(host=socket.gethostname(), port=port)
+        if (port, socket.gethostname()) != (running_port, project.info.host):
+            project.info = replace(project.info, host=socket.gethostname(), port=port)
             project.save_info()
         return True
 
@@ -255,13 +258,13 @@ def status(project: Project) -> dict[str, Any]:
     """Where the server is and whether it answers."""
     info = project.info
     if not project.embedded:
-        return {"project": str(project.root), "server": "external", "dsn": info["dsn"],
+        return {"project": str(project.root), "server": "external", "dsn": info.dsn,
                 "state": "unknown", "owner": project.owner}
     return {
         "project": str(project.root),
         "owner": project.owner,
-        "host": info.get("host"),
-        "port": info.get("port"),
+        "host": info.host,
+        "port": info.port,
         "socket": str(project.socket_dir),
         "tls": f"required over TCP, verified against {project.ca_path.name}",
         "state": "running" if is_up(project) else "stopped",
@@ -283,7 +286,7 @@ def activate(project: Project, user: str) -> dict[str, str]:
         with connect(project):
             pass
         return {}
-    host = project.info.get("host")
+    host = project.info.host
     if user == project.owner and host in (None, socket.gethostname()):
         if not start(project):
             ensure_ca(project)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import click
 
+from balsam import users
 from balsam.migrate import plugin_packages
+from balsam.models import validate_user_name
 from balsam.output import Column, Listing, Output
 from balsam.plugins import plugin_manager
 from balsam.project import ADMIN_ROLE, Project
+from balsam.users import ROLES, require_manager
 from balsam_pgserver import cluster, roles
 
 
@@ -19,7 +22,7 @@ def _project() -> Project:
 @click.group("server", invoke_without_command=True)
 @click.option("--add-user", "add_users", multiple=True, metavar="NAME",
               help="Authorise a collaborator (owner only; repeatable).")
-@click.option("--role", type=click.Choice(roles.ROLES),
+@click.option("--role", type=click.Choice(ROLES),
               help="Role for --add-user: member (read and write; default) or viewer (read only).")
 @click.option("--drop-user", "drop_users", multiple=True, metavar="NAME",
               help="Withdraw a collaborator's access and end their sessions (owner only).")
@@ -49,12 +52,12 @@ def server(ctx: click.Context, add_users: tuple[str, ...], role: str | None,
 def _manage_users(add_users: tuple[str, ...], role: str, drop_users: tuple[str, ...],
                   list_users: bool) -> None:
     for name in add_users + drop_users:
-        roles.validate_username(name)
+        validate_user_name(name)
     project = _project()
-    roles.require_manager(project)
+    require_manager(project)
     pm = plugin_manager()
     for name in add_users:
-        pm.hook.on_add_user(project=project, username=name, role=role)
+        users.add_user(project, name, role, pm)
         click.echo(f"{name} may now use the project as {role}; they activate it with: "
                    f". balsamactivate {project.root}")
         if role == "member":
@@ -62,9 +65,8 @@ def _manage_users(add_users: tuple[str, ...], role: str, drop_users: tuple[str, 
                        f"{name}'s tasks, run 'balsam trust add {name}' (and {name} runs "
                        f"'balsam trust add {project.owner}' for theirs to run yours).")
     for name in drop_users:
-        ended = roles.drop_project_user(project, name)
-        sessions = f" ({ended} session(s) ended)" if ended else ""
-        click.echo(f"{name} may no longer use the project{sessions}")
+        users.drop_user(project, name, pm)
+        click.echo(f"{name} may no longer use the project")
     if list_users:
         Output.resolve().write(USERS, [(r["name"], r["role"], r["sessions"])
                                        for r in roles.project_users(project)])
@@ -83,7 +85,7 @@ def start(port: int | None) -> None:
     project = _project()
     started = cluster.start(project, port=port)
     state = "started" if started else "already running"
-    click.echo(f"server {state} on {project.info['host']}:{project.info['port']}")
+    click.echo(f"server {state} on {project.info.host}:{project.info.port}")
 
 
 @server.command()

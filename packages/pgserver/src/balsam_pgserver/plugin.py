@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from balsam import hookimpl
 
 if TYPE_CHECKING:
+    from balsam.contracts import InitOptions
     from balsam.project import Project
 
 
@@ -18,10 +19,10 @@ def migration_packages() -> list[str]:
 
 
 @hookimpl(tryfirst=True)
-def on_init(project: Project, options: dict[str, Any]) -> None:
+def on_init(project: Project, options: InitOptions) -> None:
     from balsam_pgserver import cluster
 
-    cluster.create(project, tuple(options.get("migrations", ())))
+    cluster.create(project, options.migrations)
 
 
 @hookimpl(tryfirst=True)
@@ -29,6 +30,17 @@ def on_add_user(project: Project, username: str, role: str) -> None:
     from balsam_pgserver import roles
 
     roles.add_project_user(project, username, role)
+
+
+@hookimpl(tryfirst=True)
+def on_drop_user(project: Project, username: str) -> None:
+    import click
+
+    from balsam_pgserver import roles
+
+    ended = roles.drop_project_user(project, username)
+    if ended:
+        click.echo(f"{ended} session(s) of {username} ended")
 
 
 @hookimpl(tryfirst=True)

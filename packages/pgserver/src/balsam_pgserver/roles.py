@@ -8,32 +8,15 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from balsam.db import Connection, connect, wrap_db_errors
-from balsam.errors import BalsamError, InvalidInput, NotFound, PermissionDenied
+from balsam.errors import BalsamError, InvalidInput, NotFound
 from balsam.models import validate_user_name
-from balsam.project import ADMIN_ROLE, Project, current_user
+from balsam.project import ADMIN_ROLE, Project
 from balsam.queries import query
-
-#: The project roles a collaborator can be given.
-ROLES = ("member", "viewer")
+from balsam.users import ROLES, check_collaborator, check_role, require_manager
 
 #: Refuse anything but a plain lower-case SQL identifier, before any SQL is run (the rule is
 #: core's: trust names the same users).
 validate_username = validate_user_name
-
-
-def validate_role(role: str) -> str:
-    if role not in ROLES:
-        message = f"invalid role {role!r}: expected one of {', '.join(ROLES)}"
-        raise InvalidInput(message)
-    return role
-
-
-def require_manager(project: Project) -> None:
-    """Only the project owner adds, drops and lists users."""
-    user = current_user()
-    if user != project.owner:
-        message = f"only the project owner ({project.owner}) can manage users; you are {user}"
-        raise PermissionDenied(message)
 
 
 def project_roles(conn: Connection) -> dict[str, str]:
@@ -60,7 +43,7 @@ def add_user(conn: Connection, username: str, role: str = "member") -> str:
     Returns ``"created"``, ``"changed"`` or ``"unchanged"``. Idempotent.
     """
     validate_username(username)
-    validate_role(role)
+    check_role(role)
     with wrap_db_errors(), conn.transaction():
         roles = project_roles(conn)
         info = conn.execute(query("balsam_pgserver", "role_info"), {"name": username}).fetchone()
@@ -165,22 +148,14 @@ def split_admin(project: Project) -> bool:
 
 
 def add_project_user(project: Project, username: str, role: str) -> str:
-    validate_username(username)
-    validate_role(role)
-    require_manager(project)
-    if username == project.owner:
-        message = f"{username} owns the project: their everyday role is a member's, always"
-        raise InvalidInput(message)
+    check_role(role)
+    check_collaborator(project, username)
     with connect(project, admin=True) as conn:
         return add_user(conn, username, role)
 
 
 def drop_project_user(project: Project, username: str) -> int:
-    validate_username(username)
-    require_manager(project)
-    if username == project.owner:
-        message = f"{username} owns the project and cannot be dropped"
-        raise InvalidInput(message)
+    check_collaborator(project, username, dropping=True)
     with connect(project, admin=True) as conn:
         return drop_user(conn, username, drop_role=project.embedded)
 

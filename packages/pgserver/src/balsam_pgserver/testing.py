@@ -27,6 +27,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from balsam.contracts import InitOptions
 from balsam.db import Connection, connect
 from balsam.lifecycle import init_project
 from balsam.migrate import plugin_packages, upgrade
@@ -126,7 +127,7 @@ def throwaway_project(prefix: str = "balsam-pg-") -> Iterator[tuple[Project, Con
           tempfile.TemporaryDirectory() as tmp):
         home = {"BALSAM_HOME": str(Path(tmp) / "home")}
         with patch.dict(os.environ, home):
-            project = init_project(Path(tmp) / "project", {"dsn": pg.dsn("bench")},
+            project = init_project(Path(tmp) / "project", InitOptions(dsn=pg.dsn("bench")),
                                    get_plugin_manager())
             os.environ["BALSAM_DB_PATH"] = str(project.root)
             with connect(pg.dsn("bench")) as conn:
@@ -183,7 +184,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, db_dsn: str,
             monkeypatch: pytest.MonkeyPatch) -> Project:
     """An activated project on the per-test database (external-DSN mode, no embedded cluster)."""
     root = tmp_path_factory.mktemp("proj") / "project"
-    proj = init_project(root, {"dsn": db_dsn}, get_plugin_manager())
+    proj = init_project(root, InitOptions(dsn=db_dsn), get_plugin_manager())
     monkeypatch.setenv("BALSAM_DB_PATH", str(proj.root))
     monkeypatch.setenv("BALSAM_HOME", str(root.parent / "home"))
     return proj

@@ -210,3 +210,11 @@ SELECT DISTINCT t.launcher_id AS id
 FROM tasks t JOIN launchers l ON l.id = t.launcher_id
 WHERE l.ended_at IS NOT NULL
 ORDER BY 1;
+
+-- name: unclaimed_work
+-- Unclaimed runnable tasks grouped by size: the work a new batch job would find.
+SELECT t.num_nodes, t.node_packing_count, count(*) AS tasks
+FROM tasks t JOIN task_states s ON s.state = t.state
+WHERE s.runnable AND t.launcher_id IS NULL
+  AND (%(wf_filter)s = '' OR t.workflow = %(wf_filter)s)
+GROUP BY t.num_nodes, t.node_packing_count;

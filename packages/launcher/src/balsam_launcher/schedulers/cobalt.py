@@ -11,16 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from balsam_launcher.schedulers import (
-    FAILED,
-    QUEUED,
-    RUNNING,
-    JobStatus,
-    Scheduler,
-    SchedulerError,
-    call,
-    last_line,
-)
+from balsam.errors import SchedulerError
+from balsam.scheduler import FAILED, QUEUED, RUNNING, JobStatus, Scheduler, call, last_line
 
 STATES = {"queued": QUEUED, "starting": QUEUED, "user_hold": QUEUED, "dep_hold": QUEUED,
           "admin_hold": QUEUED, "maxrun_hold": QUEUED, "running": RUNNING, "exiting": RUNNING,

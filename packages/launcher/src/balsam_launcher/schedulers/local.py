@@ -22,16 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from balsam.errors import SchedulerError
 from balsam.project import Project
+from balsam.scheduler import FAILED, FINISHED, RUNNING, JobStatus, Scheduler
 from balsam_launcher import submitted
-from balsam_launcher.schedulers import (
-    FAILED,
-    FINISHED,
-    RUNNING,
-    JobStatus,
-    Scheduler,
-    SchedulerError,
-)
 from balsam_launcher.schedulers import local_runner as runner
 
 

@@ -12,14 +12,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from balsam_launcher.schedulers import (
+from balsam.errors import SchedulerError
+from balsam.scheduler import (
     FAILED,
     FINISHED,
     QUEUED,
     RUNNING,
     JobStatus,
     Scheduler,
-    SchedulerError,
     call,
     last_line,
 )

@@ -12,7 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from balsam_launcher.schedulers import (
+from balsam.errors import SchedulerError
+from balsam.scheduler import (
     CANCELLED,
     ENDED,
     FAILED,
@@ -21,7 +22,6 @@ from balsam_launcher.schedulers import (
     RUNNING,
     JobStatus,
     Scheduler,
-    SchedulerError,
     call,
     last_line,
 )

@@ -75,14 +75,6 @@ WHERE (b.state IN ('pending', 'submitted', 'queued')
            AND NOT EXISTS (SELECT 1 FROM launchers l WHERE l.batch_job_id = b.id)))
   AND b.scheduler = %(scheduler)s AND b.queue = %(queue)s AND b.wf_filter = %(wf_filter)s;
 
--- name: batch_runnable_work
--- Unclaimed runnable tasks grouped by size: the work a new batch job would find.
-SELECT t.num_nodes, t.node_packing_count, count(*) AS tasks
-FROM tasks t JOIN task_states s ON s.state = t.state
-WHERE s.runnable AND t.launcher_id IS NULL
-  AND (%(wf_filter)s = '' OR t.workflow = %(wf_filter)s)
-GROUP BY t.num_nodes, t.node_packing_count;
-
 -- name: service_lock
 -- One service per project, queue and filter: a session lock held while the service runs.
 SELECT pg_try_advisory_lock(hashtext(%(key)s)) AS locked;
