@@ -1,6 +1,6 @@
 """Fixtures shared by every package's tests and the cross-package tests.
 
-Database fixtures come from ``balsam_pgserver.testing``. The multi-user fixtures below create
+Database fixtures come from ``balsam_testing.pg``. The multi-user fixtures below create
 real UNIX users and a group (root only) and run commands as them with ``runuser``.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["balsam_pgserver.testing"]
+pytest_plugins = ["balsam_testing.pg"]
 
 GROUP = "balsamtest"
 MEMBERS = ("alice", "bob", "carol")

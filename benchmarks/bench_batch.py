@@ -26,7 +26,7 @@ from balsam.project import Project
 from balsam_launcher import batch_jobs
 from balsam_launcher.schedulers import get_scheduler
 from balsam_launcher.submit import JobRequest, render, submit
-from balsam_pgserver.testing import throwaway_cluster
+from balsam_testing.pg import throwaway_cluster
 
 
 def _row(benchmark: str, metric: str, value: float, unit: str) -> dict[str, Any]:

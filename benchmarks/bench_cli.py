@@ -18,7 +18,7 @@ from typing import Any
 
 from balsam import api
 from balsam.db import Connection
-from balsam_pgserver.testing import throwaway_project
+from balsam_testing.pg import throwaway_project
 
 BALSAM = str(Path(sys.executable).parent / "balsam")
 BENCH = "cli"

@@ -41,8 +41,8 @@ from balsam.plugins import get_plugin_manager
 from balsam.queries import parse_queries
 from balsam.resources import Resources
 from balsam_launcher import policy
-from balsam_launcher import testing as lt
-from balsam_pgserver.testing import throwaway_cluster
+from balsam_testing import launchers as lt
+from balsam_testing.pg import throwaway_cluster
 
 HERE = Path(__file__).resolve().parent
 SQL = parse_queries((HERE / "bench_launcher.sql").read_text())

@@ -29,7 +29,7 @@ from balsam.migrate import upgrade
 from balsam.project import Project, current_user, new_info
 from balsam_perms import policy
 from balsam_pgserver import roles, tls
-from balsam_pgserver.testing import PgServer, cluster_os_user, throwaway_cluster
+from balsam_testing.pg import PgServer, cluster_os_user, throwaway_cluster
 
 PG_USER = "balsam-pgtest"
 MEMBER = "bench_member_user"

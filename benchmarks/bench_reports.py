@@ -20,7 +20,7 @@ from balsam import analytics
 from balsam.db import Connection, connect
 from balsam.migrate import upgrade
 from balsam.queries import parse_queries
-from balsam_pgserver.testing import throwaway_cluster
+from balsam_testing.pg import throwaway_cluster
 
 HERE = Path(__file__).resolve().parent
 BASE = datetime(2024, 5, 1, tzinfo=UTC)

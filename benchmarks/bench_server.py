@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from balsam_pgserver import server, tls
-from balsam_pgserver.testing import PgServer, throwaway_cluster
+from balsam_testing.pg import PgServer, throwaway_cluster
 
 
 def _row(metric: str, value: float, unit: str) -> dict[str, Any]:

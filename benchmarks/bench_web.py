@@ -29,7 +29,7 @@ from balsam.db import Connection, connect
 from balsam.lifecycle import init_project
 from balsam.plugins import get_plugin_manager
 from balsam.queries import parse_queries
-from balsam_pgserver.testing import throwaway_cluster
+from balsam_testing.pg import throwaway_cluster
 
 HERE = Path(__file__).resolve().parent
 BALSAM = str(Path(sys.executable).parent / "balsam")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from balsam.project import Project
-from balsam_pgserver.testing import ACTIVATE, RUN_SQL, balsam_as, sh, sql_as
+from balsam_testing.pg import ACTIVATE, RUN_SQL, balsam_as, sh, sql_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from balsam.plugins import get_plugin_manager
 from balsam_cli.main import build_cli
-from balsam_launcher import testing
+from balsam_testing import launchers as testing
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 

@@ -56,6 +56,8 @@ def test_runtime_has_no_test_tools_and_the_test_environment_has_them(scratch, ru
     _setup(venv)
     assert not (venv / "bin/pytest").exists()
     assert not _imports(venv, "pytest") and not _imports(venv, "balsam_testplugin")
+    assert not _imports(venv, "balsam_testing")   # fixtures, helpers, fault-injection SQL
+    assert not any((venv / "lib").glob("python*/site-packages/balsam*/testing.py"))
     commands = _commands(run_as, "dave", venv)   # any user runs it: dave is in no group of ours
     assert {"init", "server", "perms", "launcher", "web"} <= commands
     assert "hello" not in commands

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from balsam.db import connect
-from balsam_launcher import testing as lt
 from balsam_launcher.agent import Lines, rank_from_env
+from balsam_testing import launchers as lt
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs mpirun")]

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from balsam.db import connect
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ import json, sys
 from pathlib import Path
 from balsam.db import connect
 from balsam.project import Project
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 project = Project.load(sys.argv[1])
 with connect(project) as db:
     app = lt.record_app(db, project.root)
@@ -63,7 +63,7 @@ REPORT = """
 import json, sys
 from balsam.db import connect
 from balsam.project import Project
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 with connect(Project.load(sys.argv[1])) as db:
     states = {i: r["state"] for i, r in lt.states(db).items()}
     runs = db.execute("SELECT e.task_id, e.db_user, l.owner FROM task_events e "

@@ -14,7 +14,7 @@ import pytest
 from balsam import api
 from balsam.db import connect
 from balsam.states import FINAL
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 

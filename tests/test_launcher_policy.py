@@ -10,8 +10,8 @@ from balsam.contracts import LauncherInfo
 from balsam.db import connect
 from balsam.plugins import get_plugin_manager
 from balsam.resources import Resources
-from balsam_launcher import testing as lt
 from balsam_launcher.launcher import Launcher, Options
+from balsam_testing import launchers as lt
 
 pytestmark = pytest.mark.pg
 

@@ -30,10 +30,10 @@ from balsam.plugins import get_plugin_manager
 from balsam.project import Project
 from balsam_cli.main import build_cli
 from balsam_launcher import lease
-from balsam_launcher import testing as lt
 from balsam_launcher.launcher import Launcher, Options
 from balsam_pgserver import server
-from balsam_pgserver.testing import throwaway_cluster
+from balsam_testing import launchers as lt
+from balsam_testing.pg import throwaway_cluster
 
 pytestmark = pytest.mark.pg
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from balsam.project import Project
-from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, sql_as, write_as
+from balsam_testing.pg import ACTIVATE, balsam_as, sh, sql_as, write_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ import pytest
 
 from balsam.project import Project
 from balsam_pgserver.server import free_port
-from balsam_pgserver.testing import ACTIVATE, balsam_as, sh, sql_as
+from balsam_testing.pg import ACTIVATE, balsam_as, sh, sql_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 

@@ -263,7 +263,7 @@ ADD_TASKS = """
 import json, sys
 from balsam.db import connect
 from balsam.project import Project
-from balsam_launcher import testing
+from balsam_testing import launchers as testing
 app_name, executable, tasks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 with connect(Project.from_env()) as db:
     row = db.execute("SELECT id FROM apps WHERE name = %s", [app_name]).fetchone()

@@ -18,7 +18,7 @@ import json, sys
 from pathlib import Path
 from balsam.db import connect
 from balsam.project import Project
-from balsam_launcher import testing
+from balsam_testing import launchers as testing
 project = Project.from_env()
 kind, count = sys.argv[1], int(sys.argv[2])
 with connect(project) as db:

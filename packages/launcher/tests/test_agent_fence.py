@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from balsam_launcher import fence
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 
 pytestmark = pytest.mark.slow
 

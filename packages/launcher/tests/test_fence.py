@@ -17,7 +17,7 @@ from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
 from balsam_cli.main import build_cli
 from balsam_launcher import fence
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 
 FENCES = ["namespace", "subreaper"]
 

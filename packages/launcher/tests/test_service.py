@@ -141,7 +141,7 @@ def test_once_and_bad_policy(db, held):
 
 
 def test_service_with_real_launchers_until_the_work_is_done(db, project, tmp_path):
-    from balsam_launcher import testing
+    from balsam_testing import launchers as testing
 
     app = testing.record_app(db, tmp_path)
     counts = tmp_path / "counts"

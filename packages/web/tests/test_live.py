@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from balsam import api
 from balsam.db import connect
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 
 pytestmark = [pytest.mark.pg, pytest.mark.slow]
 #: Pages refresh by themselves every 15 s at most; a change must show long before that.

@@ -332,7 +332,7 @@ def owned(conn: Connection, launcher: int) -> dict[int, State]:
     return {r["id"]: State(r["state"]) for r in rows}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Work:
     """Unclaimed runnable tasks of one size: what a new batch job would find."""
 

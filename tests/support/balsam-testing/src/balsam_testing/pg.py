@@ -1,7 +1,7 @@
 """pytest fixtures for balsam and its plugins: a real PostgreSQL cluster per session and a fresh
 database per test, cloned from a migrated template (pytest-postgresql's janitor).
 
-Enable with ``pytest_plugins = ["balsam_pgserver.testing"]``. When pytest runs as root, the
+Enable with ``pytest_plugins = ["balsam_testing.pg"]``. When pytest runs as root, the
 cluster runs as the unprivileged user ``$BALSAM_TEST_PGUSER`` (default ``balsam-pgtest``),
 created if missing, because PostgreSQL refuses to run as root.
 """

@@ -32,7 +32,7 @@ BALSAM = str(Path(sys.executable).parent / "balsam")
 
 
 def q(name: str) -> str:
-    return query("balsam_launcher", name)
+    return query("balsam_testing", name)
 
 
 def add_app(conn: Connection, name: str, executable: str, *, preprocess: str = "",

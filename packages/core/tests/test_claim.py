@@ -23,11 +23,15 @@ from balsam.db import connect
 from balsam.errors import ClaimLost
 from balsam.resources import Resources
 from balsam.states import RUNNABLE, State
-from balsam_launcher import policy
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 
 pytestmark = pytest.mark.pg
 S = State
+
+
+def largest_first(candidates, resources):
+    """A policy like the launcher's default: most nodes first (core places what fits)."""
+    return sorted(candidates, key=lambda t: (-t.num_nodes, -t.wall_time_minutes, t.id))
 
 
 def nodes(count: int, mode: str = "mpi") -> Resources:
@@ -73,7 +77,7 @@ def test_claim_marks_exactly_what_the_policy_chose(db, app):
     owned = claim.owned(db, me)
     assert set(owned) == {c.task.id for c in placed}
     other = register(db)
-    rest = claim.claim_for_run(db, other, nodes(10), policy.largest_first)
+    rest = claim.claim_for_run(db, other, nodes(10), largest_first)
     assert sorted(c.task.id for c in rest) == [i for i in ids if i % 2]
 
 
@@ -103,7 +107,7 @@ def test_filters_by_workflow_size_mode_and_time(db, app):
 
     def claimed(resources, **kwargs):
         me = register(db)
-        got = claim.claim_for_run(db, me, resources, policy.largest_first, **kwargs)
+        got = claim.claim_for_run(db, me, resources, largest_first, **kwargs)
         claim.end_launcher(db, me, "test")
         return sorted(names[c.task.id] for c in got)
 
@@ -126,7 +130,7 @@ def test_concurrent_claimers_never_share_a_task(db_dsn, db, app):
             with connect(db_dsn) as conn:
                 me = register(conn)
                 mine = got.setdefault(k, [])
-                while placed := claim.claim_for_run(conn, me, nodes(3), policy.largest_first):
+                while placed := claim.claim_for_run(conn, me, nodes(3), largest_first):
                     mine += [c.task.id for c in placed]
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -145,7 +149,7 @@ def test_concurrent_claimers_never_share_a_task(db_dsn, db, app):
 def test_claim_checked_moves(db, app):
     ids = lt.add_tasks(db, app, [{"name": f"t{i}"} for i in range(3)])
     me, other = register(db), register(db)
-    claim.claim_for_run(db, me, nodes(2), policy.largest_first)
+    claim.claim_for_run(db, me, nodes(2), largest_first)
     mine = sorted(claim.owned(db, me))
     done = claim.move(db, me, S.READY, S.STAGED_IN, {i: "staged" for i in ids})
     assert done == set(mine)  # the unclaimed task is not touched
@@ -161,7 +165,7 @@ def test_claim_checked_moves(db, app):
 def test_mark_running_counts_one_attempt_even_when_retried(db, app):
     [tid] = lt.add_tasks(db, app, [{"name": "t", "state": "READY"}])
     me = register(db)
-    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    claim.claim_for_run(db, me, nodes(1), largest_first)
     claim.move(db, me, S.READY, S.STAGED_IN, {tid: ""})
     claim.move(db, me, S.STAGED_IN, S.PREPROCESSED, {tid: ""})
     assert claim.mark_running(db, me, {tid: "pid 1"}) == {tid}
@@ -175,7 +179,7 @@ def test_mark_running_counts_one_attempt_even_when_retried(db, app):
 def test_a_move_is_dated_when_it_happened_but_never_out_of_order_or_in_the_future(db, app):
     [tid] = lt.add_tasks(db, app, [{"name": "t", "state": "READY"}])
     me = register(db)
-    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    claim.claim_for_run(db, me, nodes(1), largest_first)
     created_at = db.execute("SELECT state_changed_at AS at FROM tasks WHERE id = %s",
                             [tid]).fetchone()["at"]
     created = created_at.timestamp()
@@ -196,7 +200,7 @@ def test_a_move_is_dated_when_it_happened_but_never_out_of_order_or_in_the_futur
 
 def _running_on(db, app, launcher, **fields):
     [tid] = lt.add_tasks(db, app, [{"name": "t", "state": "READY", **fields}])
-    assert claim.claim_for_run(db, launcher, nodes(1), policy.largest_first)
+    assert claim.claim_for_run(db, launcher, nodes(1), largest_first)
     claim.move(db, launcher, S.READY, S.STAGED_IN, {tid: ""})
     claim.move(db, launcher, S.STAGED_IN, S.PREPROCESSED, {tid: ""})
     claim.mark_running(db, launcher, {tid: ""})
@@ -208,7 +212,7 @@ def test_reaping_a_dead_launcher_recovers_its_tasks(db, app):
     retry = _running_on(db, app, dead)
     handler = _running_on(db, app, dead, post_timeout_handler=True)
     [waiting] = lt.add_tasks(db, app, [{"name": "w"}])
-    claim.claim_for_run(db, dead, nodes(1), policy.largest_first)
+    claim.claim_for_run(db, dead, nodes(1), largest_first)
     make_stale(db, dead)
     reaped = claim.reap_dead(db)
     assert reaped["launchers"] == [dead]
@@ -230,7 +234,7 @@ def test_a_launcher_presumed_dead_cannot_overwrite_a_task_claimed_since(db, app)
     tid = _running_on(db, app, dead)
     make_stale(db, dead)
     claim.reap_dead(db)
-    placed = claim.claim_for_run(db, successor, nodes(1), policy.largest_first)
+    placed = claim.claim_for_run(db, successor, nodes(1), largest_first)
     assert [c.task.id for c in placed] == [tid]
     # the dead launcher wakes up and reports its run as done: nothing changes
     assert claim.move(db, dead, S.RUNNING, S.RUN_DONE, {tid: "exit 0"}) == set()
@@ -239,7 +243,7 @@ def test_a_launcher_presumed_dead_cannot_overwrite_a_task_claimed_since(db, app)
     with pytest.raises(ClaimLost, match="presumed dead"):
         claim.heartbeat(db, dead)
     with pytest.raises(ClaimLost, match="cannot claim"):
-        claim.claim_for_run(db, dead, nodes(1), policy.largest_first)
+        claim.claim_for_run(db, dead, nodes(1), largest_first)
     row = lt.states(db)[tid]
     assert (row["state"], row["launcher_id"]) == ("RESTART_READY", successor)
 
@@ -275,7 +279,7 @@ def test_end_launcher_releases_and_times_out_what_ran(db, app):
     me = register(db)
     tid = _running_on(db, app, me)
     [other] = lt.add_tasks(db, app, [{"name": "o"}])
-    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    claim.claim_for_run(db, me, nodes(1), largest_first)
     released = claim.end_launcher(db, me, "done")
     assert {r["id"] for r in released} == {tid, other}
     states = lt.states(db)
@@ -288,7 +292,7 @@ def test_a_running_task_is_never_released_without_its_outcome(db, app):
     me = register(db)
     running = _running_on(db, app, me)
     [ready] = lt.add_tasks(db, app, [{"name": "r"}])
-    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    claim.claim_for_run(db, me, nodes(1), largest_first)
     assert claim.release(db, me, [running, ready]) == {ready}
     row = lt.states(db)[running]
     assert (row["state"], row["launcher_id"]) == ("RUNNING", me)
@@ -302,7 +306,7 @@ def test_claims_a_launcher_forgot_are_recovered_like_a_dead_launchers(db, app):
     me = register(db)
     running = _running_on(db, app, me)
     [ready] = lt.add_tasks(db, app, [{"name": "r"}])
-    claim.claim_for_run(db, me, nodes(1), policy.largest_first)
+    claim.claim_for_run(db, me, nodes(1), largest_first)
     rows = claim.recover_unknown(db, me, [running, ready])
     assert {r["id"]: r["state"] for r in rows} == {running: "RESTART_READY", ready: "READY"}
     assert claim.owned(db, me) == {}
@@ -324,6 +328,19 @@ def test_work_remaining(db, app):
     lt.add_tasks(db, app, [{"name": "big", "workflow": "w", "num_nodes": 4}])
     assert not claim.work_remaining(db, me, nodes(2), wf_filter=wf)  # can never fit here
     assert claim.work_remaining(db, me, nodes(4), wf_filter=wf)
+
+
+def test_unclaimed_work_counts_runnable_unclaimed_tasks_by_size(db, app):
+    lt.add_tasks(db, app, [{"name": "a", "workflow": "w"}, {"name": "b", "workflow": "w"},
+                           {"name": "big", "workflow": "w", "num_nodes": 4},
+                           {"name": "packed", "workflow": "x", "node_packing_count": 8},
+                           {"name": "waits", "workflow": "w", "state": "AWAITING_PARENTS"}])
+    me = register(db)
+    [held] = lt.add_tasks(db, app, [{"name": "held", "workflow": "w"}])
+    db.execute("UPDATE tasks SET launcher_id = %s WHERE id = %s", [me, held])
+    assert sorted(claim.unclaimed_work(db, "w")) == [claim.Work(1, 1, 2), claim.Work(4, 1, 1)]
+    assert sorted(claim.unclaimed_work(db)) == [claim.Work(1, 1, 2), claim.Work(1, 8, 1),
+                                                claim.Work(4, 1, 1)]
 
 
 # --- a stateful model: several launchers, reaping, users killing tasks ---------------------------
@@ -361,9 +378,9 @@ class ClaimMachine(RuleBasedStateMachine):
         lid, conn = self.launchers[k], self.conns[k]
         if lid not in self.alive:
             with pytest.raises(ClaimLost):
-                claim.claim_for_run(conn, lid, nodes(capacity), policy.largest_first)
+                claim.claim_for_run(conn, lid, nodes(capacity), largest_first)
             return
-        placed = claim.claim_for_run(conn, lid, nodes(capacity), policy.largest_first)
+        placed = claim.claim_for_run(conn, lid, nodes(capacity), largest_first)
         for task in (c.task for c in placed):  # never a task a living launcher holds
             assert not any(task.id in self.held[other] for other in self.alive)
             self.held[lid].add(task.id)
