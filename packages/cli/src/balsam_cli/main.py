@@ -19,7 +19,7 @@ import pluggy
 
 from balsam.errors import BalsamError, PluginLoadError
 from balsam.lifecycle import apply_project_umask
-from balsam.plugins import installed_entry_points, plugin_manager, using
+from balsam.plugins import get_plugin_manager, installed_entry_points
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -126,9 +126,9 @@ class BalsamGroup(click.Group):
         # The project's umask, not the shell's: collaborators' files stay group-writable.
         ctx.meta["balsam.shell_umask"] = apply_project_umask()
         try:
-            with using(self.pm):
-                super().invoke(ctx)
-                return None  # a command's return value is not an exit status
+            ctx.obj = self.pm  # subcommands' contexts inherit it: see pass_plugin_manager
+            super().invoke(ctx)
+            return None  # a command's return value is not an exit status
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes a line
@@ -295,7 +295,7 @@ def _claim(owners: dict[str, str], name: str, plugin: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
-        cli = build_cli(plugin_manager())
+        cli = build_cli(get_plugin_manager())
     except BalsamError as exc:
         _fail(str(exc), 1)
     cli.main(args=argv, prog_name="balsam")

@@ -6,13 +6,14 @@ import shlex
 from pathlib import Path
 
 import click
+import pluggy
 
 from balsam.contracts import InitOptions
 from balsam.errors import InvalidInput
 from balsam.lifecycle import activate as activate_project
 from balsam.lifecycle import init_project
 from balsam.output import Output, options
-from balsam.plugins import installed_entry_points, plugin_manager
+from balsam.plugins import installed_entry_points, pass_plugin_manager
 from balsam.project import Project, known_projects
 from balsam_cli import listings
 
@@ -21,11 +22,12 @@ from balsam_cli import listings
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--dsn", help="Use this existing PostgreSQL server instead of an embedded cluster.")
 @click.option("--group", help="UNIX group sharing the project (default: the directory's group).")
-def init(path: Path, dsn: str | None, group: str | None) -> None:
+@pass_plugin_manager
+def init(pm: pluggy.PluginManager, path: Path, dsn: str | None, group: str | None) -> None:
     """Create a project directory with its own PostgreSQL cluster."""
     if dsn is not None:
         check_dsn(dsn)
-    project = init_project(path, InitOptions(dsn=dsn, group=group), plugin_manager())
+    project = init_project(path, InitOptions(dsn=dsn, group=group), pm)
     click.echo(f"Created Balsam project {project.root}")
     click.echo(f"Activate it with: source balsamactivate {shlex.quote(str(path))}")
 
@@ -47,10 +49,11 @@ def check_dsn(dsn: str) -> None:
 @click.command("activate")
 @click.argument("project")
 @click.option("--shell", "shell", is_flag=True, help="Print shell code for balsamactivate to eval.")
-def activate(project: str, shell: bool) -> None:
+@pass_plugin_manager
+def activate(pm: pluggy.PluginManager, project: str, shell: bool) -> None:
     """Start (owner) or check (collaborators) the server and print the environment."""
     proj = Project.find(project)
-    env = activate_project(proj, plugin_manager())
+    env = activate_project(proj, pm)
     if not shell:
         for key, value in env.items():
             click.echo(f"{key}={value}")
@@ -69,14 +72,15 @@ def activate(project: str, shell: bool) -> None:
 @click.command("which")
 @click.option("--list", "list_all", is_flag=True, help="List the projects you have used.")
 @click.argument("project", required=False)
-def which(list_all: bool, project: str | None) -> None:
+@pass_plugin_manager
+def which(pm: pluggy.PluginManager, list_all: bool, project: str | None) -> None:
     """Show the active project: path, server host and port, owner and state."""
     if list_all:
         for path in known_projects():
             click.echo(str(path))
         return
     proj = Project.find(project) if project else Project.from_env()
-    results = plugin_manager().hook.describe_project(project=proj)
+    results = pm.hook.describe_project(project=proj)
     info: dict[str, object] = {"project": str(proj.root), "owner": proj.owner}
     for extra in reversed(results):
         info.update(extra or {})
@@ -87,11 +91,11 @@ def which(list_all: bool, project: str | None) -> None:
 
 @click.command("plugins")
 @options
-def plugins(out: Output) -> None:
+@pass_plugin_manager
+def plugins(pm: pluggy.PluginManager, out: Output) -> None:
     """List installed plugins, their versions and the hooks they implement."""
     from balsam_cli.main import versions
 
-    pm = plugin_manager()
     rows = []
     for (name, dist, ver), ep in zip(versions(), installed_entry_points(), strict=True):
         plugin = pm.get_plugin(ep.name)

@@ -42,7 +42,7 @@ from psycopg.rows import dict_row
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import InvalidInput
 from balsam.output import iso_time
-from balsam.queries import query
+from balsam.queries import q
 
 #: Ways to split a report into groups.
 BY_CHOICES = ("user", "workflow", "batch-job")
@@ -489,8 +489,8 @@ def _connection(conn: Connection | None) -> Iterator[Connection]:
 
 def _rows(conn: Connection, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     with wrap_db_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query("balsam", "no_jit"))
-        cur.execute(query("balsam", name), params)
+        cur.execute(q("no_jit"))
+        cur.execute(q(name), params)
         return cur.fetchall()
 
 

@@ -38,7 +38,7 @@ from balsam.models import (
     validate_user_name,
 )
 from balsam.project import ADMIN_ROLE, Project
-from balsam.queries import query
+from balsam.queries import q
 from balsam.states import INITIAL, State, parse_state
 
 __all__ = [
@@ -57,10 +57,6 @@ _JSON = ("data", "environ_vars")
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 _cached: tuple[tuple[int, str], Project, Connection] | None = None
-
-
-def _q(name: str) -> str:
-    return query("balsam", name)
 
 
 # --- connection ---------------------------------------------------------------------------------
@@ -100,7 +96,7 @@ def add_app(name: str, executable: str, *, description: str = "", preprocess: st
     values = {k: coerce_app_field(k, v) for k, v in given.items()}
     try:
         with wrap_db_errors():
-            row = _conn(conn).execute(_q("insert_app"), values).fetchone()
+            row = _conn(conn).execute(q("insert_app"), values).fetchone()
     except AlreadyExists:
         message = f"app {name!r} already exists"
         raise AlreadyExists(message) from None
@@ -114,9 +110,9 @@ def get_app(app: AppRef, *, conn: Connection | None = None) -> App:
         app = app.id if app.id is not None else app.name
     with wrap_db_errors():
         if isinstance(app, int) and not isinstance(app, bool):
-            row = _conn(conn).execute(_q("app_by_id"), {"id": app}).fetchone()
+            row = _conn(conn).execute(q("app_by_id"), {"id": app}).fetchone()
         else:
-            row = _conn(conn).execute(_q("app_by_name"), {"name": str(app)}).fetchone()
+            row = _conn(conn).execute(q("app_by_name"), {"name": str(app)}).fetchone()
     if row is None:
         message = f"unknown app {app!r}"
         raise NotFound(message)
@@ -126,7 +122,7 @@ def get_app(app: AppRef, *, conn: Connection | None = None) -> App:
 def list_apps(*, conn: Connection | None = None) -> list[tuple[App, int]]:
     """Every app with the number of tasks using it, by name."""
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("list_apps")).fetchall()
+        rows = _conn(conn).execute(q("list_apps")).fetchall()
     return [(App.from_row(r), int(r["tasks"])) for r in rows]
 
 
@@ -136,7 +132,7 @@ def modify_app(app: AppRef, field: str, value: str, *, conn: Connection | None =
     column = field.strip().replace("-", "_").lower()
     value = coerce_app_field(column, value)
     conn = _conn(conn)
-    stmt = sql.SQL(_q("update_app")).format(column=sql.Identifier(column))
+    stmt = sql.SQL(q("update_app")).format(column=sql.Identifier(column))
     try:
         with wrap_db_errors(), conn.transaction():
             found = get_app(app, conn=conn)
@@ -155,7 +151,7 @@ def remove_app(app: AppRef, *, force: bool = False, conn: Connection | None = No
     conn = _conn(conn)
     with wrap_db_errors(), conn.transaction():
         found = get_app(app, conn=conn)
-        ids = [r["id"] for r in conn.execute(_q("app_task_ids"), {"app_id": found.id})]
+        ids = [r["id"] for r in conn.execute(q("app_task_ids"), {"app_id": found.id})]
         if ids and not force:
             shown = ", ".join(map(str, ids[:5])) + (", ..." if len(ids) > 5 else "")
             message = (f"app {found.name!r} is used by {len(ids)} task(s) ({shown}); remove them "
@@ -163,7 +159,7 @@ def remove_app(app: AppRef, *, force: bool = False, conn: Connection | None = No
             raise InvalidInput(message)
         if ids:
             _remove_ids(conn, ids)
-        conn.execute(_q("delete_app"), {"id": found.id})
+        conn.execute(q("delete_app"), {"id": found.id})
     return ids
 
 
@@ -205,7 +201,7 @@ def _check_exist(conn: Connection, ids: Iterable[int], what: str = "task") -> No
     if not wanted:
         return
     with wrap_db_errors():
-        rows = conn.execute(_q("existing_ids"), {"ids": sorted(wanted)}).fetchall()
+        rows = conn.execute(q("existing_ids"), {"ids": sorted(wanted)}).fetchall()
     missing = sorted(wanted - {r["id"] for r in rows})
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
@@ -244,7 +240,7 @@ def add_dependency(parent: TaskRef, child: TaskRef, *, conn: Connection | None =
         raise CycleError(message)
     with wrap_db_errors(), conn.transaction():
         _check_exist(conn, [parent_id, child_id])
-        conn.execute(_q("insert_edges"), {"parents": [parent_id], "children": [child_id]})
+        conn.execute(q("insert_edges"), {"parents": [parent_id], "children": [child_id]})
         return get_task(child_id, conn=conn)
 
 
@@ -254,7 +250,7 @@ def remove_dependency(parent: TaskRef, child: TaskRef, *,
     conn = _conn(conn)
     parent_id, child_id = _task_id(parent), _task_id(child)
     with wrap_db_errors(), conn.transaction():
-        cur = conn.execute(_q("delete_edge"), {"parent": parent_id, "child": child_id})
+        cur = conn.execute(q("delete_edge"), {"parent": parent_id, "child": child_id})
         if cur.rowcount == 0:
             message = f"task {child_id} does not depend on task {parent_id}"
             raise NotFound(message)
@@ -264,14 +260,14 @@ def remove_dependency(parent: TaskRef, child: TaskRef, *,
 def parents(task: TaskRef, *, conn: Connection | None = None) -> list[int]:
     """Ids of the tasks ``task`` depends on."""
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("parent_ids"), {"id": _task_id(task)}).fetchall()
+        rows = _conn(conn).execute(q("parent_ids"), {"id": _task_id(task)}).fetchall()
     return [r["id"] for r in rows]
 
 
 def children(task: TaskRef, *, conn: Connection | None = None) -> list[int]:
     """Ids of the tasks that depend on ``task``."""
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("child_ids"), {"id": _task_id(task)}).fetchall()
+        rows = _conn(conn).execute(q("child_ids"), {"id": _task_id(task)}).fetchall()
     return [r["id"] for r in rows]
 
 
@@ -281,7 +277,7 @@ def waiting_reasons(ids: Iterable[int], *, conn: Connection | None = None) -> di
     if not wanted:
         return {}
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("unfinished_parents"), {"ids": wanted}).fetchall()
+        rows = _conn(conn).execute(q("unfinished_parents"), {"ids": wanted}).fetchall()
     unfinished: dict[int, list[tuple[int, str]]] = {i: [] for i in wanted}
     for r in rows:
         unfinished[r["child_id"]].append((r["id"], r["state"]))
@@ -295,7 +291,7 @@ def get_task(task: TaskRef, *, conn: Connection | None = None) -> Task:
     """One task by id; NotFound if there is none."""
     task_id = _task_id(task)
     with wrap_db_errors():
-        row = _conn(conn).execute(_q("task_by_id"), {"id": task_id}).fetchone()
+        row = _conn(conn).execute(q("task_by_id"), {"id": task_id}).fetchone()
     if row is None:
         message = f"no task {task_id}"
         raise NotFound(message)
@@ -327,7 +323,7 @@ def get_tasks(*, ids: Iterable[int] | None = None, workflow: str | None = None,
         raise InvalidInput(message)
     params = _filters(ids, workflow, state, name, app, conn) | {"limit": limit}
     with wrap_db_errors():
-        rows = conn.execute(_q("select_tasks"), params).fetchall()
+        rows = conn.execute(q("select_tasks"), params).fetchall()
     return [Task.from_row(r) for r in rows]
 
 
@@ -338,7 +334,7 @@ def task_ids(*, ids: Iterable[int] | None = None, workflow: str | None = None,
     conn = _conn(conn)
     params = _filters(ids, workflow, state, name, app, conn)
     with wrap_db_errors():
-        rows = conn.execute(_q("select_task_ids"), params).fetchall()
+        rows = conn.execute(q("select_task_ids"), params).fetchall()
     return [r["id"] for r in rows]
 
 
@@ -349,14 +345,14 @@ def count_by_state(*, ids: Iterable[int] | None = None, workflow: str | None = N
     conn = _conn(conn)
     params = _filters(ids, workflow, state, name, app, conn)
     with wrap_db_errors():
-        rows = conn.execute(_q("count_by_state"), params).fetchall()
+        rows = conn.execute(q("count_by_state"), params).fetchall()
     return {State(r["state"]): int(r["count"]) for r in rows}
 
 
 def count_by_workflow(*, conn: Connection | None = None) -> dict[str, dict[State, int]]:
     """Per workflow, how many tasks are in each state."""
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("count_by_workflow")).fetchall()
+        rows = _conn(conn).execute(q("count_by_workflow")).fetchall()
     out: dict[str, dict[State, int]] = {}
     for r in rows:
         out.setdefault(r["workflow"], {})[State(r["state"])] = int(r["count"])
@@ -369,8 +365,8 @@ def history(task: TaskRef, *, conn: Connection | None = None) -> list[Event | Ch
     conn = _conn(conn)
     task_id = _task_id(task)
     with wrap_db_errors(), conn.transaction():
-        events = conn.execute(_q("task_history"), {"id": task_id}).fetchall()
-        changes = conn.execute(_q("entity_changes"), {"entity": "task", "id": task_id}).fetchall()
+        events = conn.execute(q("task_history"), {"id": task_id}).fetchall()
+        changes = conn.execute(q("entity_changes"), {"entity": "task", "id": task_id}).fetchall()
     if not events and not changes:
         get_task(task_id, conn=conn)  # NotFound for an unknown task
     merged: list[Event | Change] = [Event.from_row(r) for r in events]
@@ -387,7 +383,7 @@ def app_history(app: AppRef, *, conn: Connection | None = None) -> list[Change]:
             app_id = app
         else:
             app_id = get_app(app, conn=conn).id  # type: ignore[assignment]
-        rows = conn.execute(_q("entity_changes"), {"entity": "app", "id": app_id}).fetchall()
+        rows = conn.execute(q("entity_changes"), {"entity": "app", "id": app_id}).fetchall()
     if not rows:
         get_app(app_id, conn=conn)  # NotFound for an unknown app
     return [Change.from_row(r) for r in rows]
@@ -396,7 +392,7 @@ def app_history(app: AppRef, *, conn: Connection | None = None) -> list[Change]:
 def edges(ids: Iterable[int], *, conn: Connection | None = None) -> list[tuple[int, int]]:
     """The dependencies ``(parent, child)`` touching the given tasks."""
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("edges_among"), {"ids": sorted(set(ids))}).fetchall()
+        rows = _conn(conn).execute(q("edges_among"), {"ids": sorted(set(ids))}).fetchall()
     return [(r["parent_id"], r["child_id"]) for r in rows]
 
 
@@ -420,7 +416,7 @@ def modify_task(task: TaskRef, field: str, value: Any, *, message: str = "",
     conn = _conn(conn)
     task_id = _task_id(task)
     with wrap_db_errors(), conn.transaction():
-        row = conn.execute(_q("lock_task"), {"id": task_id}).fetchone()
+        row = conn.execute(q("lock_task"), {"id": task_id}).fetchone()
         if row is None:
             message = f"no task {task_id}"
             raise NotFound(message)
@@ -430,15 +426,15 @@ def modify_task(task: TaskRef, field: str, value: Any, *, message: str = "",
         if refused:
             raise InvalidInput(refused)
         if key in ("app", "application", "app_id"):
-            conn.execute(_q("set_app"), {"id": task_id, "app_id": get_app(value, conn=conn).id})
+            conn.execute(q("set_app"), {"id": task_id, "app_id": get_app(value, conn=conn).id})
             return get_task(task_id, conn=conn)
         column = task_field(key)
         new = coerce_task_field(column, value)
         if column in ("name", "workflow") and current.user_workdir is None \
                 and current.state not in INITIAL:
             # Its directory already exists under the old name: keep using it.
-            conn.execute(_q("pin_workdir"), {"id": task_id, "workdir": current.workdir})
-        stmt = sql.SQL(_q("update_task")).format(column=sql.Identifier(column))
+            conn.execute(q("pin_workdir"), {"id": task_id, "workdir": current.workdir})
+        stmt = sql.SQL(q("update_task")).format(column=sql.Identifier(column))
         conn.execute(stmt, {"id": task_id, "value": Jsonb(new) if column in _JSON else new})
         return get_task(task_id, conn=conn)
 
@@ -452,7 +448,7 @@ def set_state(tasks: Iterable[TaskRef], state: str | State, *, message: str = ""
     ids = sorted({_task_id(t) for t in tasks})
     with wrap_db_errors(), conn.transaction():
         _check_exist(conn, ids)
-        rows = conn.execute(_q("set_state"), {"ids": ids, "state": target.value,
+        rows = conn.execute(q("set_state"), {"ids": ids, "state": target.value,
                                                "message": message}).fetchall()
     return sorted(r["id"] for r in rows)
 
@@ -467,7 +463,7 @@ def kill(tasks: Iterable[TaskRef], *, recursive: bool = False, message: str = "k
         _check_exist(conn, ids)
         if recursive:
             ids = sorted(set(ids) | set(_descendants(conn, ids)))
-        rows = conn.execute(_q("kill_tasks"), {"ids": ids, "message": message}).fetchall()
+        rows = conn.execute(q("kill_tasks"), {"ids": ids, "message": message}).fetchall()
     return sorted(r["id"] for r in rows)
 
 
@@ -504,19 +500,19 @@ def descendants(tasks: Iterable[TaskRef], *, conn: Connection | None = None) -> 
 
 
 def _descendants(conn: Connection, ids: Sequence[int]) -> list[int]:
-    return [r["id"] for r in conn.execute(_q("descendants"), {"ids": list(ids)})]
+    return [r["id"] for r in conn.execute(q("descendants"), {"ids": list(ids)})]
 
 
 def _remove_ids(conn: Connection, ids: Sequence[int]) -> None:
     """Delete tasks unless a task outside them waits for one (it would never run)."""
     if not ids:
         return
-    blocked = conn.execute(_q("waiting_children_outside"), {"ids": list(ids)}).fetchall()
+    blocked = conn.execute(q("waiting_children_outside"), {"ids": list(ids)}).fetchall()
     if blocked:
         pairs = ", ".join(f"{r['child_id']} waits for {r['parent_id']}" for r in blocked)
         message = f"other tasks wait for these ({pairs}); remove them too (recursive) or kill"
         raise InvalidInput(message)
-    conn.execute(_q("delete_tasks"), {"ids": list(ids)})
+    conn.execute(q("delete_tasks"), {"ids": list(ids)})
 
 
 # --- trust --------------------------------------------------------------------------------------
@@ -528,18 +524,18 @@ def add_trust(users: Iterable[str], *, conn: Connection | None = None) -> list[s
     conn = _conn(conn)
     names = sorted({validate_user_name(u) for u in users})
     with wrap_db_errors(), conn.transaction():
-        me = conn.execute(_q("session_user")).fetchone()["name"]  # type: ignore[index]
+        me = conn.execute(q("session_user")).fetchone()["name"]  # type: ignore[index]
         for name in names:
             if name in (me, ADMIN_ROLE):
                 message = f"{name} is always trusted"
                 raise InvalidInput(message)
-        known = {r["rolname"] for r in conn.execute(_q("login_roles"), {"names": names})}
+        known = {r["rolname"] for r in conn.execute(q("login_roles"), {"names": names})}
         unknown = [n for n in names if n not in known]
         if unknown:
             message = (f"no user {', '.join(unknown)} in this project's database (the owner adds "
                        f"users with: balsam server --add-user NAME)")
             raise NotFound(message)
-        rows = conn.execute(_q("add_trust"), {"users": names}).fetchall()
+        rows = conn.execute(q("add_trust"), {"users": names}).fetchall()
     return sorted(r["trustee"] for r in rows)
 
 
@@ -548,7 +544,7 @@ def remove_trust(users: Iterable[str], *, conn: Connection | None = None) -> lis
     who were trusted; NotFound if none of them was."""
     names = sorted({validate_user_name(u) for u in users})
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("remove_trust"), {"users": names}).fetchall()
+        rows = _conn(conn).execute(q("remove_trust"), {"users": names}).fetchall()
     if names and not rows:
         message = f"you do not trust {', '.join(names)}"
         raise NotFound(message)
@@ -558,5 +554,5 @@ def remove_trust(users: Iterable[str], *, conn: Connection | None = None) -> lis
 def list_trust(*, conn: Connection | None = None) -> list[Trust]:
     """Who trusts whom in this project (everyone may read it), by truster then trustee."""
     with wrap_db_errors():
-        rows = _conn(conn).execute(_q("list_trust")).fetchall()
+        rows = _conn(conn).execute(q("list_trust")).fetchall()
     return [Trust.from_row(r) for r in rows]

@@ -18,7 +18,7 @@ from typing import Any
 from balsam.db import Connection, wrap_db_errors
 from balsam.errors import BalsamError, InvalidInput, NotFound
 from balsam.models import TASK_FIELDS, App, Task, coerce_task_field, task_field
-from balsam.queries import query
+from balsam.queries import q
 from balsam.states import State
 
 #: Columns written for each new task, in COPY order (after the staging row number).
@@ -111,7 +111,7 @@ class Builder:
         return f"{index}\t" + "\t".join(cells) + "\n"
 
     def load_apps(self) -> None:
-        rows = self.conn.execute(_queries()["app_ids"]).fetchall()
+        rows = self.conn.execute(q("app_ids")).fetchall()
         self.app_ids = {r["name"]: r["id"] for r in rows} | {r["id"]: r["id"] for r in rows}
 
     def app_id(self, app: Any) -> int:
@@ -152,7 +152,6 @@ def insert_tasks(conn: Connection, specs: Iterable[Mapping[str, Any]], *,
     default ``task N``, except for the first task). One task is a plain INSERT; more go
     through COPY."""
     builder = Builder(conn)
-    q = _queries()
     stream = iter(specs)
     first = list(itertools.islice(stream, 2))
     with wrap_db_errors(), conn.transaction():
@@ -163,7 +162,7 @@ def insert_tasks(conn: Connection, specs: Iterable[Mapping[str, Any]], *,
             ids = _copy(conn, builder, itertools.chain(first, stream), progress, where)
         _check_parents(conn, {p for p, _ in builder.edges})
         if builder.edges:
-            conn.execute(q["insert_edges"], {"parents": [p for p, _ in builder.edges],
+            conn.execute(q("insert_edges"), {"parents": [p for p, _ in builder.edges],
                                              "children": [ids[i] for _, i in builder.edges]})
     if progress:
         progress(builder.count)
@@ -174,16 +173,15 @@ def _insert_one(conn: Connection, builder: Builder, spec: Mapping[str, Any]) -> 
     cells = builder.row(spec).rstrip("\n").split("\t")[1:]
     params = {c: None if v == "\\N" else _UNESCAPE.sub(lambda m: _UNESCAPED[m.group()], v)
               for c, v in zip(COLUMNS, cells, strict=True)}
-    row = conn.execute(_queries()["insert_task"], params).fetchone()
+    row = conn.execute(q("insert_task"), params).fetchone()
     assert row is not None
     return int(row["id"])
 
 
 def _copy(conn: Connection, builder: Builder, specs: Iterable[Mapping[str, Any]],
           progress: Progress | None, where: Callable[[int], str] | None) -> list[int]:
-    q = _queries()
-    conn.execute(q["create_new_tasks_table"])
-    with conn.cursor().copy(q["copy_new_tasks"]) as copy:
+    conn.execute(q("create_new_tasks_table"))
+    with conn.cursor().copy(q("copy_new_tasks")) as copy:
         block: list[str] = []
         for spec in specs:
             try:
@@ -197,8 +195,8 @@ def _copy(conn: Connection, builder: Builder, specs: Iterable[Mapping[str, Any]]
                     progress(builder.count)
         if block:
             copy.write("".join(block))
-    ids = sorted(r["id"] for r in conn.execute(q["insert_new_tasks"]))
-    conn.execute(q["drop_new_tasks_table"])
+    ids = sorted(r["id"] for r in conn.execute(q("insert_new_tasks")))
+    conn.execute(q("drop_new_tasks_table"))
     return ids
 
 
@@ -212,15 +210,9 @@ def _located(exc: BalsamError, index: int, where: Callable[[int], str] | None) -
 def _check_parents(conn: Connection, ids: set[int]) -> None:
     if not ids:
         return
-    rows = conn.execute(_queries()["existing_ids"], {"ids": sorted(ids)}).fetchall()
+    rows = conn.execute(q("existing_ids"), {"ids": sorted(ids)}).fetchall()
     missing = sorted(ids - {r["id"] for r in rows})
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
         message = f"no parent task {shown}" if len(missing) == 1 else f"no parent tasks {shown}"
         raise NotFound(message)
-
-
-def _queries() -> dict[str, str]:
-    names = ("app_ids", "insert_task", "create_new_tasks_table", "copy_new_tasks",
-             "insert_new_tasks", "drop_new_tasks_table", "insert_edges", "existing_ids")
-    return {n: query("balsam", n) for n in names}

@@ -19,7 +19,7 @@ from balsam.db import Connection
 from balsam.errors import ClaimLost
 from balsam.models import App, Task, validate_user_name
 from balsam.project import ADMIN_ROLE
-from balsam.queries import query
+from balsam.queries import q
 from balsam.resources import Node, Resources
 from balsam.states import RUNNABLE, State
 
@@ -43,10 +43,6 @@ class Claimed:
     task: Task
     nodes: list[Node]
     parent_ids: list[int]
-
-
-def q(name: str) -> str:
-    return query("balsam", name)
 
 
 @dataclass(frozen=True)

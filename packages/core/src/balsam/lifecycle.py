@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pluggy
 
-from balsam.contracts import InitOptions
+from balsam.contracts import DEFAULT_UMASK, InitOptions
 from balsam.errors import AlreadyExists, BalsamError, InvalidInput
 from balsam.project import SUBDIRS, Project, current_user, new_info, remember_project
 from balsam.zones import TEMPLATES_DIR, user_name
@@ -37,7 +37,7 @@ def init_project(root: Path, options: InitOptions, pm: pluggy.PluginManager) -> 
     from balsam.migrate import plugin_packages  # here: it brings the database driver
 
     created = not root.exists()
-    old_umask = os.umask(0o007)
+    old_umask = os.umask(DEFAULT_UMASK)
     try:
         root.mkdir(exist_ok=True)
         os.chmod(root, 0o750)

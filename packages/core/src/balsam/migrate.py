@@ -8,7 +8,7 @@ import pluggy
 from psycopg import sql
 
 from balsam.db import Connection
-from balsam.queries import query
+from balsam.queries import q
 from balsam.states import FINAL, INITIAL, RUNNABLE, TRANSITIONS, State
 
 
@@ -24,7 +24,7 @@ def migration_files(package: str) -> list[tuple[str, str]]:
 def migrate(conn: Connection, package: str) -> list[str]:
     """Apply each unapplied migration of ``package`` in its own transaction; return their names."""
     with conn.transaction():
-        conn.execute(query("balsam", "create_migrations_table"))
+        conn.execute(q("create_migrations_table"))
     done = _applied(conn, package)
     applied = []
     for name, text in migration_files(package):
@@ -32,13 +32,13 @@ def migrate(conn: Connection, package: str) -> list[str]:
             continue
         with conn.transaction():
             conn.execute(sql.SQL(text))
-            conn.execute(query("balsam", "record_migration"), {"package": package, "name": name})
+            conn.execute(q("record_migration"), {"package": package, "name": name})
         applied.append(name)
     return applied
 
 
 def _applied(conn: Connection, package: str) -> set[str]:
-    rows = conn.execute(query("balsam", "applied_migrations"), {"package": package}).fetchall()
+    rows = conn.execute(q("applied_migrations"), {"package": package}).fetchall()
     return {r["name"] for r in rows}
 
 
@@ -47,12 +47,12 @@ def sync_states(conn: Connection) -> None:
     pairs = [(src.value, dst.value) for src, dsts in TRANSITIONS.items() for dst in sorted(dsts)]
     with conn.transaction():
         for state in State:
-            conn.execute(query("balsam", "upsert_state"), {
+            conn.execute(q("upsert_state"), {
                 "state": state.value, "initial": state in INITIAL,
                 "final": state in FINAL, "runnable": state in RUNNABLE,
             })
-        conn.execute(query("balsam", "delete_transitions"))
-        conn.execute(query("balsam", "insert_transitions"), {
+        conn.execute(q("delete_transitions"))
+        conn.execute(q("insert_transitions"), {
             "from_states": [a for a, _ in pairs], "to_states": [b for _, b in pairs],
         })
 

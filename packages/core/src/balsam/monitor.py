@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 from balsam.db import Connection, wrap_db_errors
-from balsam.queries import query
+from balsam.queries import q
 from balsam.states import FINAL, State
 
 #: Batch job states after which none of its launchers can still be running.
@@ -118,7 +118,7 @@ def eta_seconds(remaining: int, finished_recently: int,
 def _rows(conn: Connection, name: str,
           params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     with wrap_db_errors():
-        return conn.execute(query("balsam", name), params or {}).fetchall()
+        return conn.execute(q(name), params or {}).fetchall()
 
 
 def launchers(conn: Connection, *, alive_only: bool = False) -> list[LauncherStatus]:
@@ -225,7 +225,7 @@ def tasks(conn: Connection, columns: Sequence[str], *, filters: dict[str, Any],
     select = sql.SQL(", ").join(
         sql.SQL("{} AS {}").format(sql.SQL(TASK_EXPRESSIONS[c]), sql.Identifier(c))
         for c in columns)
-    stmt = sql.SQL(query("balsam", "monitor_tasks")).format(columns=select)
+    stmt = sql.SQL(q("monitor_tasks")).format(columns=select)
     params = {"ids": None, "workflow": None, "states": None, "name": None, "app_id": None,
               **filters, "limit": limit}
     with wrap_db_errors(), conn.transaction(), \

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from importlib.metadata import EntryPoint, entry_points
 
+import click
 import pluggy
 
 from balsam import hookspecs
@@ -53,28 +51,7 @@ def installed_entry_points() -> list[EntryPoint]:
     return sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
 
 
-_cached: pluggy.PluginManager | None = None
-_current: ContextVar[pluggy.PluginManager | None] = ContextVar("balsam_pm", default=None)
-
-
-def plugin_manager() -> pluggy.PluginManager:
-    """The manager in use: the one the running CLI was built with (see :func:`using`), else the
-    process-wide one, built on first use."""
-    current = _current.get()
-    if current is not None:
-        return current
-    global _cached
-    if _cached is None:
-        _cached = get_plugin_manager()
-    return _cached
-
-
-@contextmanager
-def using(pm: pluggy.PluginManager) -> Iterator[pluggy.PluginManager]:
-    """Make ``pm`` what :func:`plugin_manager` returns inside the block (a CLI built from a
-    test's own manager must not reach for the globally installed plugins)."""
-    token = _current.set(pm)
-    try:
-        yield pm
-    finally:
-        _current.reset(token)
+#: A command's decorator that passes it the plugin manager the running CLI was built with (the
+#: click context's object: a CLI built from a test's own manager never reaches for the installed
+#: plugins). ``@pass_plugin_manager`` then ``def command(pm, ...)``.
+pass_plugin_manager = click.make_pass_decorator(pluggy.PluginManager)

@@ -42,3 +42,8 @@ def load_queries(package: str) -> dict[str, str]:
 def query(package: str, name: str) -> str:
     """One named query of a package; KeyError names the missing query."""
     return load_queries(package)[name]
+
+
+def q(name: str) -> str:
+    """One named query of core (``balsam/sql/*.sql``)."""
+    return query("balsam", name)

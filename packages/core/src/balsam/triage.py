@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from balsam.db import Connection, wrap_db_errors
-from balsam.queries import query
+from balsam.queries import q
 from balsam.states import State
 
 #: States ``balsam retry`` resets.
@@ -22,7 +22,7 @@ def retryable(conn: Connection, *, ids: Sequence[int] | None = None,
     params = {"ids": None if ids is None else sorted(set(ids)),
               "states": sorted({str(s) for s in states}), "cause": cause or None}
     with wrap_db_errors():
-        rows = conn.execute(query("balsam", "retryable_tasks"), params).fetchall()
+        rows = conn.execute(q("retryable_tasks"), params).fetchall()
     return [r["id"] for r in rows]
 
 
@@ -31,5 +31,5 @@ def retry(conn: Connection, ids: Sequence[int], *, message: str = "retried by us
     or that left the error states meanwhile are skipped. Returns the ids that moved."""
     params = {"ids": sorted(set(ids)), "message": message, "state": State.READY.value}
     with wrap_db_errors(), conn.transaction():
-        rows = conn.execute(query("balsam", "retry_tasks"), params).fetchall()
+        rows = conn.execute(q("retry_tasks"), params).fetchall()
     return sorted(r["id"] for r in rows)

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
+import pluggy
 
 from balsam.config import load_settings
 from balsam.db import connect, wrap_db_errors
 from balsam.durations import wall_time_type
 from balsam.output import Column, Listing, Output, options
-from balsam.plugins import plugin_manager
+from balsam.plugins import pass_plugin_manager
 from balsam.project import Project
 from balsam_launcher import batch_jobs, submit
 from balsam_launcher.service import Policy, Service
@@ -44,9 +45,10 @@ def _setting(key: str) -> Any:
 @click.option("--scheduler", default=_setting("scheduler"), help=SCHEDULER_HELP)
 @click.option("--template", help="Job template name (default: the scheduler's).")
 @click.option("--dry-run", is_flag=True, help="Print the job script; submit nothing.")
-def submit_launch(account: str, queue: str, time_minutes: int, nodes: int, job_mode: str,
-                  wf_filter: str, scheduler: str | None, template: str | None,
-                  dry_run: bool) -> None:
+@pass_plugin_manager
+def submit_launch(pm: pluggy.PluginManager, account: str, queue: str, time_minutes: int,
+                  nodes: int, job_mode: str, wf_filter: str, scheduler: str | None,
+                  template: str | None, dry_run: bool) -> None:
     """Submit a batch job that runs a launcher on the project's tasks.
 
     Renders qsubmit/qlaunchID.sh from the job template and submits it.
@@ -54,11 +56,11 @@ def submit_launch(account: str, queue: str, time_minutes: int, nodes: int, job_m
     project = Project.from_env()
     request = JobRequest(nodes, time_minutes, job_mode, account, queue, wf_filter)
     if dry_run:
-        text = submit.dry_run(project, plugin_manager(), request, scheduler=scheduler,
+        text = submit.dry_run(project, pm, request, scheduler=scheduler,
                               template=template)
         click.echo(text, nl=False)
         return
-    job = submit.submit(project, plugin_manager(), request, scheduler=scheduler,
+    job = submit.submit(project, pm, request, scheduler=scheduler,
                         template=template)
     click.echo(f"Submitted batch job {job['id']} ({job['scheduler']} job "
                f"{job['scheduler_id']}): {job['script_path']}")
@@ -74,10 +76,11 @@ def submit_launch(account: str, queue: str, time_minutes: int, nodes: int, job_m
 @click.option("--no-sync", is_flag=True, help="Show the recorded states without asking the "
               "scheduler.")
 @options
-def queue(show_all: bool, kill: Sequence[int], force: bool, no_sync: bool, out: Output) -> None:
+@pass_plugin_manager
+def queue(pm: pluggy.PluginManager, show_all: bool, kill: Sequence[int], force: bool,
+          no_sync: bool, out: Output) -> None:
     """List the project's batch jobs (synced with the scheduler), or cancel some."""
     project = Project.from_env()
-    pm = plugin_manager()
     with connect(project) as conn:
         if kill:
             for job_id in kill:
@@ -120,9 +123,10 @@ BATCH_JOBS = Listing(tuple(Column(*c.split(":")) for c in (
               help="Seconds between rounds.")
 @click.option("--scheduler", default=_setting("scheduler"), help=SCHEDULER_HELP)
 @click.option("--once", is_flag=True, help="Run one round and exit.")
-def service(max_queued: int, max_nodes: int, min_nodes: int, wall_time: int, queue: str,
-            account: str, job_mode: str, wf_filter: str, interval: float,
-            scheduler: str | None, once: bool) -> None:
+@pass_plugin_manager
+def service(pm: pluggy.PluginManager, max_queued: int, max_nodes: int, min_nodes: int,
+            wall_time: int, queue: str, account: str, job_mode: str, wf_filter: str,
+            interval: float, scheduler: str | None, once: bool) -> None:
     """Keep launchers queued while runnable tasks exist; stops cleanly on SIGTERM."""
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -130,7 +134,7 @@ def service(max_queued: int, max_nodes: int, min_nodes: int, wall_time: int, que
     policy = Policy(max_queued, max_nodes, min_nodes, wall_time, queue, account, job_mode,
                     wf_filter, interval)
     stop = threading.Event()
-    svc = Service(project, plugin_manager(), policy, scheduler, stop)
+    svc = Service(project, pm, policy, scheduler, stop)
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -33,11 +33,26 @@ PENDING, SUBMITTED = "pending", "submitted"
 RANK = {PENDING: 0, SUBMITTED: 1, QUEUED: 2, RUNNING: 3, FINISHED: 4, FAILED: 4, CANCELLED: 4}
 
 
-def _q(name: str) -> Any:
+def _q(name: str) -> str:
+    """One named query of balsam-launcher (``sql/batch.sql``)."""
     return query("balsam_launcher", name)
 
 
 # --- rows -------------------------------------------------------------------------------------
+
+
+def try_service_lock(conn: Connection, key: str) -> bool:
+    """Take the session lock of one service (per project, queue and filter); False if another
+    service holds it."""
+    row = conn.execute(_q("service_lock"), {"key": key}).fetchone()
+    return bool(row and row["locked"])
+
+
+def waiting(conn: Connection, scheduler: str, queue: str, wf_filter: str) -> tuple[int, int]:
+    """``(jobs, nodes)`` of this queue and filter whose launcher has not started claiming."""
+    row = conn.execute(_q("batch_waiting"), {"scheduler": scheduler, "queue": queue,
+                                             "wf_filter": wf_filter}).fetchone()
+    return (int(row["jobs"]), int(row["nodes"])) if row else (0, 0)
 
 
 def create(conn: Connection, scheduler: str, fields: dict[str, Any]) -> dict[str, Any]:

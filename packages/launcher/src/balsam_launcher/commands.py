@@ -5,21 +5,26 @@ from __future__ import annotations
 import sys
 
 import click
+import pluggy
 
 from balsam import api
 from balsam.db import connect
 from balsam.errors import InvalidInput, NotFound
-from balsam.plugins import plugin_manager
+from balsam.plugins import pass_plugin_manager
 from balsam.project import Project
+from balsam.resources import JOB_MODES
 from balsam.states import FINAL, State
 from balsam_launcher import batch_jobs, fence, logs, steps
 from balsam_launcher.launcher import Launcher, Options
 
 _POSITIVE = click.FloatRange(min=0, min_open=True)
+#: The defaults the options show are the launcher's own (written once, in Options).
+_DEFAULT = Options()
 
 
 @click.command("launcher")
-@click.option("--job-mode", type=click.Choice(["mpi", "serial"]), default="mpi", show_default=True,
+@click.option("--job-mode", type=click.Choice(JOB_MODES), default=_DEFAULT.job_mode,
+              show_default=True,
               help="mpi: each task through the MPI launcher on whole nodes; serial: single-rank "
                    "tasks started directly, node_packing_count of them per node.")
 @click.option("--wf-filter", default="", metavar="WORKFLOW",
@@ -37,27 +42,33 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--batch-job-id", type=click.IntRange(min=1), envvar="BALSAM_BATCH_JOB_ID",
               metavar="ID",
               help="The balsam batch job this launcher runs in (default $BALSAM_BATCH_JOB_ID).")
-@click.option("--heartbeat-timeout", type=click.FloatRange(min=1), default=60, show_default=True,
-              metavar="SECONDS", help="Others presume this launcher dead after this long "
-                                      "without a heartbeat and restart its tasks; its own "
-                                      "tasks are killed a little before (at least 1).")
-@click.option("--poll-interval", type=_POSITIVE, default=5, show_default=True, metavar="SECONDS",
+@click.option("--heartbeat-timeout", type=click.FloatRange(min=1),
+              default=_DEFAULT.heartbeat_timeout, show_default=True, metavar="SECONDS",
+              help="Others presume this launcher dead after this long without a heartbeat and "
+                   "restart its tasks; its own tasks are killed a little before (at least 1).")
+@click.option("--poll-interval", type=_POSITIVE, default=_DEFAULT.poll_interval, show_default=True,
+              metavar="SECONDS",
               help="Look for work this often even if no notification arrives.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--max-retries", type=click.IntRange(min=0), default=_DEFAULT.max_retries,
+              show_default=True,
               metavar="N",
               help="Run a task that exits non-zero (and has no error handler) up to this many "
                    "more times before it is FAILED.")
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, metavar="N",
+@click.option("--workers", type=click.IntRange(min=1), default=_DEFAULT.workers, show_default=True,
+              metavar="N",
               help="Threads for stage-in and pre- and post-processing scripts.")
-@click.option("--kill-grace", type=click.FloatRange(min=0), default=3, show_default=True,
+@click.option("--kill-grace", type=click.FloatRange(min=0), default=_DEFAULT.kill_grace,
+              show_default=True,
               metavar="SECONDS", help="Between SIGTERM and SIGKILL when stopping a task.")
 @click.option("--allow-workdir", multiple=True, metavar="PREFIX",
               help="Let tasks work under this absolute directory outside the project "
                    "(repeatable); others are FAILED instead of run.")
-def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: bool,
-             time_limit_minutes: float | None, nodes: int | None, batch_job_id: int | None,
-             heartbeat_timeout: float, poll_interval: float, max_retries: int, workers: int,
-             kill_grace: float, allow_workdir: tuple[str, ...]) -> None:
+@pass_plugin_manager
+def launcher(pm: pluggy.PluginManager, job_mode: str, wf_filter: str, wf_substring: bool,
+             consume_all: bool, time_limit_minutes: float | None, nodes: int | None,
+             batch_job_id: int | None, heartbeat_timeout: float, poll_interval: float,
+             max_retries: int, workers: int, kill_grace: float,
+             allow_workdir: tuple[str, ...]) -> None:
     """Run the active project's tasks on this batch job's nodes.
 
     Nodes come from Slurm, PBS or Cobalt, or the local host. SIGTERM or SIGINT (the scheduler
@@ -78,7 +89,7 @@ def launcher(job_mode: str, wf_filter: str, wf_substring: bool, consume_all: boo
                       kill_grace=kill_grace, allow_workdir=allow_workdir)
     fence.mode()  # a bad BALSAM_FENCE is refused here, before anything starts
     project = Project.from_env()
-    runner = Launcher(project, options, plugin_manager())
+    runner = Launcher(project, options, pm)
     with connect(project) as conn:  # the server is up, the batch job exists: before the fence
         if batch_job_id is not None:
             try:

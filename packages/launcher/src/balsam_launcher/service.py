@@ -22,7 +22,6 @@ from balsam.claim import Work, unclaimed_work
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, BalsamError, InvalidInput, ServerDown
 from balsam.project import Project
-from balsam.queries import query
 from balsam_launcher import batch_jobs
 from balsam_launcher.schedulers import get_scheduler
 from balsam_launcher.submit import JobRequest, submit
@@ -140,9 +139,8 @@ class Service:
         conn = connect(self.project)
         key = f"balsam service {self.scheduler} {self.policy.queue} {self.policy.wf_filter}"
         with wrap_db_errors():
-            got = conn.execute(query("balsam_launcher", "service_lock"),
-                               {"key": key}).fetchone()
-        if not got or not got["locked"]:
+            locked = batch_jobs.try_service_lock(conn, key)
+        if not locked:
             conn.close()
             message = (f"a balsam service already runs for queue {self.policy.queue or '-'!r} "
                        f"and filter {self.policy.wf_filter or '-'!r} of this project")
@@ -155,17 +153,15 @@ class Service:
         p = self.policy
         with wrap_db_errors():
             work = unclaimed_work(conn, p.wf_filter)
-            waiting = conn.execute(query("balsam_launcher", "batch_waiting"), {
-                "scheduler": self.scheduler, "queue": p.queue, "wf_filter": p.wf_filter,
-            }).fetchone()
-        assert waiting is not None
+            waiting_jobs, waiting_nodes = batch_jobs.waiting(conn, self.scheduler, p.queue,
+                                                             p.wf_filter)
         _, too_big = nodes_needed(work, p.job_mode, p.max_nodes)
         if too_big and too_big != self._warned_too_big:
             log.warning("%d runnable task(s) need more than --max-nodes %d: not submitting for "
                         "them", too_big, p.max_nodes)
         self._warned_too_big = too_big
         submitted = []
-        for request in plan(p, work, waiting["jobs"], waiting["nodes"]):
+        for request in plan(p, work, waiting_jobs, waiting_nodes):
             row = submit(self.project, self.pm, request, scheduler=self.scheduler, conn=conn)
             log.info("submitted batch job %d (%s %s): %d node(s), %d min", row["id"],
                      self.scheduler, row["scheduler_id"], row["num_nodes"],

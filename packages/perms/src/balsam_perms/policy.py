@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from balsam.contracts import DEFAULT_UMASK
 from balsam.errors import InvalidInput, PermissionDenied
 from balsam.project import Project, current_user
 from balsam.zones import (
@@ -40,8 +41,6 @@ DIR_MODE = 0o2770
 #: Work-zone files: group read and write; executables group x as well.
 FILE_MODE = 0o660
 EXEC_MODE = 0o770
-#: The umask balsam tools apply for a project (group keeps every right, others get none).
-DEFAULT_UMASK = 0o007
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ and ``--list-users`` for the owner."""
 from __future__ import annotations
 
 import click
+import pluggy
 
 from balsam import users
 from balsam.migrate import plugin_packages
 from balsam.models import validate_user_name
 from balsam.output import Column, Listing, Output
-from balsam.plugins import plugin_manager
+from balsam.plugins import pass_plugin_manager
 from balsam.project import ADMIN_ROLE, Project
 from balsam.users import ROLES, require_manager
 from balsam_pgserver import cluster, roles
@@ -28,8 +29,9 @@ def _project() -> Project:
               help="Withdraw a collaborator's access and end their sessions (owner only).")
 @click.option("--list-users", is_flag=True, help="List who may use the project (owner only).")
 @click.pass_context
-def server(ctx: click.Context, add_users: tuple[str, ...], role: str | None,
-           drop_users: tuple[str, ...], list_users: bool) -> None:
+@pass_plugin_manager
+def server(pm: pluggy.PluginManager, ctx: click.Context, add_users: tuple[str, ...],
+           role: str | None, drop_users: tuple[str, ...], list_users: bool) -> None:
     """Manage the project's database server and who may use it.
 
     Only the owner starts and stops the server and manages users. Without a subcommand or an
@@ -44,18 +46,17 @@ def server(ctx: click.Context, add_users: tuple[str, ...], role: str | None,
         raise click.UsageError(message)
     if ctx.invoked_subcommand is None:
         if managing:
-            _manage_users(add_users, role or "member", drop_users, list_users)
+            _manage_users(pm, add_users, role or "member", drop_users, list_users)
         else:
             ctx.invoke(status)
 
 
-def _manage_users(add_users: tuple[str, ...], role: str, drop_users: tuple[str, ...],
-                  list_users: bool) -> None:
+def _manage_users(pm: pluggy.PluginManager, add_users: tuple[str, ...], role: str,
+                  drop_users: tuple[str, ...], list_users: bool) -> None:
     for name in add_users + drop_users:
         validate_user_name(name)
     project = _project()
     require_manager(project)
-    pm = plugin_manager()
     for name in add_users:
         users.add_user(project, name, role, pm)
         click.echo(f"{name} may now use the project as {role}; they activate it with: "
@@ -111,7 +112,8 @@ def connections() -> None:
 
 
 @server.command()
-def migrate() -> None:
+@pass_plugin_manager
+def migrate(pm: pluggy.PluginManager) -> None:
     """Apply pending schema migrations of core and installed plugins (owner).
 
     A project made before balsam-pgserver 0.2, whose owner was the cluster's superuser, gets the
@@ -122,5 +124,5 @@ def migrate() -> None:
     if roles.split_admin(project):
         click.echo(f"{ADMIN_ROLE} is now the administrative role (over the project's socket, "
                    f"from your account); {project.owner} is an everyday member role")
-    applied = cluster.migrate(project, plugin_packages(plugin_manager()))
+    applied = cluster.migrate(project, plugin_packages(pm))
     click.echo("\n".join(applied) if applied else "schema is up to date")

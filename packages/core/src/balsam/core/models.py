@@ -43,7 +43,7 @@ from balsam.core.reports import (
 from balsam.db import wrap_db_errors
 from balsam.errors import InvalidInput, NotFound
 from balsam.models import App, Event, Task, coerce_task_field
-from balsam.queries import query
+from balsam.queries import q
 from balsam.states import FINAL, INITIAL, State, parse_state
 
 __all__ = [
@@ -542,7 +542,7 @@ class QuerySet(Generic[R]):
 
     def _run(self, kind: str, columns: sql.Composable | None = None) -> list[dict[str, Any]]:
         parts = self._compose()
-        text = query("balsam", f"{self.model._queries}_{kind}")
+        text = q(f"{self.model._queries}_{kind}")
         stmt = sql.SQL(text).format(where=parts["where"], order=parts["order"],
                                     columns=columns or sql.SQL(""))
         with wrap_db_errors():
