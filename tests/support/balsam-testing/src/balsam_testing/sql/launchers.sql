@@ -1,4 +1,4 @@
--- Named queries of balsam_launcher.testing: apps and tasks for tests and benchmarks, in bulk.
+-- Named queries of balsam_testing.launchers: apps and tasks for tests and benchmarks, in bulk.
 
 -- name: testing_add_app
 INSERT INTO apps (name, executable, preprocess, postprocess, envscript)
