@@ -53,7 +53,7 @@ def test_owner_is_an_everyday_member_and_only_her_account_reaches_the_admin(run_
             "reachable only from their account, over the project's socket") in refused.stderr
     peer = run_as("bob", ["python", "-c", AS_ADMIN, str(root / ".pgsocket"), port, ""])
     assert peer.stdout.strip().endswith('Peer authentication failed for user "balsam_admin"')
-    password = Path(f"/home/bob/.balsam/credentials/{Project.load(root).info['uuid']}")
+    password = Path(f"/home/bob/.balsam/credentials/{Project.load(root).info.uuid}")
     tcp = run_as("bob", ["python", "-c", AS_ADMIN, "127.0.0.1", port,
                          password.read_text().strip()])
     assert 'pg_hba.conf rejects connection for host "127.0.0.1", user "balsam_admin"' \
@@ -88,7 +88,7 @@ def test_a_project_of_the_old_layout_is_brought_up_to_date(run_as, shared_dir):
     root = project(run_as, shared_dir)
     sh(run_as, "bob", root, f'{ACTIVATE} && balsam app --name hello --executable /bin/echo && '
                             'balsam job --name t1 --workflow X --application hello')
-    credentials = Path(f"/home/alice/.balsam/credentials/{Project.load(root).info['uuid']}")
+    credentials = Path(f"/home/alice/.balsam/credentials/{Project.load(root).info.uuid}")
     verifier = sql_as(run_as, "alice", root, "SELECT rolpassword FROM pg_authid "
                                              "WHERE rolname = 'alice'", ADMIN="1")[0][0]
     old = MAKE_OLD + [f"ALTER ROLE alice PASSWORD '{verifier['rolpassword']}'"]

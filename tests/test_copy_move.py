@@ -74,7 +74,7 @@ def test_cp_a_then_mv_keep_working(run_as, populated):
     port = Project.load(root).info.port
     taken = sh(run_as, "alice", root, ACTIVATE, check=False)
     assert taken.returncode == 1
-    assert taken.stderr.strip() == (f"Error: port {port} on {Project.load(root).info['host']} is "
+    assert taken.stderr.strip() == (f"Error: port {port} on {Project.load(root).info.host} is "
                                     f"taken by another program; the server keeps its port so "
                                     f"that clients find it: pick another with balsam server "
                                     f"start --port N")

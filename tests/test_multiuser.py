@@ -234,7 +234,7 @@ def test_tcp_with_the_generated_password(run_as, shared_dir):
     whoami = "SELECT current_user AS me, inet_client_addr()::text AS addr"
     # bob's very first activation is over TCP: it sets his password through the socket first.
     assert sql_as(run_as, "bob", root, whoami, **tcp) == [[{"me": "bob", "addr": "127.0.0.1/32"}]]
-    stored = Path(f"/home/bob/.balsam/credentials/{Project.load(root).info['uuid']}")
+    stored = Path(f"/home/bob/.balsam/credentials/{Project.load(root).info.uuid}")
     password = stored.read_text()
     assert sql_as(run_as, "alice", root, whoami, **tcp)[0][0]["me"] == "alice"
     verifier = sql_as(run_as, "alice", root,

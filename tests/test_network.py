@@ -232,8 +232,8 @@ def test_unauthenticated_connections_never_lock_the_administrator_out_for_long(r
                                                                               shared_dir):
     root = project(run_as, shared_dir)
     # A small server (the owner's choice in server-info) makes the slots countable.
-    resize = ("from balsam.project import Project; p = Project.from_env(); "
-              "p.info['max_connections'] = 20; p.save_info()")
+    resize = ("import dataclasses; from balsam.project import Project; p = Project.from_env(); "
+              "p.info = dataclasses.replace(p.info, max_connections=20); p.save_info()")
     sh(run_as, "alice", root, 'balsam server stop && python -c "$CODE" && balsam server start',
        CODE=resize, BALSAM_DB_PATH=str(root))
     admin = ("server", "--list-users")
