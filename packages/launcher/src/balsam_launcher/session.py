@@ -124,16 +124,18 @@ class Parents(Request):
 
 @dataclass(eq=False)
 class WorkLeft(Request):
-    """Whether this launcher may still get work (``--consume-all``)."""
+    """Whether this launcher may still get work (``--consume-all``): tasks it trusts."""
 
     resources: Resources
     max_wall_minutes: float | None
+    trusted: tuple[str, ...]
     remaining: bool = field(default=True, init=False)
 
     def run(self, conn: Connection, s: Session) -> None:
         self.remaining = claim.work_remaining(conn, s.launcher, self.resources,
                                               wf_filter=s.wf_filter,
-                                              max_wall_minutes=self.max_wall_minutes)
+                                              max_wall_minutes=self.max_wall_minutes,
+                                              trusted=self.trusted)
 
 
 @dataclass(eq=False)
@@ -371,11 +373,17 @@ class Session:
 class Claims:
     """Claims and the recovery of unknown claims, made by the loop on its own connection. When
     the connection fails, claims wait (each attempt to reconnect is spaced by a backoff, and
-    made only once the session is connected again: a dead server must not stall the loop)."""
+    made only once the session is connected again: a dead server must not stall the loop).
+
+    Claims take only the tasks of the users this launcher trusts (``trusted``: its user,
+    balsam_admin, the users its user trusts in the project and those of ``--trust``), read at
+    registration and again by :meth:`refresh_trust` (each poll, and after a reconnection)."""
 
     def __init__(self, project: Project, pm: pluggy.PluginManager, *,
-                 wf_filter: claim.WorkflowFilter) -> None:
+                 wf_filter: claim.WorkflowFilter, trust: Sequence[str] = ()) -> None:
         self.project, self.pm, self.wf_filter = project, pm, wf_filter
+        self.trust = tuple(trust)
+        self.trusted: tuple[str, ...] = ()
         self.launcher = 0
         self.apps: dict[int, App] = {}
         self.conn: Connection | None = None
@@ -389,10 +397,12 @@ class Claims:
         """Connect and register the launcher."""
         self.conn = _connect(self.project, listen=False)
         try:
+            claim.require_users(self.conn, self.trust)
+            self.trusted = tuple(claim.trusted_users(self.conn, self.trust))
             row = claim.register_launcher(
                 self.conn, job_mode=job_mode, num_nodes=num_nodes, wf_filter=wf_filter,
                 batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
-                pid=fence.host_pid())
+                pid=fence.host_pid(), trust=self.trust)
         except psycopg.errors.ForeignKeyViolation:
             self.close()
             message = f"no batch job {batch_job_id} in this project"
@@ -400,8 +410,20 @@ class Claims:
         except psycopg.Error as exc:
             self.close()
             raise translate(exc) from exc
+        except BalsamError:
+            self.close()
+            raise
         self.launcher = int(row["id"])
         return self.launcher
+
+    def refresh_trust(self) -> tuple[str, ...]:
+        """Read the users this launcher trusts again (a trust withdrawn since stops the next
+        claims); keeps the last list if the database cannot say."""
+        try:
+            self.trusted = tuple(claim.trusted_users(self._conn(), self.trust))
+        except (psycopg.Error, BalsamError) as exc:
+            self._failed(exc)
+        return self.trusted
 
     def ready(self, now: float) -> bool:
         """Whether a claim may be made now (connected, or time to try again)."""
@@ -430,13 +452,18 @@ class Claims:
             if limit > 0:
                 runs = claim.claim_for_run(conn, self.launcher, resources, self._policy(info),
                                            wf_filter=self.wf_filter, limit=limit,
-                                           max_wall_minutes=max_wall_minutes)
+                                           max_wall_minutes=max_wall_minutes,
+                                           trusted=self.trusted)
             if post_limit > 0:
                 posts = claim.claim_for_post(conn, self.launcher, limit=post_limit,
-                                             wf_filter=self.wf_filter)
-            missing = {c.task.app_id for c in (*runs, *posts)} - self.apps.keys()
-            if missing:
-                self.apps.update(claim.apps(conn, missing))  # type: ignore[arg-type]
+                                             wf_filter=self.wf_filter, trusted=self.trusted)
+            # Apps not held yet, or changed since they were read: read them (again). An app
+            # changed after the claim judged it is judged again before it runs (the ledger).
+            stale = {c.task.app_id for c in (*runs, *posts)
+                     if c.task.app_id not in self.apps
+                     or self.apps[c.task.app_id].changed_at != c.app_changed_at}  # type: ignore[index]
+            if stale:
+                self.apps.update(claim.apps(conn, stale))  # type: ignore[arg-type]
         except (psycopg.Error, BalsamError) as exc:
             if isinstance(exc, ClaimLost):
                 raise
