@@ -44,3 +44,12 @@ def test_without_a_terminal_nothing_is_drawn():
     t = Ticker(terminal=False, start=0.0)
     assert all(t.tick(now, counts(running=now)).show is None for now in range(10))
     assert t.next_time() == LOG_EVERY
+
+
+def test_the_last_line_is_drawn_at_once_when_the_launcher_ends():
+    t = Ticker(terminal=True, start=0.0)
+    t.tick(0.0, counts(running=1, busy=1))
+    assert t.tick(0.1, counts(finished=1)) == Output()  # too soon
+    assert t.last(counts(finished=1)) == "running 0, finished 1, failed 0, busy nodes 0/4"
+    assert t.last(counts(finished=1)) is None  # drawn already
+    assert Ticker(terminal=False, start=0.0).last(counts()) is None

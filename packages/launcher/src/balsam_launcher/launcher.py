@@ -255,6 +255,9 @@ class Launcher:
             signal.signal(sig, handler)
         self.pool.shutdown()
         self.processes.close()
+        last = self.ticker.last(self._counts())
+        if last is not None:
+            sys.stderr.write(progress.terminal_line(last))
         if self.ticker.shown:
             print(file=sys.stderr)  # the progress line stays
         if self.id and not self.ledger.dead and not self.gave_up:
@@ -345,14 +348,16 @@ class Launcher:
         self._ask(now)
         self._progress(now)
 
+    def _counts(self) -> progress.Progress:
+        r, done = self.resources, self.ledger.outcomes
+        return progress.Progress(
+            running=self.ledger.count(*ledger.RUNS), finished=done[State.RUN_DONE],
+            failed=done[State.RUN_ERROR] + done[State.RUN_TIMEOUT],
+            busy_nodes=r.num_nodes - r.idle_nodes, nodes=r.num_nodes)
+
     def _progress(self, now: float) -> None:
         """The progress line on a terminal, and a line in the log every minute."""
-        r = self.resources
-        counts = progress.Progress(
-            running=self.ledger.count(*ledger.RUNS), finished=self.ledger.outcomes[State.RUN_DONE],
-            failed=self.ledger.outcomes[State.RUN_ERROR] + self.ledger.outcomes[State.RUN_TIMEOUT],
-            busy_nodes=r.num_nodes - r.idle_nodes, nodes=r.num_nodes)
-        out = self.ticker.tick(now, counts)
+        out = self.ticker.tick(now, self._counts())
         if out.show is not None:
             sys.stderr.write(progress.terminal_line(out.show))
             sys.stderr.flush()
@@ -749,6 +754,8 @@ class Launcher:
         app = apps.get(task.app_id)  # type: ignore[arg-type]
         if app is None:  # its app could not be read: the reconcile gives it back
             return []
+        if task.id in self.ledger:  # claimed again before its release's answer came back:
+            return []  # the reconcile gives it back (the ledger forgets it on that answer)
         # on the nodes its claim planned: they are free (nothing else took nodes meanwhile)
         has_nodes = with_nodes and self.resources.allocate(
             task, on=[n.index for n in c.nodes]) is not None

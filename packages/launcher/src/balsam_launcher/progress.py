@@ -58,6 +58,14 @@ class Ticker:
             self.next_log = now + LOG_EVERY
         return Output(show, log)
 
+    def last(self, p: Progress) -> str | None:
+        """The terminal's line as the launcher ends, if it is out of date (at once)."""
+        text = line(p)
+        if not self.terminal or text == self.shown:
+            return None
+        self.shown, self.pending = text, False
+        return text
+
     def next_time(self) -> float:
         """When :meth:`tick` has something to write even if nothing happens meanwhile."""
         if self.pending:
