@@ -147,13 +147,18 @@ def trusted_users(conn: Connection, extra: Iterable[str] = ()) -> list[str]:
     return sorted({row["me"], ADMIN_ROLE, *row["trustees"], *names})
 
 
+def unknown_users(conn: Connection, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` are no user of the server, sorted (InvalidInput for a malformed
+    name)."""
+    wanted = sorted({validate_user_name(n) for n in names})
+    known = {r["rolname"] for r in conn.execute(q("login_roles"), {"names": wanted})}
+    return [n for n in wanted if n not in known]
+
+
 def require_users(conn: Connection, names: Iterable[str], option: str = "--trust") -> None:
     """InvalidInput (one line, naming ``option``) unless every name is a user of the server."""
-    wanted = sorted({validate_user_name(n) for n in names})
-    if not wanted:
-        return
-    known = {r["rolname"] for r in conn.execute(q("login_roles"), {"names": wanted})}
-    unknown = [n for n in wanted if n not in known]
+    names = list(names)
+    unknown = unknown_users(conn, names) if names else []  # no round trip for none
     if unknown:
         message = (f"{option} {unknown[0]}: no such user in this project's database (the owner "
                    f"adds users with: balsam server --add-user NAME)")

@@ -357,6 +357,8 @@ class Launcher:
 
     def _progress(self, now: float) -> None:
         """The progress line on a terminal, and a line in the log every minute."""
+        if not self.ticker.terminal and now < self.ticker.next_time():
+            return  # nothing to write: no need to count
         out = self.ticker.tick(now, self._counts())
         if out.show is not None:
             sys.stderr.write(progress.terminal_line(out.show))
