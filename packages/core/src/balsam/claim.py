@@ -13,7 +13,6 @@ import os
 import socket
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from balsam.db import Connection
@@ -39,13 +38,13 @@ Policy = Callable[[list[Task], Resources], Sequence[Task] | None]
 @dataclass
 class Claimed:
     """A task a claim gave this launcher: the nodes it was placed on (none for post-processing),
-    the ids of its parents, and when its app was last changed as the claim saw it (an app read
-    before then is stale)."""
+    the ids of its parents, and its app as read in the claim's transaction (None if it could
+    not be: removed meanwhile)."""
 
     task: Task
     nodes: list[Node]
     parent_ids: list[int]
-    app_changed_at: datetime | None = None
+    app: App | None = None
 
 
 def q(name: str) -> str:
@@ -198,10 +197,10 @@ def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy:
     candidates (default: :func:`trusted_users` of the session's user, one more round trip; a
     launcher passes the list it holds). Locks up to ``limit`` unclaimed candidates, asks
     ``policy`` which to start (in start order),
-    places them first-fit on a copy of the free nodes, and claims exactly those that fit, all in
-    one transaction (two round trips: lock and read, then claim and commit). Allocate the
-    returned tasks in this order on the real resources to get the same nodes. ClaimLost if the
-    launcher has ended or was presumed dead.
+    places them first-fit on a copy of the free nodes, and claims exactly those that fit with
+    their apps, all in one transaction (two round trips: lock and read, then claim, read the
+    apps and commit). Allocate the returned tasks in this order on the real resources to get the
+    same nodes. ClaimLost if the launcher has ended or was presumed dead.
     """
     max_nodes = resources.idle_nodes if resources.job_mode == "mpi" else (
         1 if resources.free_share > 0 else 0)
@@ -221,17 +220,17 @@ def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy:
         if not rows:
             return []
         candidates = [Task.from_row(r) for r in rows]
-        extra = {r["id"]: (r["parent_ids"], r["app_changed_at"]) for r in rows}
+        parents = {r["id"]: r["parent_ids"] for r in rows}
         chosen = policy(list(candidates), resources.copy()) or []
         by_id = {t.id: t for t in candidates}
         unique = list({t.id: by_id[t.id] for t in chosen if t.id in by_id}.values())
         placed = resources.copy().pack(unique)
         if not placed:
             return []
-        marked = conn.execute(q("claim_tasks"),
-                              {"launcher": launcher, "ids": [t.id for t, _ in placed]})
-    claimed = {r["id"] for r in marked.fetchall()}
-    return [Claimed(t, nodes, *extra[t.id]) for t, nodes in placed if t.id in claimed]
+        marked = _mark(conn, launcher, [t for t, _ in placed])
+    claimed, apps = marked()
+    return [Claimed(t, nodes, parents[t.id], apps.get(t.app_id))  # type: ignore[arg-type]
+            for t, nodes in placed if t.id in claimed]
 
 
 def claim_for_post(conn: Connection, launcher: int, *, limit: int,
@@ -250,11 +249,26 @@ def claim_for_post(conn: Connection, launcher: int, *, limit: int,
         rows = found.fetchall()
         if not rows:
             return []
-        marked = conn.execute(q("claim_tasks"),
-                              {"launcher": launcher, "ids": [r["id"] for r in rows]})
-    claimed = {r["id"] for r in marked.fetchall()}
-    return [Claimed(Task.from_row(r), [], r["parent_ids"], r["app_changed_at"])
-            for r in rows if r["id"] in claimed]
+        tasks = [Task.from_row(r) for r in rows]
+        marked = _mark(conn, launcher, tasks)
+    claimed, apps = marked()
+    parents = {r["id"]: r["parent_ids"] for r in rows}
+    return [Claimed(t, [], parents[t.id], apps.get(t.app_id))  # type: ignore[arg-type]
+            for t in tasks if t.id in claimed]
+
+
+def _mark(conn: Connection, launcher: int,
+          tasks: Sequence[Task]) -> Callable[[], tuple[set[int], dict[int, App]]]:
+    """Send the claim of ``tasks`` and the read of their apps (in a pipeline: no round trip of
+    their own); the returned call gives the ids claimed and the apps, once the pipeline synced."""
+    marked = conn.execute(q("claim_tasks"), {"launcher": launcher, "ids": [t.id for t in tasks]})
+    apps = conn.execute(q("apps_by_id"), {"ids": list({t.app_id for t in tasks})})
+
+    def result() -> tuple[set[int], dict[int, App]]:
+        return ({r["id"] for r in marked.fetchall()},
+                {r["id"]: App.from_row(r) for r in apps.fetchall()})
+
+    return result
 
 
 # --- claim-checked updates ---------------------------------------------------------------------
@@ -361,12 +375,6 @@ def open_session(conn: Connection, *, listen: bool = True) -> None:
     """Make ``conn`` a launcher's: durable commits, and (``listen``) LISTEN for new work and
     kills (a connection that never reads notifications must not listen: they would pile up)."""
     conn.execute(q("launcher_session" if listen else "claim_session"))
-
-
-def apps(conn: Connection, ids: Iterable[int]) -> dict[int, App]:
-    """Apps by id."""
-    rows = conn.execute(q("apps_by_id"), {"ids": list(ids)}).fetchall()
-    return {r["id"]: App.from_row(r) for r in rows}
 
 
 def parents(conn: Connection, task_id: int) -> list[Task]:

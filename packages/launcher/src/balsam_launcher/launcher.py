@@ -37,7 +37,7 @@ import pluggy
 
 from balsam import claim
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
-from balsam.models import App, Task, validate_user_name
+from balsam.models import Task, validate_user_name
 from balsam.project import Project, current_user
 from balsam.resources import JOB_MODES, Node
 from balsam.states import State
@@ -721,7 +721,7 @@ class Launcher:
         if not limit and not post_limit:
             return []
         try:
-            runs, posts, apps = self.claims.claim(
+            runs, posts = self.claims.claim(
                 self.resources, self.info(), limit=limit, post_limit=post_limit,
                 max_wall_minutes=self._remaining_minutes())
         except ClaimLost as exc:
@@ -737,7 +737,7 @@ class Launcher:
                          "" if with_nodes else " to finish",
                          ids_text([c.task.id for c in claimed]))  # type: ignore[misc]
             for c in claimed:
-                intents += self._adopt(c, apps, with_nodes=with_nodes)
+                intents += self._adopt(c, with_nodes=with_nodes)
         return intents
 
     def _refresh_trust(self) -> None:
@@ -750,10 +750,8 @@ class Launcher:
             log.info("runs the tasks of: %s", ", ".join(trusted))
             self.ledger.trusted = frozenset(trusted)
 
-    def _adopt(self, c: claim.Claimed, apps: dict[int, App], *,
-               with_nodes: bool) -> list[ledger.Intent]:
-        task = c.task
-        app = apps.get(task.app_id)  # type: ignore[arg-type]
+    def _adopt(self, c: claim.Claimed, *, with_nodes: bool) -> list[ledger.Intent]:
+        task, app = c.task, c.app
         if app is None:  # its app could not be read: the reconcile gives it back
             return []
         if task.id in self.ledger:  # claimed again before its release's answer came back:

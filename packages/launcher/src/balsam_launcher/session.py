@@ -40,7 +40,7 @@ import psycopg
 from balsam import claim
 from balsam.db import Connection, connect, translate
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
-from balsam.models import App, Task
+from balsam.models import Task
 from balsam.project import Project
 from balsam.resources import Resources
 from balsam.states import State
@@ -385,7 +385,6 @@ class Claims:
         self.trust = tuple(trust)
         self.trusted: tuple[str, ...] = ()
         self.launcher = 0
-        self.apps: dict[int, App] = {}
         self.conn: Connection | None = None
         #: The largest node_packing_count among the candidates seen (serial mode's capacity).
         self.max_packing = 1
@@ -440,11 +439,11 @@ class Claims:
         self._retry_at = 0.0
 
     def claim(self, resources: Resources, info: dict[str, Any], *, limit: int, post_limit: int,
-              max_wall_minutes: float | None
-              ) -> tuple[list[claim.Claimed], list[claim.Claimed], dict[int, App]]:
+              max_wall_minutes: float | None) -> tuple[list[claim.Claimed], list[claim.Claimed]]:
         """Claim tasks to run on ``resources`` (through the ``select_tasks`` hook, which sees
-        ``info``) and tasks to post-process, with their apps. ClaimLost if the launcher was
-        presumed dead; nothing (and a backoff) if the database fails."""
+        ``info``) and tasks to post-process, each with its app as read in its claim (the ledger
+        judges it again before it runs). ClaimLost if the launcher was presumed dead; nothing
+        (and a backoff) if the database fails."""
         runs: list[claim.Claimed] = []
         posts: list[claim.Claimed] = []
         try:
@@ -457,19 +456,12 @@ class Claims:
             if post_limit > 0:
                 posts = claim.claim_for_post(conn, self.launcher, limit=post_limit,
                                              wf_filter=self.wf_filter, trusted=self.trusted)
-            # Apps not held yet, or changed since they were read: read them (again). An app
-            # changed after the claim judged it is judged again before it runs (the ledger).
-            stale = {c.task.app_id for c in (*runs, *posts)
-                     if c.task.app_id not in self.apps
-                     or self.apps[c.task.app_id].changed_at != c.app_changed_at}  # type: ignore[index]
-            if stale:
-                self.apps.update(claim.apps(conn, stale))  # type: ignore[arg-type]
         except (psycopg.Error, BalsamError) as exc:
             if isinstance(exc, ClaimLost):
                 raise
             self._failed(exc)
-        # what was claimed before a failure is kept (its app unknown: the reconcile recovers it)
-        return runs, posts, self.apps
+        # what was claimed before a failure is kept
+        return runs, posts
 
     def abandon(self, why: str) -> list[dict[str, Any]]:
         """Give every claim back at once (the fence killed our tasks); ClaimLost if we were
