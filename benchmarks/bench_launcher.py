@@ -15,7 +15,8 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
   about 4,000 x 2.5 ms of CPU each way), reported apart so the whole-run figure of an allocation
   of any length can be read off: about steady - idle_at_ends / length;
 - claim throughput: 1, 5 and 20 processes claiming through ``balsam.claim.claim_for_run``
-  (lock, policy, mark) until a pool of tasks is exhausted, one task or 32 tasks per claim.
+  (lock, policy, mark) until a pool of tasks is exhausted, one task or 32 tasks per claim; and
+  5 processes with another user's tasks, which they do not trust, first in claim order.
 
 Quick mode shrinks every size (5 x 40 nodes running 2-second tasks, and so on).
 """
@@ -206,23 +207,31 @@ def _claimer(dsn: str, batch: int, go: Any, results: Any) -> None:
     with connect(dsn) as conn:
         launcher = claim.register_launcher(conn, job_mode="mpi", num_nodes=batch)["id"]
         resources = Resources.on_hosts(["node"] * batch)
+        trusted = claim.trusted_users(conn)  # read once, as a launcher does (and each poll)
         go.wait()
         claimed, start = 0, time.perf_counter()
         while True:
             placed = claim.claim_for_run(conn, launcher, resources, policy.largest_first,
-                                         limit=2 * batch + 16)
+                                         limit=2 * batch + 16, trusted=trusted)
             if not placed:
                 break
             claimed += len(placed)
         results.put((claimed, start, time.perf_counter()))
 
 
-def claim_throughput(dsn: str, claimers: int, batch: int, tasks: int) -> float:
+def claim_throughput(dsn: str, claimers: int, batch: int, tasks: int,
+                     untrusted: int = 0) -> float:
+    """Tasks claimed per second; ``untrusted`` more tasks, of a user the claimers do not
+    trust, come first in claim order (each claim passes over them)."""
     with connect(dsn) as conn:
         _reset(conn)
         app = lt.add_app(conn, "claimed", "/bin/true")
         conn.execute(SQL["insert_tasks"], {"workflow": "claim", "app": app, "args": "",
                                            "count": tasks})
+        if untrusted:
+            with conn.transaction():  # as if a stranger had made them: triggers off
+                conn.execute(SQL["replica_role"])
+                conn.execute(SQL["insert_untrusted_tasks"], {"app": app, "count": untrusted})
         conn.execute(SQL["analyze"])
     ctx = multiprocessing.get_context("fork")
     go, results = ctx.Event(), ctx.Queue()
@@ -285,6 +294,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 rate = claim_throughput(dsn, claimers, batch, claim_tasks)
                 add("claim", f"{claimers} launcher(s), {batch} task(s) per claim", rate,
                     "tasks/s")
+        ahead = 1000 if quick else 10000
+        for untrusted in (0, ahead):
+            rate = claim_throughput(dsn, 5, 32, 4000 if quick else 40000, untrusted)
+            add("claim", f"5 launcher(s), 32 task(s) per claim, {untrusted:,} untrusted ahead",
+                rate, "tasks/s")
     return rows
 
 

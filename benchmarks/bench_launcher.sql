@@ -7,6 +7,18 @@ INSERT INTO tasks (name, workflow, app_id, args, num_nodes, node_packing_count,
 SELECT 'task' || i, %(workflow)s, %(app)s, %(args)s, 1, 1, 1, 'READY'
 FROM generate_series(1, %(count)s) AS i;
 
+-- name: replica_role
+-- Triggers off for the rest of the transaction (a superuser's setup of others' rows).
+SET LOCAL session_replication_role = replica;
+
+-- name: insert_untrusted_tasks
+-- %(count)s READY tasks owned and last changed by a user nobody trusts, first in claim order
+-- (a longer wall time).
+INSERT INTO tasks (name, workflow, app_id, args, num_nodes, node_packing_count,
+                   wall_time_minutes, state, owner, changed_by)
+SELECT 'stranger' || i, 'claim', %(app)s, '', 1, 1, 2, 'READY', 'stranger', 'stranger'
+FROM generate_series(1, %(count)s) AS i;
+
 -- name: finished
 SELECT count(*) AS n FROM tasks WHERE state = 'JOB_FINISHED';
 

@@ -31,6 +31,8 @@ from balsam.errors import (
 )
 from balsam.models import Change, Event
 from balsam.project import ADMIN_ROLE
+from balsam.resources import Resources
+from balsam_launcher import policy
 from balsam_pgserver import roles
 
 pytestmark = pytest.mark.pg
@@ -321,6 +323,39 @@ def test_untrusted_says_why_a_launcher_must_not_run_a_task(db, login):
     assert set(why(None).values()) == {"nobody is trusted"}  # type: ignore[arg-type]
 
 
+def test_claims_take_only_what_the_launcher_trusts(db, login):
+    """For a run, for post-processing and when counting work left: a launcher of alice's
+    takes bob's tasks only once alice trusts bob (or names him with --trust)."""
+    alice, bob = login("member"), login("member")
+    a, b = alice.info.user, bob.info.user
+    mine = app_and_task(alice, "mine")[1]
+    _, theirs = app_and_task(bob, "theirs")
+    ran = api.add_task("theirs", name="ran", conn=bob).id
+    helper = launcher_row(bob)
+    for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE"):
+        bob.execute("UPDATE tasks SET state = %s, launcher_id = %s WHERE id = %s",
+                    [state, helper, ran])
+    bob.execute("UPDATE tasks SET launcher_id = NULL WHERE id = %s", [ran])
+    me = claim.register_launcher(alice, job_mode="mpi", num_nodes=4)["id"]
+    free = Resources.on_hosts(["n"] * 4)
+
+    def claims(trusted: list[str] | None = None) -> tuple[set[int], set[int], bool]:
+        with alice.transaction(force_rollback=True):
+            runs = claim.claim_for_run(alice, me, free, policy.largest_first, trusted=trusted)
+            posts = claim.claim_for_post(alice, me, limit=8, trusted=trusted)
+            alice.execute("UPDATE tasks SET state = 'USER_KILLED' WHERE id = %s", [mine])
+            left = claim.work_remaining(alice, me, free, trusted=trusted)
+        return {c.task.id for c in runs}, {c.task.id for c in posts}, left
+
+    assert claims() == ({mine}, set(), False)
+    assert claims([a, b]) == ({mine, theirs}, {ran}, True)  # as --trust bob
+    api.add_trust([b], conn=alice)
+    assert claims() == ({mine, theirs}, {ran}, True)
+    api.remove_trust([b], conn=alice)
+    assert claims() == ({mine}, set(), False)
+    assert claims([]) == (set(), set(), False)  # a launcher trusting nobody takes nothing
+
+
 # --- the DAG's lock ----------------------------------------------------------------------------
 
 
@@ -464,9 +499,17 @@ def test_the_database_refuses_what_the_api_would(db, login):
 
 def test_trust_as_a_state_machine(db, login):
     """Any sequence of grants and withdrawals by three members: the table, each member's
-    trusted users and the recorded changes follow a plain model."""
+    trusted users, the recorded changes and what each member's launcher may claim (tasks owned
+    or changed by each, or using an app another changed) follow a plain model."""
     users = [login("member") for _ in range(3)]
     names = [u.info.user for u in users]
+    # Each member's task; one of member 0's changed by member 1; one using member 2's app.
+    needs = {app_and_task(u, f"app{i}")[1]: {names[i]} for i, u in enumerate(users)}
+    changed = api.add_task("app0", name="changed", conn=users[0]).id
+    users[1].execute("UPDATE tasks SET args = 'by 1' WHERE id = %s", [changed])
+    borrowed = api.add_task("app2", name="borrowed", conn=users[0]).id
+    needs |= {changed: {names[0], names[1]}, borrowed: {names[0], names[2]}}
+    launchers = [claim.register_launcher(u, job_mode="mpi", num_nodes=8)["id"] for u in users]
 
     class Trusts(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -506,6 +549,16 @@ def test_trust_as_a_state_machine(db, login):
                 assert claim.trusted_users(user) == sorted(
                     {name, ADMIN_ROLE} | {b for a, b in self.model if a == name})
             assert count(db, "changes") == self.recorded
+
+        @invariant()
+        def claims_follow_the_model(self) -> None:
+            for user, name, launcher in zip(users, names, launchers, strict=True):
+                trusted = {name} | {b for a, b in self.model if a == name}
+                with user.transaction(force_rollback=True):
+                    runs = claim.claim_for_run(user, launcher, Resources.on_hosts(["n"] * 8),
+                                               policy.largest_first)
+                assert {c.task.id for c in runs} == {t for t, who in needs.items()
+                                                     if who <= trusted}
 
     run_state_machine_as_test(Trusts, settings=settings(
         max_examples=20, stateful_step_count=12, deadline=None, database=None,

@@ -86,7 +86,9 @@ def test_launchers_of_three_users_share_one_project(run_as, shared_dir):
     ids = json.loads(out.stdout)
     args = ["--job-mode", "serial", "--nodes", "4", "--consume-all", "--poll-interval", "0.5"]
     users = ("alice", "bob", "carol")
-    procs = [lt.start_launcher(root, *args, user=u, output=shared_dir / f"{u}.out")
+    # alice's tasks: bob and carol run them because their launchers trust her
+    procs = [lt.start_launcher(root, *args, *([] if u == "alice" else ["--trust", "alice"]),
+                               user=u, output=shared_dir / f"{u}.out")
              for u in users]
     try:
         codes = [p.wait(timeout=300) for p in procs]

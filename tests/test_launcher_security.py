@@ -292,6 +292,9 @@ def test_absurd_options_are_refused_before_anything_is_registered(project):
         (["--heartbeat-timeout", "inf"], 1, "Error: --heartbeat-timeout must be between"),
         (["--poll-interval", "nan"], 1, "Error: --poll-interval must be between"),
         (["--allow-workdir", "relative/dir"], 1, "needs an absolute directory"),
+        (["--trust", "Robert'); DROP TABLE tasks; --"], 1, "Error: --trust: invalid user name"),
+        (["--trust", "nobody_here"], 1, "Error: --trust nobody_here: no such user in this "
+                                        "project's database"),
     ]:
         result = runner.invoke(cli, ["launcher", "--consume-all", *args])
         assert result.exit_code == code, (args, result.output)

@@ -114,9 +114,11 @@ def test_owner_adds_a_member_who_works_and_an_outsider_is_refused(run_as, shared
     root = init(run_as, shared_dir)
     out = sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob").stdout
     assert "bob may now use the project as member" in out
-    assert ("A launcher runs only the tasks of users its user trusts: for yours to run bob's "
-            "tasks, run 'balsam trust add bob' (and bob runs 'balsam trust add alice' for theirs "
-            "to run yours).") in out
+    assert ("A launcher runs a task only if its user trusts the task's owner and whoever last "
+            "changed the task or its app: for yours to run what bob owns or changes, run "
+            "'balsam trust add bob' (or start them with --trust bob); for bob's to run yours, "
+            "or their tasks of your apps, bob runs 'balsam trust add alice'. Undo with "
+            "'balsam trust rm'.") in out
     # carol is in the group but was not added.
     carol = sh(run_as, "carol", root, ACTIVATE, check=False)
     assert carol.returncode == 1

@@ -147,6 +147,29 @@ def test_why_a_task_does_not_run():
     assert monitor.unrunnable("w", 2, 1, [_launcher()]) == ""
 
 
+def test_why_no_launcher_trusts_a_task():
+    alices = _launcher(owner="alice", trusted=frozenset({"alice", "balsam_admin"}))
+    bobs = _launcher(owner="bob", trusted=frozenset({"bob", "balsam_admin"}))
+    mine = monitor.trust_needs("alice", "alice", "sim", "alice")
+    assert monitor.unrunnable("w", 1, 1, [alices], mine) == ""
+    assert monitor.unrunnable("w", 1, 1, [bobs], mine) == "no running launcher trusts alice"
+    by_bob = monitor.trust_needs("alice", "bob", "sim", "alice")
+    assert monitor.unrunnable("w", 1, 1, [alices], by_bob) == \
+        "changed by bob: no running launcher trusts bob"
+    app_by_bob = monitor.trust_needs("alice", "alice", "sim", "bob")
+    assert monitor.unrunnable("w", 1, 1, [alices], app_by_bob) == \
+        "its app sim was changed by bob: no running launcher trusts bob"
+    # each trusted by one launcher, but by none both
+    assert monitor.unrunnable("w", 1, 1, [alices, bobs], by_bob) == \
+        "no running launcher trusts all of alice, bob"
+    # only launchers that could run it count: alice's serial launcher cannot
+    serial = _launcher(owner="alice", job_mode="serial", trusted=alices.trusted)
+    assert monitor.unrunnable("w", 2, 1, [serial, bobs], mine) == \
+        "no running launcher trusts alice"
+    assert monitor.unrunnable("w", 1, 1, [bobs], monitor.trust_needs("bob", "bob", "a", "bob")) \
+        == ""
+
+
 @pytest.mark.pg
 @pytest.mark.parametrize(("message", "cause"), [
     ("exit 3: a | b | last words", "exit 3: last words"),

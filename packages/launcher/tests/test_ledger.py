@@ -1,14 +1,15 @@
 """The launcher's ledger without a database: one test per rule, then a hypothesis state machine
 that drives random orders of events (write failures and lost acknowledgements, lost claims,
-user kills and forged kill hints, stops while starting, exits before RUNNING is written) against
-a model of the database, checking that no task starts twice per claim, every claim ends given
-back or finished, a failed write is sent again, a RUNNING task is never given back without its
-outcome, and every move follows ``balsam.states.TRANSITIONS``."""
+user kills and forged kill hints, stops while starting, exits before RUNNING is written, apps
+changed by an untrusted user, trust withdrawn and granted) against a model of the database,
+checking that no task starts twice per claim, nothing untrusted is started or worked on, every
+claim ends given back or finished, a failed write is sent again, a RUNNING task is never given
+back without its outcome, and every move follows ``balsam.states.TRANSITIONS``."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from balsam.claim import untrusted
 from balsam.models import App, Task
 from balsam.states import FINAL, RUNNABLE, State, allowed
 from balsam_launcher.ledger import (
@@ -248,6 +250,38 @@ def test_a_refused_task_is_failed_with_the_reason():
     assert batch.release == {1}
 
 
+def test_what_the_launcher_does_not_trust_is_given_back_not_run():
+    """An app changed by bob between the claim and its reading: alice's launcher does not start
+    the task, says why, and gives it back (with its nodes) for a launcher that trusts bob."""
+    ledger = Ledger(trusted={"alice", "balsam_admin"})
+    mine = task(1, owner="alice", changed_by="alice")
+    intents = ledger.claimed(mine, replace(PLAIN, changed_by="bob"), [], has_nodes=True)
+    assert kinds(intents) == ["Free"]
+    [note] = [i for i in intents if isinstance(i, Note)]
+    assert note == Note("warning", "task 1 not run and given back: its app plain was changed "
+                                   "by bob, whom this launcher does not trust")
+    batch = ledger.next_batch()
+    assert batch.chains[1].moves == () and batch.release == {1}
+    commit_all(ledger, batch)
+    assert 1 not in ledger
+    assert kinds(ledger.claimed(mine, replace(PLAIN, changed_by="alice"), [],
+                                has_nodes=True)) == ["Start"]
+
+
+def test_a_trust_withdrawn_while_a_task_is_held_stops_its_next_step():
+    ledger = Ledger(trusted={"alice", "bob"})
+    theirs = task(1, owner="bob", changed_by="bob", input_files="*.dat")
+    assert ledger.claimed(theirs, replace(SCRIPTS, changed_by="bob"), [1],
+                          has_nodes=True) == [Work(1, "stage_in")]
+    ledger.trusted = frozenset({"alice"})  # alice ran: balsam trust rm bob
+    assert ledger.work_done(1, "stage_in", True, "staged") == []  # STAGED_IN is written...
+    batch = ledger.next_batch()
+    assert batch.chains[1].moves == (Step(S.STAGED_IN, "staged"),) and not batch.release
+    intents = commit_all(ledger, batch)  # ... and then preprocessing is refused
+    assert kinds(intents) == ["Free"] and "owned by bob" in intents[0].text
+    assert ledger.next_batch().release == {1}
+
+
 def test_presumed_dead_kills_everything_and_writes_nothing():
     ledger = Ledger()
     ledger.claimed(task(1), PLAIN, [], has_nodes=True)
@@ -322,13 +356,16 @@ class World:
 class LedgerMachine(RuleBasedStateMachine):
     @initialize(retries=st.integers(0, 1))
     def setup(self, retries):
-        self.ledger = Ledger(max_retries=retries)
+        self.ledger = Ledger(max_retries=retries, trusted={"alice"})
         self.w = World()
         self.next_id = 1
 
     def carry(self, intents) -> None:
         w = self.w
         for intent in intents:
+            if isinstance(intent, Start | Work):  # only what the launcher trusts now
+                e = self.ledger.tasks[intent.task_id]
+                assert untrusted(e.task, e.app, self.ledger.trusted) is None, intent
             if isinstance(intent, Start):
                 tid = intent.task_id
                 w.starts[tid, w.claim_no[tid]] += 1
@@ -364,19 +401,28 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.ledger.stopping is None)
     @rule(state=st.sampled_from([S.READY, S.READY, S.RESTART_READY, S.RUN_DONE, S.RUN_ERROR,
                                  S.RUN_TIMEOUT]),
-          scripts=st.booleans(), handler=st.booleans(), retry=st.booleans())
-    def claim(self, state, scripts, handler, retry):
+          scripts=st.booleans(), handler=st.booleans(), retry=st.booleans(),
+          app_by=st.sampled_from(["alice", "alice", "bob"]))
+    def claim(self, state, scripts, handler, retry, app_by):
         """The loop claims on its own connection, at once (a reconcile in flight may have been
-        read before: it carries what the ledger knew when it was sent)."""
+        read before: it carries what the ledger knew when it was sent). Claims take alice's
+        tasks; their app may have been changed by bob before it was read."""
         tid, self.next_id = self.next_id, self.next_id + 1
         self.w.rows[tid] = Row(state, ME, message="claimed")
         t = task(tid, state, post_error_handler=handler, post_timeout_handler=handler,
-                 auto_timeout_retry=retry, state_message="claimed")
+                 auto_timeout_retry=retry, state_message="claimed", owner="alice",
+                 changed_by="alice")
+        app = replace(SCRIPTS if scripts else PLAIN, changed_by=app_by)
         run = state in (S.READY, S.RESTART_READY)
         self.w.claim_no[tid] = self.w.claim_no.get(tid, 0) + 1
         if run:
             self.w.nodes.add(tid)
-        self.carry(self.ledger.claimed(t, SCRIPTS if scripts else PLAIN, [], has_nodes=run))
+        self.carry(self.ledger.claimed(t, app, [], has_nodes=run))
+
+    @rule(who=st.sampled_from([(), ("bob",)]))
+    def trust_changes(self, who):
+        """alice trusts bob, or no longer does (the loop reads it each poll)."""
+        self.ledger.trusted = frozenset({"alice", *who})
 
     @precondition(lambda self: self.w.starting)
     @rule(data=st.data(), how=st.sampled_from(["started", "started", "failed", "no place"]))

@@ -107,7 +107,8 @@ def _tasks(conn: Connection, filters: dict[str, Any], out: Output, limit: int,
     shown = len(columns)
     # The shown columns first, then those the info column is worked out from.
     needed = list(dict.fromkeys([*(c.key for c in columns), "id", "state", "info", "workflow",
-                                 "num_nodes", "ranks_per_node", "launcher_id", "cause"]))
+                                 "num_nodes", "ranks_per_node", "launcher_id", "cause", "owner",
+                                 "changed_by", "app", "app_changed_by"]))
     rows = monitor.tasks(conn, needed, filters=resolved(conn, filters),
                          limit=limit + 1 if limit else None)
     counted = _Counted(_explained(conn, rows, needed), limit)
@@ -136,7 +137,7 @@ def _explained(conn: Connection, rows: Iterator[tuple[Any, ...]], keys: Sequence
     """The rows with their info column saying why each task is not running."""
     i = {k: n for n, k in enumerate(keys)}
     live: list[monitor.LauncherStatus] | None = None
-    why: dict[tuple[str, int, int], str] = {}
+    why: dict[tuple[Any, ...], str] = {}
     while True:
         block = [list(r) for r in islice(rows, chunk)]
         if not block:
@@ -152,9 +153,10 @@ def _explained(conn: Connection, rows: Iterator[tuple[Any, ...]], keys: Sequence
             elif state in monitor.WAITING_FOR_NODES and r[i["launcher_id"]] is None:
                 if live is None:
                     live = monitor.launchers(conn, alive_only=True)
-                key = (r[i["workflow"]], r[i["num_nodes"]], r[i["ranks_per_node"]])
+                key = (r[i["workflow"]], r[i["num_nodes"]], r[i["ranks_per_node"]],
+                       r[i["owner"]], r[i["changed_by"]], r[i["app"]], r[i["app_changed_by"]])
                 if key not in why:
-                    why[key] = monitor.unrunnable(*key, live)
+                    why[key] = monitor.unrunnable(*key[:3], live, monitor.trust_needs(*key[3:]))
                 if why[key]:
                     r[i["info"]] = f"{info}; {why[key]}" if info else why[key]
         yield from block

@@ -22,7 +22,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from balsam import bulk, dag, held
+from balsam import bulk, claim, dag, held
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, CycleError, InvalidInput, NotFound
 from balsam.models import (
@@ -529,8 +529,7 @@ def add_trust(users: Iterable[str], *, conn: Connection | None = None) -> list[s
             if name in (me, ADMIN_ROLE):
                 message = f"{name} is always trusted"
                 raise InvalidInput(message)
-        known = {r["rolname"] for r in conn.execute(q("login_roles"), {"names": names})}
-        unknown = [n for n in names if n not in known]
+        unknown = claim.unknown_users(conn, names)
         if unknown:
             message = (f"no user {', '.join(unknown)} in this project's database (the owner adds "
                        f"users with: balsam server --add-user NAME)")

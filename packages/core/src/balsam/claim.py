@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from balsam.db import Connection
-from balsam.errors import ClaimLost
+from balsam.errors import ClaimLost, InvalidInput
 from balsam.models import App, Task, validate_user_name
 from balsam.project import ADMIN_ROLE
 from balsam.queries import q
@@ -37,12 +37,14 @@ Policy = Callable[[list[Task], Resources], Sequence[Task] | None]
 
 @dataclass
 class Claimed:
-    """A task a claim gave this launcher: the nodes it was placed on (none for post-processing)
-    and the ids of its parents."""
+    """A task a claim gave this launcher: the nodes it was placed on (none for post-processing),
+    the ids of its parents, and its app as read in the claim's transaction (None if it could
+    not be: removed meanwhile)."""
 
     task: Task
     nodes: list[Node]
     parent_ids: list[int]
+    app: App | None = None
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,15 @@ class WorkflowFilter:
 
 def register_launcher(conn: Connection, *, job_mode: str, num_nodes: int, wf_filter: str = "",
                       batch_job_id: int | None = None, heartbeat_timeout: float = 60.0,
-                      hostname: str | None = None, pid: int | None = None) -> dict[str, Any]:
-    """Insert this launcher's row (its heartbeat starts now) and return it."""
+                      hostname: str | None = None, pid: int | None = None,
+                      trust: Sequence[str] = ()) -> dict[str, Any]:
+    """Insert this launcher's row (its heartbeat starts now) and return it. ``trust``: the
+    users its ``--trust`` option names, recorded for others to see."""
     row = conn.execute(q("register_launcher"), {
         "batch_job_id": batch_job_id, "hostname": hostname or socket.gethostname(),
         "pid": pid or os.getpid(), "job_mode": job_mode, "wf_filter": wf_filter,
         "num_nodes": num_nodes, "heartbeat_timeout": heartbeat_timeout,
+        "trust": sorted(set(trust)),
     }).fetchone()
     assert row is not None
     return row
@@ -129,11 +134,44 @@ def reap_dead(conn: Connection) -> dict[str, Any]:
 def trusted_users(conn: Connection, extra: Iterable[str] = ()) -> list[str]:
     """Whose tasks a launcher of this session's user may run: that user, balsam_admin, the users
     they trust in the project (``balsam trust``) and ``extra`` (the launcher's ``--trust``). The
-    SQL function ``balsam_untrusted(trusted, owner, changed_by, app_id)`` applies the list."""
+    claim queries apply the list, as does the SQL function ``balsam_untrusted(trusted, owner,
+    changed_by, app_id)`` (which says why) and :func:`untrusted` (on rows already read)."""
     names = [validate_user_name(n) for n in extra]
     row = conn.execute(q("trusted_by_session_user")).fetchone()
     assert row is not None
     return sorted({row["me"], ADMIN_ROLE, *row["trustees"], *names})
+
+
+def unknown_users(conn: Connection, names: Iterable[str]) -> list[str]:
+    """Which of ``names`` are no user of the server, sorted (InvalidInput for a malformed
+    name)."""
+    wanted = sorted({validate_user_name(n) for n in names})
+    known = {r["rolname"] for r in conn.execute(q("login_roles"), {"names": wanted})}
+    return [n for n in wanted if n not in known]
+
+
+def require_users(conn: Connection, names: Iterable[str], option: str = "--trust") -> None:
+    """InvalidInput (one line, naming ``option``) unless every name is a user of the server."""
+    names = list(names)
+    unknown = unknown_users(conn, names) if names else []  # no round trip for none
+    if unknown:
+        message = (f"{option} {unknown[0]}: no such user in this project's database (the owner "
+                   f"adds users with: balsam server --add-user NAME)")
+        raise InvalidInput(message)
+
+
+def untrusted(task: Task, app: App, trusted: Collection[str]) -> str | None:
+    """Why a launcher trusting ``trusted`` must not run ``task`` with ``app`` (as read), or None
+    if it may: the rule of the claim queries, applied again to what the launcher would execute
+    (an app may have changed between the claim and its reading, a trust may have been
+    withdrawn since). Says it as ``balsam_untrusted`` does."""
+    if task.owner not in trusted:
+        return f"owned by {task.owner}"
+    if task.changed_by not in trusted:
+        return f"changed by {task.changed_by}"
+    if app.changed_by not in trusted:
+        return f"its app {app.name} was changed by {app.changed_by}"
+    return None
 
 
 # --- claiming ----------------------------------------------------------------------------------
@@ -147,25 +185,31 @@ def _check_live(cursor: Any, launcher: int) -> None:
 
 def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy: Policy, *,
                   wf_filter: WorkflowFilter = WorkflowFilter(), limit: int = 64,
-                  max_wall_minutes: float | None = None) -> list[Claimed]:
+                  max_wall_minutes: float | None = None,
+                  trusted: Sequence[str] | None = None) -> list[Claimed]:
     """Claim tasks to start now on the free ``resources`` (which this call does not change).
 
-    Locks up to ``limit`` unclaimed candidates, asks ``policy`` which to start (in start order),
-    places them first-fit on a copy of the free nodes, and claims exactly those that fit, all in
-    one transaction (two round trips: lock and read, then claim and commit). Allocate the
-    returned tasks in this order on the real resources to get the same nodes. ClaimLost if the
-    launcher has ended or was presumed dead.
+    Only tasks whose owner, last changer and app's last changer are all in ``trusted`` are
+    candidates (default: :func:`trusted_users` of the session's user, one more round trip; a
+    launcher passes the list it holds). Locks up to ``limit`` unclaimed candidates, asks
+    ``policy`` which to start (in start order),
+    places them first-fit on a copy of the free nodes, and claims exactly those that fit with
+    their apps, all in one transaction (two round trips: lock and read, then claim, read the
+    apps and commit). Allocate the returned tasks in this order on the real resources to get the
+    same nodes. ClaimLost if the launcher has ended or was presumed dead.
     """
     max_nodes = resources.idle_nodes if resources.job_mode == "mpi" else (
         1 if resources.free_share > 0 else 0)
     if max_nodes == 0 or limit <= 0:
         return []
     max_wall = NO_LIMIT_MINUTES if max_wall_minutes is None else int(max(0, max_wall_minutes))
+    trusted = trusted_users(conn) if trusted is None else list(trusted)
     with conn.pipeline(), conn.transaction():
         live = conn.execute(q("lock_live_launcher"), {"launcher": launcher})
         found = conn.execute(q("lock_run_candidates"), {
             **wf_filter.params(), "max_nodes": max_nodes, "limit": limit,
             "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
+            "trusted": trusted,
         })
         _check_live(live, launcher)
         rows = found.fetchall()
@@ -179,29 +223,48 @@ def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy:
         placed = resources.copy().pack(unique)
         if not placed:
             return []
-        marked = conn.execute(q("claim_tasks"),
-                              {"launcher": launcher, "ids": [t.id for t, _ in placed]})
-    claimed = {r["id"] for r in marked.fetchall()}
-    return [Claimed(t, nodes, parents[t.id]) for t, nodes in placed if t.id in claimed]
+        marked = _mark(conn, launcher, [t for t, _ in placed])
+    claimed, apps = marked()
+    return [Claimed(t, nodes, parents[t.id], apps.get(t.app_id))  # type: ignore[arg-type]
+            for t, nodes in placed if t.id in claimed]
 
 
 def claim_for_post(conn: Connection, launcher: int, *, limit: int,
-                   wf_filter: WorkflowFilter = WorkflowFilter()) -> list[Claimed]:
+                   wf_filter: WorkflowFilter = WorkflowFilter(),
+                   trusted: Sequence[str] | None = None) -> list[Claimed]:
     """Claim up to ``limit`` unclaimed tasks whose run is over (post-processing, error and
-    timeout handling); no nodes are needed."""
+    timeout handling); no nodes are needed. Only trusted tasks, as :func:`claim_for_run`."""
     if limit <= 0:
         return []
+    trusted = trusted_users(conn) if trusted is None else list(trusted)
     with conn.pipeline(), conn.transaction():
         live = conn.execute(q("lock_live_launcher"), {"launcher": launcher})
-        found = conn.execute(q("lock_post_candidates"), {**wf_filter.params(), "limit": limit})
+        found = conn.execute(q("lock_post_candidates"), {**wf_filter.params(), "limit": limit,
+                                                         "trusted": trusted})
         _check_live(live, launcher)
         rows = found.fetchall()
         if not rows:
             return []
-        marked = conn.execute(q("claim_tasks"),
-                              {"launcher": launcher, "ids": [r["id"] for r in rows]})
-    claimed = {r["id"] for r in marked.fetchall()}
-    return [Claimed(Task.from_row(r), [], r["parent_ids"]) for r in rows if r["id"] in claimed]
+        tasks = [Task.from_row(r) for r in rows]
+        marked = _mark(conn, launcher, tasks)
+    claimed, apps = marked()
+    parents = {r["id"]: r["parent_ids"] for r in rows}
+    return [Claimed(t, [], parents[t.id], apps.get(t.app_id))  # type: ignore[arg-type]
+            for t in tasks if t.id in claimed]
+
+
+def _mark(conn: Connection, launcher: int,
+          tasks: Sequence[Task]) -> Callable[[], tuple[set[int], dict[int, App]]]:
+    """Send the claim of ``tasks`` and the read of their apps (in a pipeline: no round trip of
+    their own); the returned call gives the ids claimed and the apps, once the pipeline synced."""
+    marked = conn.execute(q("claim_tasks"), {"launcher": launcher, "ids": [t.id for t in tasks]})
+    apps = conn.execute(q("apps_by_id"), {"ids": list({t.app_id for t in tasks})})
+
+    def result() -> tuple[set[int], dict[int, App]]:
+        return ({r["id"] for r in marked.fetchall()},
+                {r["id"]: App.from_row(r) for r in apps.fetchall()})
+
+    return result
 
 
 # --- claim-checked updates ---------------------------------------------------------------------
@@ -310,12 +373,6 @@ def open_session(conn: Connection, *, listen: bool = True) -> None:
     conn.execute(q("launcher_session" if listen else "claim_session"))
 
 
-def apps(conn: Connection, ids: Iterable[int]) -> dict[int, App]:
-    """Apps by id."""
-    rows = conn.execute(q("apps_by_id"), {"ids": list(ids)}).fetchall()
-    return {r["id"]: App.from_row(r) for r in rows}
-
-
 def parents(conn: Connection, task_id: int) -> list[Task]:
     """A task's parents (id, name, workflow, user_workdir: where their files are)."""
     rows = conn.execute(q("parents_of"), {"ids": [task_id]}).fetchall()
@@ -345,11 +402,15 @@ def unclaimed_work(conn: Connection, wf_filter: str = "") -> list[Work]:
 
 def work_remaining(conn: Connection, launcher: int, resources: Resources, *,
                    wf_filter: WorkflowFilter = WorkflowFilter(),
-                   max_wall_minutes: float | None = None) -> bool:
-    """Whether this launcher may still get work (see the ``work_remaining`` query)."""
+                   max_wall_minutes: float | None = None,
+                   trusted: Sequence[str] | None = None) -> bool:
+    """Whether this launcher may still get work (see the ``work_remaining`` query); tasks it
+    does not trust are not (``trusted`` as :func:`claim_for_run`)."""
     max_wall = NO_LIMIT_MINUTES if max_wall_minutes is None else int(max(0, max_wall_minutes))
+    trusted = trusted_users(conn) if trusted is None else list(trusted)
     row = conn.execute(q("work_remaining"), {
         **wf_filter.params(), "launcher": launcher, "max_nodes": resources.num_nodes,
         "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
+        "trusted": trusted,
     }).fetchone()
     return bool(row and row["remaining"])

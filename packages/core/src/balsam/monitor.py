@@ -50,6 +50,8 @@ class LauncherStatus:
     wf_filter: str = ""
     ended_at: datetime | None = None
     end_reason: str = ""
+    #: Whose tasks it runs: its owner, balsam_admin, whom its owner trusts, its --trust.
+    trusted: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ def launchers(conn: Connection, *, alive_only: bool = False) -> list[LauncherSta
                 job_mode=row["job_mode"], num_nodes=row["num_nodes"],
                 started_at=row["started_at"], heartbeat_age=row["heartbeat_age"], alive=alive,
                 suspect=suspect, running=row["running"], wf_filter=row["wf_filter"],
-                ended_at=row["ended_at"], end_reason=row["end_reason"]))
+                ended_at=row["ended_at"], end_reason=row["end_reason"],
+                trusted=frozenset(row["trusted"])))
     return found
 
 
@@ -169,8 +172,9 @@ WAITING_FOR_NODES = (State.READY, State.STAGED_IN, State.PREPROCESSED, State.RES
 
 
 def unrunnable(workflow: str, num_nodes: int, ranks_per_node: int,
-               live: Sequence[LauncherStatus]) -> str:
-    """Why no live launcher can run a task waiting for nodes, or "" if one could."""
+               live: Sequence[LauncherStatus], needs: Sequence[tuple[str, str]] = ()) -> str:
+    """Why no live launcher can run a task waiting for nodes, or "" if one could. ``needs``:
+    the users a launcher must trust to run it, each with why (see :func:`trust_needs`)."""
     live = [lc for lc in live if lc.alive]
     if not live:
         return "no launcher alive"
@@ -182,10 +186,33 @@ def unrunnable(workflow: str, num_nodes: int, ranks_per_node: int,
     if not big:
         most = max(lc.num_nodes for lc in serving)
         return f"needs {num_nodes} nodes; the live launchers have at most {most}"
-    if all(lc.job_mode == "serial" for lc in big) and (num_nodes > 1 or ranks_per_node > 1):
+    fit = [lc for lc in big if lc.job_mode == "mpi" or (num_nodes == 1 and ranks_per_node == 1)]
+    if not fit:
         return (f"needs MPI ({num_nodes} node(s) x {ranks_per_node} ranks); the live launchers "
                 f"serving it run in serial mode")
-    return ""
+    return distrusted(needs, fit)
+
+
+def trust_needs(owner: str, changed_by: str, app: str, app_changed_by: str
+                ) -> list[tuple[str, str]]:
+    """Whom a launcher must trust to run a task (the claims' rule), each with why."""
+    return [(owner, f"owned by {owner}"), (changed_by, f"changed by {changed_by}"),
+            (app_changed_by, f"its app {app} was changed by {app_changed_by}")]
+
+
+def distrusted(needs: Sequence[tuple[str, str]], launchers: Sequence[LauncherStatus]) -> str:
+    """Why none of ``launchers`` trusts every user of ``needs`` (see :func:`trust_needs`), or
+    "" if one does: "no running launcher trusts bob" (with why bob counts when he is not the
+    owner), or "no running launcher trusts all of alice, bob"."""
+    users = list(dict.fromkeys(user for user, _ in needs))
+    if not users or any(set(users) <= lc.trusted for lc in launchers):
+        return ""
+    nobody = [u for u in users if not any(u in lc.trusted for lc in launchers)]
+    if not nobody:
+        return f"no running launcher trusts all of {', '.join(users)}"
+    text = f"no running launcher trusts {', '.join(nobody)}"
+    why = [w for u, w in needs[1:] if u in nobody and u != needs[0][0]]
+    return f"{'; '.join(dict.fromkeys(why))}: {text}" if why else text
 
 
 # --- the rows of balsam ls ------------------------------------------------------------------------
@@ -209,6 +236,7 @@ TASK_EXPRESSIONS: dict[str, str] = {
     "workdir": "coalesce(t.user_workdir, 'data/' || coalesce(nullif(t.workflow, ''), '_') "
                "|| '/' || coalesce(nullif(t.name, ''), 'task') || '_' || t.id)",
     "description": "t.description", "owner": "t.owner", "launcher_id": "t.launcher_id",
+    "changed_by": "t.changed_by", "app_changed_by": "a.changed_by",
     "attempts": "t.attempts", "created_at": "t.created_at",
     "state_changed_at": "t.state_changed_at",
     "cause": "CASE WHEN t.state IN ('FAILED', 'RUN_ERROR', 'RUN_TIMEOUT') THEN "

@@ -7,7 +7,7 @@ import sys
 import click
 import pluggy
 
-from balsam import api
+from balsam import api, claim
 from balsam.db import connect
 from balsam.errors import InvalidInput, NotFound
 from balsam.plugins import pass_plugin_manager
@@ -63,12 +63,16 @@ _DEFAULT = Options()
 @click.option("--allow-workdir", multiple=True, metavar="PREFIX",
               help="Let tasks work under this absolute directory outside the project "
                    "(repeatable); others are FAILED instead of run.")
+@click.option("--trust", multiple=True, metavar="USER",
+              help="Also run the tasks USER owns or changed, and those of apps USER changed "
+                   "(repeatable; beside yours, balsam_admin's and those of the users you "
+                   "trust with 'balsam trust add').")
 @pass_plugin_manager
 def launcher(pm: pluggy.PluginManager, job_mode: str, wf_filter: str, wf_substring: bool,
              consume_all: bool, time_limit_minutes: float | None, nodes: int | None,
              batch_job_id: int | None, heartbeat_timeout: float, poll_interval: float,
              max_retries: int, workers: int, kill_grace: float,
-             allow_workdir: tuple[str, ...]) -> None:
+             allow_workdir: tuple[str, ...], trust: tuple[str, ...]) -> None:
     """Run the active project's tasks on this batch job's nodes.
 
     Nodes come from Slurm, PBS or Cobalt, or the local host. SIGTERM or SIGINT (the scheduler
@@ -86,11 +90,12 @@ def launcher(pm: pluggy.PluginManager, job_mode: str, wf_filter: str, wf_substri
                       consume_all=consume_all, time_limit_minutes=time_limit_minutes,
                       nodes=nodes, batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
                       poll_interval=poll_interval, max_retries=max_retries, workers=workers,
-                      kill_grace=kill_grace, allow_workdir=allow_workdir)
+                      kill_grace=kill_grace, allow_workdir=allow_workdir, trust=trust)
     fence.mode()  # a bad BALSAM_FENCE is refused here, before anything starts
     project = Project.from_env()
     runner = Launcher(project, options, pm)
     with connect(project) as conn:  # the server is up, the batch job exists: before the fence
+        claim.require_users(conn, trust)
         if batch_job_id is not None:
             try:
                 batch_jobs.get(conn, batch_job_id)

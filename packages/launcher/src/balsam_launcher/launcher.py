@@ -38,10 +38,11 @@ import pluggy
 from balsam import claim
 from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
-from balsam.models import App, Task
+from balsam.models import Task, validate_user_name
 from balsam.project import Project, current_user
 from balsam.resources import JOB_MODES, Node
-from balsam_launcher import detect, lease, ledger, steps, workdirs
+from balsam.states import State
+from balsam_launcher import detect, lease, ledger, progress, steps, workdirs
 from balsam_launcher.process import AgentPool, Processes, program
 from balsam_launcher.session import (
     Claims,
@@ -102,6 +103,8 @@ class Options:
     script_timeout: float = steps.SCRIPT_TIMEOUT
     #: Absolute directories outside the project where tasks may work.
     allow_workdir: tuple[str, ...] = ()
+    #: Users whose tasks it runs besides its user's and those its user trusts (``balsam trust``).
+    trust: tuple[str, ...] = ()
 
     @property
     def heartbeat_interval(self) -> float:
@@ -130,6 +133,12 @@ class Options:
             if not os.path.isabs(prefix):
                 message = f"--allow-workdir needs an absolute directory, got {prefix!r}"
                 raise InvalidInput(message)
+        for name in self.trust:
+            try:
+                validate_user_name(name)
+            except InvalidInput as exc:
+                message = f"--trust: {exc}"
+                raise InvalidInput(message) from None
 
 
 class Launcher:
@@ -142,7 +151,8 @@ class Launcher:
         self.pm = pm
         self.wf_filter = claim.WorkflowFilter(options.wf_filter, options.wf_substring)
         self.resources, self.allocation = detect.resources(options.job_mode, options.nodes)
-        self.ledger = ledger.Ledger(max_retries=options.max_retries)
+        # trusts nobody until registered (then: whom its user trusts, read by the claims)
+        self.ledger = ledger.Ledger(max_retries=options.max_retries, trusted=())
         self.id = 0
         self.exit_code = 0
         self.log_path: Path | None = None
@@ -152,7 +162,7 @@ class Launcher:
         self.pool = steps.ScriptPool(options.workers, self._post)
         self.session = Session(project, self._post, wf_filter=self.wf_filter,
                                heartbeat_interval=options.heartbeat_interval)
-        self.claims = Claims(project, pm, wf_filter=self.wf_filter)
+        self.claims = Claims(project, pm, wf_filter=self.wf_filter, trust=options.trust)
         self.todo: deque[ledger.Intent] = deque()
         self.signals: list[int] = []
         self.wake_r = self.wake_w = self.old_wakeup_fd = -1
@@ -174,6 +184,8 @@ class Launcher:
         self.drain_until: float | None = None
         self.gave_up = False
         self.records_since: float | None = None  # records waiting for a batch since then
+        self.trust_due = False  # read the trusted users again before the next claim
+        self.ticker = progress.Ticker(terminal=sys.stderr.isatty(), start=now)
 
     @property
     def stopping(self) -> str | None:
@@ -190,6 +202,7 @@ class Launcher:
             job_mode=self.options.job_mode, num_nodes=self.resources.num_nodes,
             wf_filter=self.options.wf_filter, batch_job_id=self.options.batch_job_id,
             heartbeat_timeout=self.options.heartbeat_timeout)
+        self.ledger.trusted = frozenset(self.claims.trusted)
         self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.common_env = steps.launcher_env(
             project_root=self.project.root, launcher=self.id, job_mode=self.options.job_mode,
@@ -199,6 +212,7 @@ class Launcher:
                  self.options.job_mode, self.resources.num_nodes, socket.gethostname(),
                  self.allocation.scheduler, ", simulated" if self.resources.simulated else "",
                  self.options.wf_filter)
+        log.info("runs the tasks of: %s", ", ".join(self.claims.trusted))
         try:
             self._setup_wakeups()
             self.session.start(self.id)  # heartbeats from now on, even while agents start
@@ -242,6 +256,11 @@ class Launcher:
             signal.signal(sig, handler)
         self.pool.shutdown()
         self.processes.close()
+        last = self.ticker.last(self._counts())
+        if last is not None:
+            sys.stderr.write(progress.terminal_line(last))
+        if self.ticker.shown:
+            print(file=sys.stderr)  # the progress line stays
         if self.id and not self.ledger.dead and not self.gave_up:
             self._end()
         log.info("launcher %s ended: %s", self.id, self.ledger.stopping)
@@ -328,12 +347,31 @@ class Launcher:
         self._read_inbox()
         self._do()
         self._ask(now)
+        self._progress(now)
+
+    def _counts(self) -> progress.Progress:
+        r, done = self.resources, self.ledger.outcomes
+        return progress.Progress(
+            running=self.ledger.count(*ledger.RUNS), finished=done[State.RUN_DONE],
+            failed=done[State.RUN_ERROR] + done[State.RUN_TIMEOUT],
+            busy_nodes=r.num_nodes - r.idle_nodes, nodes=r.num_nodes)
+
+    def _progress(self, now: float) -> None:
+        """The progress line on a terminal, and a line in the log every minute."""
+        if not self.ticker.terminal and now < self.ticker.next_time():
+            return  # nothing to write: no need to count
+        out = self.ticker.tick(now, self._counts())
+        if out.show is not None:
+            sys.stderr.write(progress.terminal_line(out.show))
+            sys.stderr.flush()
+        if out.log is not None:
+            log.info("progress: %s", out.log)
 
     def _wait_time(self) -> float:
         if self.todo or not self.inbox.empty():
             return 0.0
         now = time.monotonic()
-        times = [self.next_reconcile, self.next_poll]
+        times = [self.next_reconcile, self.next_poll, self.ticker.next_time()]
         if self.deadline is not None:
             times.append(self.deadline)
         if self.drain_until is not None:
@@ -393,7 +431,8 @@ class Launcher:
                 and not self.checking and now >= self.next_done_check:
             self.next_done_check = now + 0.5
             self.checking = True
-            self.session.send(WorkLeft(self.resources, self._remaining_minutes()))
+            self.session.send(WorkLeft(self.resources, self._remaining_minutes(),
+                                       self.claims.trusted))
 
     def _send_writes(self) -> None:
         """Send the queued writes as one batch if none is in flight: at once if a task waits
@@ -449,7 +488,7 @@ class Launcher:
             self.claims.lost()
         elif isinstance(event, Reconnected):
             self.claims.resume()
-            self.want_claim = self.want_post = True
+            self.want_claim = self.want_post = self.trust_due = True
             self.next_reconcile = time.monotonic()
         elif isinstance(event, Renewed):
             if self.processes.agents is not None:  # the agents' lease follows ours
@@ -671,6 +710,8 @@ class Launcher:
         polled = now >= self.next_poll
         if polled:
             self.next_poll = now + self.options.poll_interval
+        if polled or self.trust_due:
+            self._refresh_trust()
         capacity = self._capacity()
         limit = 2 * capacity + 16 if capacity > 0 and (self.want_claim or polled) else 0
         room = 4 * self.options.workers - self.ledger.count(
@@ -679,7 +720,7 @@ class Launcher:
         if not limit and not post_limit:
             return []
         try:
-            runs, posts, apps = self.claims.claim(
+            runs, posts = self.claims.claim(
                 self.resources, self.info(), limit=limit, post_limit=post_limit,
                 max_wall_minutes=self._remaining_minutes())
         except ClaimLost as exc:
@@ -695,15 +736,25 @@ class Launcher:
                          "" if with_nodes else " to finish",
                          ids_text([c.task.id for c in claimed]))  # type: ignore[misc]
             for c in claimed:
-                intents += self._adopt(c, apps, with_nodes=with_nodes)
+                intents += self._adopt(c, with_nodes=with_nodes)
         return intents
 
-    def _adopt(self, c: claim.Claimed, apps: dict[int, App], *,
-               with_nodes: bool) -> list[ledger.Intent]:
-        task = c.task
-        app = apps.get(task.app_id)  # type: ignore[arg-type]
+    def _refresh_trust(self) -> None:
+        """Read whom this launcher trusts again: a trust withdrawn stops the next claims, and
+        the starts and scripts of tasks held (the ledger judges them again)."""
+        before = self.claims.trusted
+        trusted = self.claims.refresh_trust()
+        self.trust_due = False
+        if trusted != before:
+            log.info("runs the tasks of: %s", ", ".join(trusted))
+            self.ledger.trusted = frozenset(trusted)
+
+    def _adopt(self, c: claim.Claimed, *, with_nodes: bool) -> list[ledger.Intent]:
+        task, app = c.task, c.app
         if app is None:  # its app could not be read: the reconcile gives it back
             return []
+        if task.id in self.ledger:  # claimed again before its release's answer came back:
+            return []  # the reconcile gives it back (the ledger forgets it on that answer)
         # on the nodes its claim planned: they are free (nothing else took nodes meanwhile)
         has_nodes = with_nodes and self.resources.allocate(
             task, on=[n.index for n in c.nodes]) is not None

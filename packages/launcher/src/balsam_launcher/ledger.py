@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
+from balsam.claim import untrusted
 from balsam.models import App, Task
 from balsam.states import State
 from balsam_launcher.transitions import after_script, move_times, next_step
@@ -70,6 +71,8 @@ READS = frozenset({P.VERIFYING, P.RUN_VERIFYING, P.RECHECKING})
 #: Phases in which news that the task is killed or lost waits: what is under way (a write, a
 #: start, a script) ends in a write or a read, which tells again.
 DEAF = frozenset({P.WRITING, P.RUN_WRITING, P.ENDED_WRITING, P.STARTING, P.WORKING})
+#: Steps that run something of the task's or its app's (each is judged by trust first).
+WORK = frozenset({"stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler"})
 
 
 class Step(NamedTuple):
@@ -228,8 +231,14 @@ class Batch:
 class Ledger:
     """Every task this launcher holds. Each event method returns the intents to carry out."""
 
-    def __init__(self, *, max_retries: int = 0) -> None:
+    def __init__(self, *, max_retries: int = 0, trusted: Collection[str] | None = None) -> None:
         self.max_retries = max_retries
+        #: The users whose tasks this launcher runs (the loop keeps it current); a task or app
+        #: last changed by anyone else is given back instead of started or worked on. None: not
+        #: judged again here (the claims alone judge).
+        self.trusted = None if trusted is None else frozenset(trusted)
+        #: How the runs of this launcher ended: RUN_DONE, RUN_ERROR or RUN_TIMEOUT (progress).
+        self.outcomes: Counter[State] = Counter()
         self.tasks: dict[int, Entry] = {}
         #: Why the launcher stops (no more starts or scripts), None while it works.
         self.stopping: str | None = None
@@ -317,6 +326,7 @@ class Ledger:
         if e.phase is P.STOPPING:
             return intents + self._gone(e)
         assert e.phase is P.STARTING, e.phase
+        self.outcomes[S.RUN_ERROR] += 1
         moves = [*e.moves, Step(S.RUNNING, message), Step(S.RUN_ERROR, f"cannot start: {reason}")]
         return intents + self._decide(e, moves)
 
@@ -341,6 +351,7 @@ class Ledger:
         if e.phase is P.STOPPING:
             return intents + self._gone(e)
         outcome = self._outcome(e, at, returncode, signalled, error, last_line)
+        self.outcomes[outcome.state] += 1
         if e.phase is P.RUNNING:
             return intents + self._decide(e, [outcome])
         if e.phase is P.RUN_QUEUED:
@@ -523,6 +534,7 @@ class Ledger:
         nothing is left to do), or run a script once they are written."""
         state, cause = moves[-1] if moves else (e.task.state, e.task.state_message)
         attempts = e.task.attempts + sum(1 for m in moves if m.state is S.RUNNING)
+        happened = len(moves)
         kind = None
         if self.stopping is None:
             for _ in range(MAX_CHAIN):
@@ -536,11 +548,19 @@ class Ledger:
                 moves.append(Step(state, cause))
                 kind = None
         e.moves, e.release = moves, kind == "release"
+        acts = kind == "start" or (kind in WORK and not moves)
+        why = untrusted(e.task, e.app, self.trusted) if acts and self.trusted is not None else None
+        if why is not None:  # what happened is written, nothing more, and the claim given back
+            e.moves, e.release = moves[:happened], True
+            self._set(e, P.QUEUED)
+            note = Note("warning", f"task {e.id} not run and given back: {why}, whom this "
+                                   f"launcher does not trust")
+            return [note, *self._free(e)]
         if kind == "start":
             self._set(e, P.STARTING)
             return [Start(e.id)]
-        if kind in ("stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler") \
-                and not moves:
+        if acts:
+            assert kind is not None
             self._set(e, P.WORKING)
             return [Work(e.id, kind)]
         if moves or e.release:

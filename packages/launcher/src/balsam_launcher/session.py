@@ -42,7 +42,7 @@ from balsam.claim import Policy
 from balsam.contracts import LauncherInfo
 from balsam.db import Connection, connect, translate
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
-from balsam.models import App, Task
+from balsam.models import Task
 from balsam.project import Project
 from balsam.resources import Resources
 from balsam.states import State
@@ -126,16 +126,18 @@ class Parents(Request):
 
 @dataclass(eq=False)
 class WorkLeft(Request):
-    """Whether this launcher may still get work (``--consume-all``)."""
+    """Whether this launcher may still get work (``--consume-all``): tasks it trusts."""
 
     resources: Resources
     max_wall_minutes: float | None
+    trusted: tuple[str, ...]
     remaining: bool = field(default=True, init=False)
 
     def run(self, conn: Connection, s: Session) -> None:
         self.remaining = claim.work_remaining(conn, s.launcher, self.resources,
                                               wf_filter=s.wf_filter,
-                                              max_wall_minutes=self.max_wall_minutes)
+                                              max_wall_minutes=self.max_wall_minutes,
+                                              trusted=self.trusted)
 
 
 @dataclass(eq=False)
@@ -373,13 +375,18 @@ class Session:
 class Claims:
     """Claims and the recovery of unknown claims, made by the loop on its own connection. When
     the connection fails, claims wait (each attempt to reconnect is spaced by a backoff, and
-    made only once the session is connected again: a dead server must not stall the loop)."""
+    made only once the session is connected again: a dead server must not stall the loop).
+
+    Claims take only the tasks of the users this launcher trusts (``trusted``: its user,
+    balsam_admin, the users its user trusts in the project and those of ``--trust``), read at
+    registration and again by :meth:`refresh_trust` (each poll, and after a reconnection)."""
 
     def __init__(self, project: Project, pm: pluggy.PluginManager, *,
-                 wf_filter: claim.WorkflowFilter) -> None:
+                 wf_filter: claim.WorkflowFilter, trust: Sequence[str] = ()) -> None:
         self.project, self.pm, self.wf_filter = project, pm, wf_filter
+        self.trust = tuple(trust)
+        self.trusted: tuple[str, ...] = ()
         self.launcher = 0
-        self.apps: dict[int, App] = {}
         self.conn: Connection | None = None
         #: The largest node_packing_count among the candidates seen (serial mode's capacity).
         self.max_packing = 1
@@ -391,10 +398,12 @@ class Claims:
         """Connect and register the launcher."""
         self.conn = _connect(self.project, listen=False)
         try:
+            claim.require_users(self.conn, self.trust)
+            self.trusted = tuple(claim.trusted_users(self.conn, self.trust))
             row = claim.register_launcher(
                 self.conn, job_mode=job_mode, num_nodes=num_nodes, wf_filter=wf_filter,
                 batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
-                pid=fence.host_pid())
+                pid=fence.host_pid(), trust=self.trust)
         except psycopg.errors.ForeignKeyViolation:
             self.close()
             message = f"no batch job {batch_job_id} in this project"
@@ -402,8 +411,20 @@ class Claims:
         except psycopg.Error as exc:
             self.close()
             raise translate(exc) from exc
+        except BalsamError:
+            self.close()
+            raise
         self.launcher = int(row["id"])
         return self.launcher
+
+    def refresh_trust(self) -> tuple[str, ...]:
+        """Read the users this launcher trusts again (a trust withdrawn since stops the next
+        claims); keeps the last list if the database cannot say."""
+        try:
+            self.trusted = tuple(claim.trusted_users(self._conn(), self.trust))
+        except (psycopg.Error, BalsamError) as exc:
+            self._failed(exc)
+        return self.trusted
 
     def ready(self, now: float) -> bool:
         """Whether a claim may be made now (connected, or time to try again)."""
@@ -420,11 +441,11 @@ class Claims:
         self._retry_at = 0.0
 
     def claim(self, resources: Resources, info: LauncherInfo, *, limit: int, post_limit: int,
-              max_wall_minutes: float | None
-              ) -> tuple[list[claim.Claimed], list[claim.Claimed], dict[int, App]]:
+              max_wall_minutes: float | None) -> tuple[list[claim.Claimed], list[claim.Claimed]]:
         """Claim tasks to run on ``resources`` (through the ``select_tasks`` hook, which sees
-        ``info``) and tasks to post-process, with their apps. ClaimLost if the launcher was
-        presumed dead; nothing (and a backoff) if the database fails."""
+        ``info``) and tasks to post-process, each with its app as read in its claim (the ledger
+        judges it again before it runs). ClaimLost if the launcher was presumed dead; nothing
+        (and a backoff) if the database fails."""
         runs: list[claim.Claimed] = []
         posts: list[claim.Claimed] = []
         try:
@@ -432,19 +453,17 @@ class Claims:
             if limit > 0:
                 runs = claim.claim_for_run(conn, self.launcher, resources, self._policy(info),
                                            wf_filter=self.wf_filter, limit=limit,
-                                           max_wall_minutes=max_wall_minutes)
+                                           max_wall_minutes=max_wall_minutes,
+                                           trusted=self.trusted)
             if post_limit > 0:
                 posts = claim.claim_for_post(conn, self.launcher, limit=post_limit,
-                                             wf_filter=self.wf_filter)
-            missing = {c.task.app_id for c in (*runs, *posts)} - self.apps.keys()
-            if missing:
-                self.apps.update(claim.apps(conn, missing))  # type: ignore[arg-type]
+                                             wf_filter=self.wf_filter, trusted=self.trusted)
         except (psycopg.Error, BalsamError) as exc:
             if isinstance(exc, ClaimLost):
                 raise
             self._failed(exc)
-        # what was claimed before a failure is kept (its app unknown: the reconcile recovers it)
-        return runs, posts, self.apps
+        # what was claimed before a failure is kept
+        return runs, posts
 
     def abandon(self, why: str) -> list[dict[str, Any]]:
         """Give every claim back at once (the fence killed our tasks); ClaimLost if we were

@@ -62,9 +62,12 @@ def _manage_users(pm: pluggy.PluginManager, add_users: tuple[str, ...], role: st
         click.echo(f"{name} may now use the project as {role}; they activate it with: "
                    f". balsamactivate {project.root}")
         if role == "member":
-            click.echo(f"A launcher runs only the tasks of users its user trusts: for yours to run "
-                       f"{name}'s tasks, run 'balsam trust add {name}' (and {name} runs "
-                       f"'balsam trust add {project.owner}' for theirs to run yours).")
+            click.echo(f"A launcher runs a task only if its user trusts the task's owner and "
+                       f"whoever last changed the task or its app: for yours to run what {name} "
+                       f"owns or changes, run 'balsam trust add {name}' (or start them with "
+                       f"--trust {name}); for {name}'s to run yours, or their tasks of your "
+                       f"apps, {name} runs 'balsam trust add {project.owner}'. Undo with "
+                       f"'balsam trust rm'.")
     for name in drop_users:
         users.drop_user(project, name, pm)
         click.echo(f"{name} may no longer use the project")

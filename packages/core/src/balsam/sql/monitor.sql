@@ -3,10 +3,14 @@
 
 -- name: launcher_rows
 -- Every launcher (or only those whose row says they run), newest first, with its batch job's
--- scheduler id and state and how many of its tasks are RUNNING. Ages are from the server's clock.
+-- scheduler id and state, how many of its tasks are RUNNING and whose tasks it runs (its owner,
+-- balsam_admin, whom its owner trusts now, its --trust). Ages are from the server's clock.
 SELECT l.id, l.owner, l.hostname, l.pid, l.batch_job_id, b.scheduler_id, b.state AS batch_state,
        l.job_mode, l.num_nodes, l.started_at, l.ended_at IS NOT NULL AS ended, l.wf_filter,
        l.ended_at, l.end_reason,
+       ARRAY[l.owner, 'balsam_admin']
+           || ARRAY(SELECT tr.trustee FROM trust tr WHERE tr.truster = l.owner) || l.trust
+           AS trusted,
        date_part('epoch', now() - l.heartbeat_at)::float8 AS heartbeat_age,
        date_part('epoch', l.heartbeat_timeout)::float8 AS heartbeat_timeout,
        (SELECT count(*) FROM tasks t
