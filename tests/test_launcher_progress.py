@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from balsam.db import connect
-from balsam_launcher import testing as lt
+from balsam_testing import launchers as lt
 
 pytestmark = pytest.mark.pg
 

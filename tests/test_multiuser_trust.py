@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from balsam_pgserver.testing import ACTIVATE, balsam_as
+from balsam_testing.pg import ACTIVATE, balsam_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
