@@ -784,9 +784,11 @@ CREATE TABLE public.launchers (
     ended_at timestamp with time zone,
     end_reason text DEFAULT ''::text NOT NULL,
     heartbeat_timeout interval DEFAULT '00:01:00'::interval NOT NULL,
+    trust text[] DEFAULT '{}'::text[] NOT NULL,
     CONSTRAINT launchers_heartbeat_timeout_check CHECK ((heartbeat_timeout > '00:00:00'::interval)),
     CONSTRAINT launchers_job_mode_check CHECK ((job_mode = ANY (ARRAY['mpi'::text, 'serial'::text]))),
-    CONSTRAINT launchers_num_nodes_check CHECK (((num_nodes >= 1) AND (num_nodes <= 100000)))
+    CONSTRAINT launchers_num_nodes_check CHECK (((num_nodes >= 1) AND (num_nodes <= 100000))),
+    CONSTRAINT launchers_trust_check CHECK ((cardinality(trust) <= 1000))
 );
 
 CREATE VIEW public.launcher_spans AS
@@ -851,6 +853,9 @@ CREATE TABLE public.tasks (
     changed_by text DEFAULT SESSION_USER NOT NULL,
     changed_at timestamp with time zone DEFAULT now() NOT NULL,
     allow_failed_parents boolean DEFAULT false NOT NULL,
+    stage_in_url text DEFAULT ''::text NOT NULL,
+    stage_out_url text DEFAULT ''::text NOT NULL,
+    stage_out_files text DEFAULT ''::text NOT NULL,
     CONSTRAINT tasks_args_check CHECK ((octet_length(args) <= 65536)),
     CONSTRAINT tasks_cpu_affinity_check CHECK ((char_length(cpu_affinity) <= 256)),
     CONSTRAINT tasks_description_check CHECK ((octet_length(description) <= 65536)),
@@ -860,6 +865,9 @@ CREATE TABLE public.tasks (
     CONSTRAINT tasks_num_nodes_check CHECK (((num_nodes >= 1) AND (num_nodes <= 100000))),
     CONSTRAINT tasks_ranks_per_node_check CHECK (((ranks_per_node >= 1) AND (ranks_per_node <= 10000))),
     CONSTRAINT tasks_running_claimed CHECK (((state <> 'RUNNING'::text) OR (launcher_id IS NOT NULL))),
+    CONSTRAINT tasks_stage_in_url_check CHECK ((octet_length(stage_in_url) <= 4096)),
+    CONSTRAINT tasks_stage_out_files_check CHECK ((octet_length(stage_out_files) <= 65536)),
+    CONSTRAINT tasks_stage_out_url_check CHECK ((octet_length(stage_out_url) <= 4096)),
     CONSTRAINT tasks_threads_per_core_check CHECK (((threads_per_core >= 1) AND (threads_per_core <= 64))),
     CONSTRAINT tasks_threads_per_rank_check CHECK (((threads_per_rank >= 1) AND (threads_per_rank <= 10000))),
     CONSTRAINT tasks_user_workdir_check CHECK ((octet_length(user_workdir) <= 4096)),
@@ -1135,11 +1143,15 @@ CREATE TRIGGER tasks_owner_update BEFORE UPDATE OF owner ON public.tasks FOR EAC
 
 CREATE TRIGGER tasks_record_change AFTER UPDATE OF args, environ_vars, user_workdir, app_id, input_files ON public.tasks FOR EACH ROW WHEN (((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files))) EXECUTE FUNCTION public.balsam_record_change('task', 'args', 'environ_vars', 'user_workdir', 'app_id', 'input_files');
 
+CREATE TRIGGER tasks_record_change_staging AFTER UPDATE OF stage_in_url, stage_out_url, stage_out_files ON public.tasks FOR EACH ROW WHEN (((old.stage_in_url IS DISTINCT FROM new.stage_in_url) OR (old.stage_out_url IS DISTINCT FROM new.stage_out_url) OR (old.stage_out_files IS DISTINCT FROM new.stage_out_files))) EXECUTE FUNCTION public.balsam_record_change('task', 'stage_in_url', 'stage_out_url', 'stage_out_files');
+
 CREATE TRIGGER tasks_record_deletion AFTER DELETE ON public.tasks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_record_deletion('task', 'name', 'workflow', 'state', 'owner', 'app_id', 'args', 'environ_vars', 'user_workdir', 'input_files', 'changed_by', 'changed_at');
 
 CREATE TRIGGER tasks_release_children AFTER UPDATE ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_release_finished();
 
 CREATE TRIGGER tasks_stamp_change BEFORE UPDATE OF args, environ_vars, user_workdir, app_id, input_files, changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files))) EXECUTE FUNCTION public.balsam_stamp_change();
+
+CREATE TRIGGER tasks_stamp_change_staging BEFORE UPDATE OF stage_in_url, stage_out_url, stage_out_files ON public.tasks FOR EACH ROW WHEN (((old.stage_in_url IS DISTINCT FROM new.stage_in_url) OR (old.stage_out_url IS DISTINCT FROM new.stage_out_url) OR (old.stage_out_files IS DISTINCT FROM new.stage_out_files))) EXECUTE FUNCTION public.balsam_stamp_change();
 
 CREATE TRIGGER tasks_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((NOT ((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files))) AND ((old.changed_by IS DISTINCT FROM new.changed_by) OR (old.changed_at IS DISTINCT FROM new.changed_at)))) EXECUTE FUNCTION public.balsam_refuse_stamp();
 

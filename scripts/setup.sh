@@ -31,6 +31,10 @@ if [ "$TESTS" = 1 ]; then
     command -v mpirun >/dev/null || need_apt+=(openmpi-bin)
     command -v runuser >/dev/null || need_apt+=(util-linux)
     [ -x /usr/bin/chromium ] || need_apt+=(chromium)   # Playwright drives Debian's build
+    # the staging tests run the real rsync and scp (and sftp-server) through a local ssh stand-in
+    command -v rsync >/dev/null || need_apt+=(rsync)
+    command -v scp >/dev/null || need_apt+=(openssh-client)
+    [ -x /usr/lib/openssh/sftp-server ] || need_apt+=(openssh-sftp-server)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then log "missing packages: ${need_apt[*]} (install them as root)"; exit 1; fi

@@ -241,12 +241,13 @@ def test_fields_are_checked_at_the_door(legacy):
             ("job_id", 3, "BalsamJob.job_id is read-only"),
             ("pk", 3, "BalsamJob.pk is read-only"),
             ("mpi_flags", "-x", "BalsamJob.mpi_flags is not supported yet"),
-            ("stage_out_url", "local:/x", "BalsamJob.stage_out_url is not supported yet"),
+            ("stage_out_url", "local:x", "a local URL names an absolute path"),
             ("state", "DONE", "invalid state 'DONE'")):
         with pytest.raises(InvalidInput, match=re.escape(error)):
             setattr(job, field, value)
-    job.stage_in_url = ""  # the legacy default is accepted
-    assert (job.stage_in_url, job.coschedule_num_nodes, job.wait_for_parents) == ("", 0, True)
+    job.stage_in_url = "local:/data/in"  # legacy's spelling of a local path
+    assert (job.stage_in_url, job.coschedule_num_nodes, job.wait_for_parents) == (
+        "local:/data/in", 0, True)
     with pytest.raises(InvalidInput, match="BalsamJob 'y' needs an application"):
         models.BalsamJob(name="y").save()
     with pytest.raises(NotFound, match="unknown app 'nope'"):

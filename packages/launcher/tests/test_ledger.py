@@ -212,6 +212,25 @@ def test_scripts_run_after_the_moves_before_them_are_written_and_their_result_is
         S.POSTPROCESSED, S.JOB_FINISHED]
 
 
+def test_stage_in_and_out_run_in_the_pool_and_a_failed_transfer_fails_the_task():
+    ledger = Ledger()
+    urls = {"stage_in_url": "/in", "stage_out_url": "/out"}
+    assert ledger.claimed(task(1, **urls), PLAIN, [], has_nodes=True) == [Work(1, "stage_in")]
+    assert ledger.work_done(1, "stage_in", True, "1 item(s) staged in") == [Start(1)]
+    ledger.started(1, 1.0, "pid")
+    commit_all(ledger, ledger.next_batch())
+    ledger.exited(1, 2.0, 0, signalled=False)
+    assert commit_all(ledger, ledger.next_batch()) == [Work(1, "stage_out")]  # POSTPROCESSED
+    ledger.work_done(1, "stage_out", True, "2 item(s) staged out")
+    assert ledger.next_batch().chains[1].moves == (Step(S.JOB_FINISHED, "2 item(s) staged out"),)
+    ledger = Ledger()
+    ledger.claimed(task(2, S.POSTPROCESSED, **urls), PLAIN, [], has_nodes=False)
+    ledger.work_done(2, "stage_out", False, "stage-out to /out failed: why; the outputs stay")
+    batch = ledger.next_batch()
+    assert batch.chains[2].moves == (Step(S.FAILED, "stage-out to /out failed: why; the "
+                                                    "outputs stay"),) and 2 in batch.release
+
+
 def test_failures_say_why_and_retries_start_on_another_claim():
     ledger = Ledger(max_retries=1)
     ledger.claimed(task(1, S.RESTART_READY), PLAIN, [], has_nodes=True)
@@ -400,18 +419,19 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.ledger.stopping is None)
     @rule(state=st.sampled_from([S.READY, S.READY, S.RESTART_READY, S.RUN_DONE, S.RUN_ERROR,
-                                 S.RUN_TIMEOUT]),
+                                 S.RUN_TIMEOUT, S.POSTPROCESSED]),
           scripts=st.booleans(), handler=st.booleans(), retry=st.booleans(),
-          app_by=st.sampled_from(["alice", "alice", "bob"]))
-    def claim(self, state, scripts, handler, retry, app_by):
+          app_by=st.sampled_from(["alice", "alice", "bob"]), staging=st.booleans())
+    def claim(self, state, scripts, handler, retry, app_by, staging):
         """The loop claims on its own connection, at once (a reconcile in flight may have been
         read before: it carries what the ledger knew when it was sent). Claims take alice's
         tasks; their app may have been changed by bob before it was read."""
         tid, self.next_id = self.next_id, self.next_id + 1
         self.w.rows[tid] = Row(state, ME, message="claimed")
+        urls = {"stage_in_url": "/in", "stage_out_url": "/out"} if staging else {}
         t = task(tid, state, post_error_handler=handler, post_timeout_handler=handler,
                  auto_timeout_retry=retry, state_message="claimed", owner="alice",
-                 changed_by="alice")
+                 changed_by="alice", **urls)
         app = replace(SCRIPTS if scripts else PLAIN, changed_by=app_by)
         run = state in (S.READY, S.RESTART_READY)
         self.w.claim_no[tid] = self.w.claim_no.get(tid, 0) + 1
@@ -451,7 +471,8 @@ class LedgerMachine(RuleBasedStateMachine):
         tid = data.draw(st.sampled_from(sorted(self.w.scripts)))
         kind = self.w.scripts.pop(tid)
         row = self.w.rows[tid]
-        if ok and sets_state and kind not in ("stage_in", "preprocess") and row.launcher == ME \
+        if ok and sets_state and kind not in ("stage_in", "preprocess", "stage_out") \
+                and row.launcher == ME \
                 and allowed(row.state, S.POSTPROCESSED):
             row.state, row.message = S.POSTPROCESSED, "set by the script"
         outcome = None if self.ledger.stopping is not None and not ok else ok

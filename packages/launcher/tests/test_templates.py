@@ -5,8 +5,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shlex
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,8 +87,8 @@ def test_project_template_beats_home_beats_package(project, tmp_path):
 
 def test_undefined_variable_is_a_one_line_error(project):
     (project.root / "job-templates").mkdir()
-    (project.root / "job-templates" / "local.sh").write_text("a\n{{ job.id }} {{ nodes }}\n")
-    with pytest.raises(TemplateError, match=r"^job template 'local.sh': 'nodes' is undefined$"):
+    (project.root / "job-templates" / "local.sh").write_text("a\n{{ job.id }} {{ nodez }}\n")
+    with pytest.raises(TemplateError, match=r"^job template 'local.sh': 'nodez' is undefined$"):
         rendered(project, "local")
 
 
@@ -174,3 +177,47 @@ def test_a_template_name_cannot_leave_the_template_directories(project):
     write_template(project.root / "server-info", "{}\n")
     with pytest.raises(TemplateError, match="job template '../server-info' not found"):
         rendered(project, "local", template="../server-info")
+
+
+#: A legacy Balsam 0.5 job template, as its user guide shows it.
+LEGACY_TEMPLATE = """#!/bin/bash -x
+#COBALT -A {{ project }}
+#COBALT -n {{ nodes }}
+#COBALT -q {{ queue }}
+#COBALT -t {{ time_minutes }}
+#COBALT {{ sched_flags }}
+
+export PATH={{ balsam_bin }}:{{ pg_bin }}:$PATH
+source balsamactivate {{ balsam_db_path }}
+sleep 2
+balsam launcher --{{ wf_filter }} --job-mode={{ job_mode }} \\
+    --time-limit-minutes={{ time_minutes-2 }}
+source balsamdeactivate
+"""
+
+
+def test_a_legacy_template_renders_with_legacy_names(project, tmp_path):
+    home = tmp_path / "home" / "job-templates"
+    home.mkdir(parents=True)
+    (home / "theta.cobaltscheduler.tmpl").write_text(LEGACY_TEMPLATE)
+    lines = rendered(project, "cobalt", template="theta.cobaltscheduler.tmpl").splitlines()
+    assert lines[1:5] == ["#COBALT -A Proj1", "#COBALT -n 5", "#COBALT -q debug", "#COBALT -t 15"]
+    assert f"source balsamactivate {project.root}" in lines
+    launch = lines.index("balsam launcher --wf-filter=wf one --job-mode=mpi \\")
+    assert lines[launch + 1] == "    --time-limit-minutes=13"
+    bins = next(ln for ln in lines if ln.startswith("export PATH="))
+    assert bins.split("=", 1)[1].split(":")[0] == str(Path(sys.executable).parent)
+    everything = rendered(project, "cobalt", {**JOB, "wf_filter": ""},
+                          template="theta.cobaltscheduler.tmpl")
+    assert "balsam launcher --consume-all --job-mode=mpi" in everything
+
+
+def test_a_legacy_variable_with_no_value_is_named_with_what_to_write(project, tmp_path):
+    home = tmp_path / "home" / "job-templates"
+    home.mkdir(parents=True)
+    (home / "old.tmpl").write_text("source {{ activate_path }} {{ conda_path }}\n")
+    with pytest.raises(TemplateError, match=re.escape(
+            "job template 'old.tmpl': 'activate_path' is undefined; activate_path is a legacy "
+            "variable with no value here: source {{ activate }} {{ project_dir }} "
+            "(balsamactivate)")):
+        rendered(project, "cobalt", template="old.tmpl")

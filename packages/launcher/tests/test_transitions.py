@@ -34,6 +34,12 @@ def test_stage_in_only_with_parents_and_input_files():
     assert step(S.READY, parents=True, input_files="*.dat") == ("stage_in", None)
 
 
+def test_staging_urls_stage_in_before_preprocess_and_out_after_postprocess():
+    assert step(S.READY, stage_in_url="/in") == ("stage_in", None)  # parents or not
+    assert step(S.POSTPROCESSED, stage_out_url="rsync://h/out") == ("stage_out", None)
+    assert step(S.POSTPROCESSED, stage_out_files="*") == ("move", (S.JOB_FINISHED, ""))
+
+
 def test_scripts_run_in_workers():
     assert step(S.STAGED_IN, SCRIPTS) == ("preprocess", None)
     assert step(S.RUN_DONE, SCRIPTS) == ("postprocess", None)

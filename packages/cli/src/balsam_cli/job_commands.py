@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+import pluggy
 
 from balsam import api, bulk
 from balsam.durations import wall_time_type
@@ -36,7 +37,7 @@ FIELDS = ("name", "workflow", "app_name", "args", "description", "wall_time_minu
           "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "cpu_affinity",
           "node_packing_count", "env", "data", "input_files", "post_error_handler",
           "post_timeout_handler", "auto_timeout_retry", "allow_failed_parents", "workdir",
-          "parents")
+          "parents", "stage_in_url", "stage_out_url", "stage_out_files")
 #: Most values one sweep variable may take, and most tasks one sweep may make.
 MAX_VALUES = 10_000_000
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$|^(\d+)-(\d+)$")
@@ -62,14 +63,21 @@ _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
               help="Environment variable for the task (repeatable).")
 @click.option("--data", default="{}", metavar="JSON", help="A JSON object for the task's use.")
-@click.option("--input-files", default="", metavar="GLOB",
-              help="Patterns of files to copy from the parents' directories.")
+@click.option("--input-files", default="*", show_default=True, metavar="GLOB",
+              help="Patterns of files to link from the parents' directories.")
+@click.option("--url-in", "--stage-in-url", "stage_in_url", default="", metavar="URL",
+              help="Fetch this into the working directory before preprocessing (file:///PATH, "
+                   "rsync://HOST/PATH, scp://HOST/PATH, or a site's scheme).")
+@click.option("--url-out", "--stage-out-url", "stage_out_url", default="", metavar="URL",
+              help="Send the files matching --stage-out-files there after postprocessing.")
+@click.option("--stage-out-files", default="", metavar="GLOB",
+              help="Patterns of files of the working directory to send to --url-out.")
 @click.option("--post-error-handler", "--post-handle-error", "post_error_handler",
               is_flag=True, help="Let the postprocess script handle a run error.")
 @click.option("--post-timeout-handler", "--post-handle-timeout", "post_timeout_handler",
               is_flag=True, help="Let the postprocess script handle a timeout.")
-@click.option("--auto-timeout-retry/--no-auto-timeout-retry", default=True, show_default=True,
-              help="Run it again after a timeout.")
+@click.option("--auto-timeout-retry/--no-auto-timeout-retry", " /--disable-auto-timeout-retry",
+              default=True, show_default=True, help="Run it again after a timeout.")
 @click.option("--allow-failed-parents", "--allow_failed_parents", "allow_failed_parents",
               is_flag=True, help="Run once every parent ended, even if some failed.")
 @click.option("--workdir", default=None,
@@ -91,7 +99,8 @@ def job(ctx: click.Context, from_file: str | None, sweeps: tuple[str, ...], dry_
         as_json: bool, yes: bool, **options: Any) -> None:
     """Add a task: an app run with arguments and resources; or many (--from, --sweep)."""
     given = {k: v for k, v in options.items()
-             if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+             if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT
+             or k == "input_files"}  # legacy's default, "*", for every form of balsam job
     if from_file and sweeps:
         message = "give --from or --sweep, not both"
         raise click.UsageError(message)
@@ -109,6 +118,7 @@ def job(ctx: click.Context, from_file: str | None, sweeps: tuple[str, ...], dry_
             message = f"missing option {', '.join(missing)} (or use --from FILE or --sweep)"
             raise click.UsageError(message)
         specs = [_spec(options)]
+        check_urls(options, ctx.find_object(pluggy.PluginManager))
     if sweeps or dry_run:
         run_bulk(specs, dry_run, as_json)
         return
@@ -120,6 +130,21 @@ def job(ctx: click.Context, from_file: str | None, sweeps: tuple[str, ...], dry_
         click.echo(json.dumps(plain(plain_task(task)), indent=2, ensure_ascii=False))
         return
     click.echo(f"Added task {task.id} ({task.state}) in {task.workdir}")
+
+
+def check_urls(spec: Mapping[str, Any], pm: pluggy.PluginManager | None) -> None:
+    """Refuse a staging URL that no installed transfer method handles, at the door."""
+    from balsam.plugins import get_plugin_manager
+    from balsam.staging import TransferFailed, method_for, parse_url, transfer_methods
+
+    for key, option in (("stage_in_url", "--url-in"), ("stage_out_url", "--url-out")):
+        if spec.get(key):
+            methods = transfer_methods(pm or get_plugin_manager())
+            try:
+                method_for(methods, parse_url(spec[key], what=option))
+            except TransferFailed as exc:
+                message = f"{option}: {exc}"
+                raise InvalidInput(message) from None
 
 
 def _spec(options: Mapping[str, Any]) -> dict[str, Any]:

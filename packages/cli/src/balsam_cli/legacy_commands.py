@@ -1,5 +1,6 @@
 """Legacy Balsam commands that had no home yet: ``mkchild`` (a child of the current task, as
-legacy meant it; legacy's crashed) and ``make_dummies N`` (no-op tasks for trying launchers)."""
+legacy meant it; legacy's crashed), ``make_dummies N`` (no-op tasks for trying launchers) and
+``killjob --id ID`` (legacy's name for ``balsam kill ID``)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ def mkchild(ctx: click.Context, parents: tuple[int, ...], workflow: str | None) 
     if command is None:
         message = "mkchild needs the 'balsam job' command, which no plugin provides"
         raise InvalidInput(message)
-    args = [*ctx.args, "--workflow", workflow, *(f"--parent={p}" for p in parents)]
+    from balsam_cli.legacy_args import rewrite
+
+    args = rewrite(command, [*ctx.args, "--workflow", workflow,
+                             *(f"--parent={p}" for p in parents)])
     with command.make_context("job", args, parent=ctx.parent) as sub:
         command.invoke(sub)
 
@@ -60,4 +64,17 @@ def make_dummies(num: int, workflow: str) -> None:
     click.echo(f"Added {num} dummy tasks (ids {ids[0]}-{ids[-1]}) in workflow {workflow}")
 
 
-COMMANDS = (mkchild, make_dummies)
+@click.command("killjob")
+@click.option("--id", "ids", type=int, multiple=True, required=True, metavar="ID",
+              help="The task to kill (repeatable).")
+@click.option("--recursive", "-r", is_flag=True, help="Also kill the tasks below it.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def killjob(ctx: click.Context, ids: tuple[int, ...], recursive: bool, yes: bool) -> None:
+    """Mark tasks USER_KILLED: legacy's name for 'balsam kill ID...'."""
+    from balsam_cli.task_commands import kill
+
+    ctx.invoke(kill, task_ids=ids, recursive=recursive, yes=yes)
+
+
+COMMANDS = (mkchild, make_dummies, killjob)

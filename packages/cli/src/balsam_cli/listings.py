@@ -17,14 +17,16 @@ TASK_COLUMNS = _cols(
     "ranks_per_node:number", "threads_per_rank:number", "threads_per_core:number",
     "cpu_affinity", "node_packing_count:number", "wall_time_minutes:number", "args",
     "environ_vars:json", "data:json", "input_files", "post_error_handler:state",
-    "post_timeout_handler:state", "auto_timeout_retry:state", "user_workdir", "workdir",
+    "post_timeout_handler:state", "auto_timeout_retry:state", "stage_in_url", "stage_out_url",
+    "stage_out_files", "user_workdir", "workdir",
     "description", "owner", "launcher_id:id", "attempts:number", "created_at:time",
     "state_changed_at:time", "state_message")
 TASKS = Listing(TASK_COLUMNS, ("id", "name", "workflow", "app", "state", "info"),
                 extra_env="BALSAM_LS_FIELDS")
 TASKS_WIDE = Listing(TASK_COLUMNS, ("id", "name", "workflow", "app", "state", "num_nodes",
                                     "ranks_per_node", "wall_time_minutes", "args", "owner",
-                                    "launcher_id", "attempts", "workdir", "info"),
+                                    "launcher_id", "attempts", "workdir", "stage_in_url",
+                                    "stage_out_url", "info"),
                      extra_env="BALSAM_LS_FIELDS")
 
 STATE_COUNTS = Listing(_cols("state:state", "tasks:number"))

@@ -42,7 +42,8 @@ WHAT = ("jobs", "tasks", "apps", "wf", "launchers")
               help="Group failed tasks (or those of --state) by cause: exit code and last "
                    "line of output.")
 @click.option("--tree", is_flag=True, help="Show the dependencies as a tree.")
-@click.option("--history", type=int, metavar="ID", help="Show every state change of a task.")
+@click.option("--history", type=int, is_flag=False, flag_value=0, metavar="[ID]",
+              help="Show every state change of a task; alone, of every task listed (legacy).")
 @click.option("--changes", type=int, metavar="ID",
               help="Show who changed what a task runs (args, app, environment...).")
 @click.option("--wide", "--verbose", "wide", is_flag=True, help="Show more columns.")
@@ -70,7 +71,7 @@ def ls(what: str, workflow: str | None, states: tuple[str, ...], name: str | Non
         _workflows(conn, out)
     elif what == "launchers":
         _launchers(conn, out, show_all)
-    elif history is not None:
+    elif history:
         _history(conn, history, out)
     elif changes is not None:
         _changes(conn, changes, out)
@@ -78,7 +79,9 @@ def ls(what: str, workflow: str | None, states: tuple[str, ...], name: str | Non
         wanted = [parse_state(s) for word in states for s in word.split(",") if s.strip()]
         filters = {"ids": ids or None, "workflow": workflow, "name": name, "app": app_name,
                    "state": wanted or None}
-        if by_states:
+        if history is not None:
+            _histories(conn, filters, out, 0 if show_all else limit)
+        elif by_states:
             _counts(conn, filters, out)
         elif by_cause:
             _causes(conn, filters, wanted, out)
@@ -300,6 +303,25 @@ def _history(conn: Connection, task_id: int, out: Output) -> None:
     if found and out.mode != "json":
         out.stream.write("\n")
         out.records(listings.CHANGES, found, title=f"changes of task {task_id}")
+
+
+def _histories(conn: Connection, filters: dict[str, Any], out: Output, limit: int) -> None:
+    """Legacy ``ls --history``: the state changes of every task listed, one table each (JSON:
+    one object, by task id)."""
+    tasks = api.get_tasks(**filters, limit=limit or None, conn=conn)
+    if out.mode == "json":
+        _dump(out, {str(t.id): [asdict(e) for e in api.history(t.id, conn=conn)
+                                if isinstance(e, Event)] for t in tasks if t.id is not None})
+        return
+    for n, task in enumerate(tasks):
+        assert task.id is not None
+        if n:
+            out.stream.write("\n")
+        out.records(listings.HISTORY, (asdict(e) for e in api.history(task.id, conn=conn)
+                                       if isinstance(e, Event)),
+                    title=f"task {task.id} {task.name} [{task.state}]")
+    if not tasks and out.interactive:
+        out.note("no task matches")
 
 
 def _changes(conn: Connection, task_id: int, out: Output) -> None:

@@ -110,6 +110,17 @@ class BalsamGroup(click.Group):
                 raise BalsamError(message)
             group.add_command(command)
 
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """The command to run, its arguments read as legacy Balsam's argparse read them
+        (``balsam_cli.legacy_args``: underscores, abbreviations, multi-word values)."""
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None:
+            from balsam_cli.legacy_args import rewrite
+
+            rest = rewrite(command, rest)
+        return name, command, rest
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of ``--help`` from the registrations (no module is imported)."""
         rows = []

@@ -37,6 +37,7 @@ COMMANDS = {
                 "Add a task that waits for the task this runs in (legacy)."),
     "make_dummies": ("balsam_cli.legacy_commands:make_dummies",
                      "Add N no-op tasks, to try launchers with (legacy)."),
+    "killjob": ("balsam_cli.legacy_commands:killjob", "Legacy name of 'balsam kill' (--id ID)."),
 }
 
 

@@ -71,14 +71,18 @@ def activate(pm: pluggy.PluginManager, project: str, shell: bool) -> None:
 
 @click.command("which")
 @click.option("--list", "list_all", is_flag=True, help="List the projects you have used.")
+@click.option("--name", help="The project you have used whose path contains this (legacy).")
 @click.argument("project", required=False)
 @pass_plugin_manager
-def which(pm: pluggy.PluginManager, list_all: bool, project: str | None) -> None:
+def which(pm: pluggy.PluginManager, list_all: bool, name: str | None,
+          project: str | None) -> None:
     """Show the active project: path, server host and port, owner and state."""
     if list_all:
         for path in known_projects():
             click.echo(str(path))
         return
+    if name is not None:
+        project = str(_known_by_name(name))
     proj = Project.find(project) if project else Project.from_env()
     results = pm.hook.describe_project(project=proj)
     info: dict[str, object] = {"project": str(proj.root), "owner": proj.owner}
@@ -87,6 +91,17 @@ def which(pm: pluggy.PluginManager, list_all: bool, project: str | None) -> None
     width = max(len(k) for k in info)
     for key, value in info.items():
         click.echo(f"{key:<{width}}  {value}")
+
+
+def _known_by_name(name: str) -> Path:
+    """The one project you have used whose path contains ``name``."""
+    found = [p for p in known_projects() if name in str(p)]
+    if len(found) != 1:
+        shown = ", ".join(map(str, found[:5])) if found else "none"
+        message = (f"--name {name!r} matches {len(found)} of the projects you have used "
+                   f"({shown}): 'balsam which --list' lists them")
+        raise InvalidInput(message)
+    return found[0]
 
 
 @click.command("plugins")

@@ -6,6 +6,9 @@ is the one way to skip a question; the legacy ``--force`` is kept with its old m
 
 from __future__ import annotations
 
+import os
+import shlex
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,9 +62,22 @@ def app(ctx: click.Context, name: str | None, executable: str | None, descriptio
     if not name or not executable:
         message = "balsam app needs --name and --executable (or one of: ls, modify, rm)"
         raise click.UsageError(message)
+    executable, preprocess, postprocess = (python_wrapped(c)
+                                           for c in (executable, preprocess, postprocess))
     created = api.add_app(name, executable, description=description, preprocess=preprocess,
                           postprocess=postprocess, envscript=envscript)
     click.echo(f"Added app {created.name} (id {created.id}): {created.executable}")
+
+
+def python_wrapped(command: str) -> str:
+    """A command whose program is a ``.py`` file, run by this Python with the script's absolute
+    path, as legacy's ``balsam app`` did (the script need not be executable, and imports
+    ``balsam`` from this installation)."""
+    words = command.split(None, 1)
+    if not words or not words[0].endswith(".py"):
+        return command
+    script = shlex.quote(os.path.abspath(os.path.expanduser(words[0])))
+    return " ".join([shlex.quote(sys.executable), script, *words[1:]])
 
 
 @app.command("ls")
@@ -114,12 +130,25 @@ def dep(parent: int, child: int, remove: bool) -> None:
 
 
 @click.command("modify", context_settings=LOOSE)
-@click.argument("task_id", type=int, metavar="ID")
+@click.argument("target", metavar="ID")
 @click.argument("field")
 @click.argument("value")
 @click.option("--message", "-m", default="", help="Reason recorded with a state change.")
-def modify(task_id: int, field: str, value: str, message: str) -> None:
+@click.option("--type", "kind", type=click.Choice(["jobs", "apps"]), default="jobs",
+              help="apps: ID is an app's name (legacy; same as 'balsam app modify').")
+def modify(target: str, field: str, value: str, message: str, kind: str) -> None:
     """Set FIELD of task ID to VALUE (state goes through the state machine)."""
+    if kind == "apps":
+        ref: str | int = target
+        if target.isdigit():  # legacy named apps by id
+            try:
+                api.get_app(target)
+            except NotFound:
+                ref = int(target)
+        changed = api.modify_app(ref, field, value)
+        click.echo(f"App {changed.name}: {field} = {value}")
+        return
+    (task_id,) = _int_ids([target])
     task = api.modify_task(task_id, field, value, message=message)
     click.echo(f"Task {task.id}: {field.replace('-', '_')} = {value} ({task.state})")
 
@@ -132,7 +161,9 @@ def _selected(ids: Iterable[int], workflow: str | None, states: tuple[str, ...],
 
 @click.command("rm")
 @click.argument("targets", nargs=-1, metavar="[jobs|apps] [ID]...")
-@click.option("--workflow", "--wf", "workflow", help="Tasks of this workflow.")
+@click.option("--id", "more_ids", type=int, multiple=True, metavar="ID",
+              help="This task (repeatable; legacy).")
+@click.option("--workflow", "--wf", "--wf-filter", "workflow", help="Tasks of this workflow.")
 @click.option("--state", "states", multiple=True, help="Tasks in this state (repeatable).")
 @click.option("--name", help="Tasks whose name contains this (apps: the app's name).")
 @click.option("--app", "app_name", help="Tasks of this app.")
@@ -142,16 +173,16 @@ def _selected(ids: Iterable[int], workflow: str | None, states: tuple[str, ...],
 @click.option("--force", is_flag=True, hidden=True,
               help="Legacy: --yes, and for apps --with-tasks too.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def rm(targets: tuple[str, ...], workflow: str | None, states: tuple[str, ...],
-       name: str | None, app_name: str | None, all_tasks: bool, recursive: bool,
-       with_tasks: bool, force: bool, yes: bool) -> None:
+def rm(targets: tuple[str, ...], more_ids: tuple[int, ...], workflow: str | None,
+       states: tuple[str, ...], name: str | None, app_name: str | None, all_tasks: bool,
+       recursive: bool, with_tasks: bool, force: bool, yes: bool) -> None:
     """Remove tasks by id or filter, with their history (asks first when there are several)."""
     words = list(targets)
     kind = words.pop(0) if words and words[0] in ("jobs", "tasks", "apps") else "jobs"
     if kind == "apps":
         _rm_apps(words, name, all_tasks, with_tasks or force, yes or force)
         return
-    ids = _existing(_int_ids(words))
+    ids = _existing([*_int_ids(words), *more_ids])
     filters = _selected(ids, workflow, states, name, app_name)
     if not all_tasks and not any(v is not None for v in filters.values()):
         message = "say which tasks to remove: IDs, --workflow, --state, --name, --app or --all"

@@ -26,7 +26,7 @@ COLUMNS = ("name", "workflow", "app_id", "args", "data", "user_workdir", "descri
            "wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
            "threads_per_core", "cpu_affinity", "node_packing_count", "environ_vars",
            "input_files", "post_error_handler", "post_timeout_handler", "auto_timeout_retry",
-           "allow_failed_parents", "state")
+           "allow_failed_parents", "stage_in_url", "stage_out_url", "stage_out_files", "state")
 _POSITION = {c: i for i, c in enumerate(COLUMNS)}
 _JSON = frozenset({"data", "environ_vars"})
 _APP_KEYS = ("app", "application", "app_id")

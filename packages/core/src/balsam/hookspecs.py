@@ -187,6 +187,26 @@ def register_schedulers() -> dict[str, type[Scheduler]] | None:
     """
 
 
+# --- Data staging ------------------------------------------------------------------------------
+
+
+@hookspec
+def register_transfer_methods() -> dict[str, Any] | None:
+    """Name the transfer methods this plugin provides for ``stage_in_url`` and ``stage_out_url``.
+
+    :returns: a mapping of URL scheme (``"gsiftp"``, ``"globus"``) to an object with the
+        ``stage_in`` and ``stage_out`` methods of ``balsam.staging.TransferMethod``, or None.
+
+    All implementations are called; the mappings are merged so that the implementation called
+    first wins a scheme. The launcher's own (``file`` for ``file://``, ``local:`` and absolute
+    paths, ``rsync`` and ``scp`` over ssh) are ``trylast``, so a site's method of the same
+    scheme replaces ours. A method sees only a private directory of the launcher's and its URL
+    (never the task's working directory): see ``balsam.staging``.
+
+    .. versionadded:: 0.2
+    """
+
+
 # --- Launching ---------------------------------------------------------------------------------
 
 

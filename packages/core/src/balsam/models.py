@@ -59,6 +59,9 @@ class Task(_Row):
     post_timeout_handler: bool = False
     auto_timeout_retry: bool = True
     allow_failed_parents: bool = False
+    stage_in_url: str = ""
+    stage_out_url: str = ""
+    stage_out_files: str = ""
     state: State = State.CREATED
     state_message: str = ""
     id: int | None = None
@@ -154,8 +157,9 @@ _JSON_FIELDS = ("data", "environ_vars")
 @dataclass(frozen=True)
 class FieldSpec:
     """How a user-settable column is parsed: ``kind`` is name (a directory name), word (a short
-    text), str, command (text that splits into arguments like a shell's), path, int (between
-    ``minimum`` and ``maximum``), bool, json or env."""
+    text), str, command (text that splits into arguments like a shell's), path, url (a transfer
+    URL, :func:`balsam.staging.parse_url`), int (between ``minimum`` and ``maximum``), bool,
+    json or env."""
 
     kind: str
     minimum: int | None = None
@@ -182,6 +186,9 @@ TASK_FIELDS: dict[str, FieldSpec] = {
     "post_timeout_handler": FieldSpec("bool"),
     "auto_timeout_retry": FieldSpec("bool"),
     "allow_failed_parents": FieldSpec("bool"),
+    "stage_in_url": FieldSpec("url"),
+    "stage_out_url": FieldSpec("url"),
+    "stage_out_files": FieldSpec("str"),
 }
 
 #: Other spellings accepted for task fields (legacy options and CLI names).
@@ -191,6 +198,8 @@ TASK_ALIASES: dict[str, str] = {
     "wall_minutes": "wall_time_minutes",
     "post_handle_error": "post_error_handler",
     "post_handle_timeout": "post_timeout_handler",
+    "url_in": "stage_in_url",
+    "url_out": "stage_out_url",
 }
 
 APP_FIELDS: dict[str, FieldSpec] = {
@@ -204,6 +213,7 @@ APP_FIELDS: dict[str, FieldSpec] = {
 
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LEGACY_ENV_SPLIT = re.compile(r":(?=[A-Za-z_][A-Za-z0-9_]*=)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
@@ -248,6 +258,13 @@ def coerce_task_field(name: str, value: Any) -> Any:
         return parse_env(value)
     if spec.kind == "path" and value in (None, ""):
         return None
+    if spec.kind == "url":
+        from balsam.staging import parse_url
+
+        text = _text(name, value, "path")
+        if text.strip():
+            parse_url(text, what=name)
+        return text.strip()
     return _text(name, value, spec.kind)
 
 
@@ -375,7 +392,9 @@ def _json_object(name: str, value: Any) -> dict[str, Any]:
 
 
 def parse_env(value: Any) -> dict[str, str]:
-    """Environment variables from a mapping, a JSON object, or ``K=V`` words (shell-quoted)."""
+    """Environment variables from a mapping, a JSON object, or ``K=V`` words (shell-quoted).
+    A word may hold several, legacy's way: ``A=1:B=2`` (a colon starts a new variable only
+    where a NAME= follows it, so ``PATH=/a:/b`` stays one)."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
@@ -389,7 +408,8 @@ def parse_env(value: Any) -> dict[str, str]:
             value = words
     if isinstance(value, list | tuple):
         pairs: dict[str, Any] = {}
-        for word in value:
+        for word in (w for item in value
+                     for w in (_LEGACY_ENV_SPLIT.split(item) if isinstance(item, str) else [item])):
             key, sep, val = str(word).partition("=")
             if not sep:
                 message = f"environment variable {_shown(word)} must look like NAME=VALUE"

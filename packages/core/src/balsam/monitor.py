@@ -233,6 +233,8 @@ TASK_EXPRESSIONS: dict[str, str] = {
     "input_files": "t.input_files", "post_error_handler": "t.post_error_handler",
     "post_timeout_handler": "t.post_timeout_handler",
     "auto_timeout_retry": "t.auto_timeout_retry", "user_workdir": "t.user_workdir",
+    "stage_in_url": "t.stage_in_url", "stage_out_url": "t.stage_out_url",
+    "stage_out_files": "t.stage_out_files",
     "workdir": "coalesce(t.user_workdir, 'data/' || coalesce(nullif(t.workflow, ''), '_') "
                "|| '/' || coalesce(nullif(t.name, ''), 'task') || '_' || t.id)",
     "description": "t.description", "owner": "t.owner", "launcher_id": "t.launcher_id",

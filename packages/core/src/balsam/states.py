@@ -59,7 +59,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.RESTART_READY: frozenset({S.RUNNING, S.PREPROCESSED, S.FAILED}),
     S.JOB_FINISHED: frozenset({S.READY}),
     # A task that failed only because a parent failed waits again when that parent is reset.
-    S.FAILED: frozenset({S.READY, S.RESTART_READY, S.AWAITING_PARENTS}),
+    # POSTPROCESSED: a user retries a failed stage-out alone (its outputs are still there).
+    S.FAILED: frozenset({S.READY, S.RESTART_READY, S.AWAITING_PARENTS, S.POSTPROCESSED}),
     S.USER_KILLED: frozenset({S.READY}),
 }
 #: Legacy's reset (``balsam modify ID state CREATED``): from every state a launcher does not hold

@@ -35,14 +35,14 @@ from typing import Any
 
 import pluggy
 
-from balsam import claim
+from balsam import claim, staging
 from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.models import Task, validate_user_name
 from balsam.project import Project, current_user
 from balsam.resources import JOB_MODES, Node
 from balsam.states import State
-from balsam_launcher import detect, lease, ledger, progress, steps, workdirs
+from balsam_launcher import detect, lease, ledger, progress, steps, transfers, workdirs
 from balsam_launcher.process import AgentPool, Processes, program
 from balsam_launcher.session import (
     Claims,
@@ -169,6 +169,7 @@ class Launcher:
         self.old_handlers: dict[int, Any] = {}
         self.root = os.path.normpath(str(project.root))
         self.root_fd = -1
+        self.transfers: dict[str, Any] | None = None
         self.common_env: dict[str, str] = {}
         self.static_info: LauncherInfo | None = None
         # Private scratch space on the launcher's host, removed at exit (per-task MPI session
@@ -634,6 +635,12 @@ class Launcher:
         if kind == "stage_in":
             self.session.send(Parents(tid))
             return []
+        if kind == "stage_out":
+            task, where, methods = e.task, self._place(e.task).path, self._transfer_methods()
+            self._submit(task, kind, lambda dir_fd, cancel: transfers.stage_out(
+                task, dir_fd, where, methods=methods, scratch=self.scratch,
+                forbidden=self._control_zone()))
+            return []
         command = e.app.preprocess if kind == "preprocess" else e.app.postprocess
         env = {**self.processes.base_env,
                **steps.task_env(e.task, e.parent_ids, self.common_env),
@@ -660,10 +667,29 @@ class Launcher:
             parents = [steps.Parent(p.id or 0, self._place(p).path) for p in event.parents]
         except InvalidInput as exc:
             return self.ledger.work_done(e.id, "stage_in", False, f"a parent's {exc}")
-        task = e.task
-        self._submit(task, "stage_in", lambda dir_fd, cancel: steps.stage_in(task, dir_fd,
-                                                                               parents))
+        task, where, methods = e.task, self._place(e.task).path, self._transfer_methods()
+
+        def stage_in(dir_fd: int, cancel: Any) -> str:
+            done = []
+            if task.stage_in_url:
+                done.append(transfers.stage_in_url(task, dir_fd, where, methods=methods,
+                                                   scratch=self.scratch))
+            if task.input_files.strip() and parents:
+                done.append(steps.stage_in(task, dir_fd, parents))
+            return "; ".join(done) or "nothing to stage in"
+
+        self._submit(task, "stage_in", stage_in)
         return []
+
+    def _transfer_methods(self) -> dict[str, Any]:
+        """The installed transfer methods (asked of the plugins once, on first use, by the
+        loop's thread)."""
+        if self.transfers is None:
+            self.transfers = staging.transfer_methods(self.pm)
+        return self.transfers
+
+    def _control_zone(self) -> list[str]:
+        return [os.path.join(self.root, name) for name in sorted(workdirs.CONTROL_ZONE)]
 
     def _submit(self, task: Task, kind: str, step: Any) -> None:
         """Run ``step(dir_fd, cancel)`` in the pool, in the task's directory."""

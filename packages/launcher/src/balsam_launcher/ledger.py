@@ -45,7 +45,7 @@ class Phase(Enum):
     QUEUED = "its moves (and perhaps the release) wait for the next batch"
     WRITING = "its moves are in the batch in flight"
     VERIFYING = "its moves did not land as sent: re-reading its state"
-    WORKING = "stage-in or a pre- or post-processing script runs"
+    WORKING = "stage-in, stage-out or a pre- or post-processing script runs"
     RECHECKING = "a post-processing script ended: re-reading the state it may have set"
     PARKED = "nothing more before the launcher ends (it is stopping)"
     STARTING = "(p) its run is being started"
@@ -72,7 +72,8 @@ READS = frozenset({P.VERIFYING, P.RUN_VERIFYING, P.RECHECKING})
 #: start, a script) ends in a write or a read, which tells again.
 DEAF = frozenset({P.WRITING, P.RUN_WRITING, P.ENDED_WRITING, P.STARTING, P.WORKING})
 #: Steps that run something of the task's or its app's (each is judged by trust first).
-WORK = frozenset({"stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler"})
+WORK = frozenset({"stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler",
+                  "stage_out"})
 
 
 class Step(NamedTuple):
@@ -140,7 +141,7 @@ class Stop:
 @dataclass(frozen=True, slots=True)
 class Work:
     """Run a step in the script pool: ``stage_in``, ``preprocess``, ``postprocess``,
-    ``error_handler`` or ``timeout_handler``; report :meth:`Ledger.work_done`."""
+    ``error_handler``, ``timeout_handler`` or ``stage_out``; report :meth:`Ledger.work_done`."""
 
     task_id: int
     kind: str
@@ -393,6 +394,8 @@ class Ledger:
             return self._decide(e, [Step(S.STAGED_IN, detail)])
         if kind == "preprocess":
             return self._decide(e, [Step(S.PREPROCESSED, detail)])
+        if kind == "stage_out":
+            return self._decide(e, [Step(S.JOB_FINISHED, detail)])
         self._set(e, P.RECHECKING)  # the script may have set the state itself
         return [Read((task_id,))]
 

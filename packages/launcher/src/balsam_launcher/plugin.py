@@ -4,7 +4,7 @@ hook runs (a command that does not launch does not import the launcher)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from balsam import hookimpl
 
@@ -33,6 +33,13 @@ def register_schedulers() -> dict[str, type[Scheduler]]:
     from balsam_launcher.schedulers import builtin_schedulers
 
     return builtin_schedulers()
+
+
+@hookimpl(trylast=True)
+def register_transfer_methods() -> dict[str, Any]:
+    from balsam_launcher.transfers import builtin_methods
+
+    return dict(builtin_methods())
 
 
 @hookimpl

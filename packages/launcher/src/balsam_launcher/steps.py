@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from balsam.errors import InvalidInput
+from balsam.errors import BalsamError, InvalidInput
 from balsam.models import App, Task
 from balsam_launcher import workdirs
 from balsam_launcher.process import kill_group, program
@@ -255,12 +255,12 @@ class ScriptPool:
     def submit(self, task_id: int, kind: str,
                step: Callable[[threading.Event], ScriptResult | str]) -> None:
         """Run ``step(cancelled)``: a string is a success's detail; a ScriptResult says how a
-        script ended; InvalidInput or OSError fail the task with their message."""
+        script ended; a BalsamError or OSError fails the task with its message."""
 
         def done(future: Future[ScriptResult | str]) -> None:
             try:
                 result = future.result()
-            except InvalidInput as exc:
+            except BalsamError as exc:  # InvalidInput, TransferFailed: their message says it all
                 self.post(Done(task_id, kind, False, str(exc)))
             except OSError as exc:
                 self.post(Done(task_id, kind, False, f"{kind}: {workdirs.describe(exc)}"))

@@ -10,7 +10,12 @@ wall_time_minutes, job_mode, wf_filter), ``scheduler``, ``project_dir``, ``scrip
 ``bin_dir``, ``activate`` (the balsamactivate script), ``umask`` (``0007``), ``walltime``
 (``HH:MM:SS``), ``launcher`` (the shell-quoted launcher command), ``launcher_args`` (its
 argument list), ``scheduler_flags`` (extra directives from ``balsam config``) and the filter
-``quote`` (shell quoting).
+``quote`` (shell quoting). A legacy template from ``~/.balsam/job-templates`` renders too: it
+sees legacy's names (:data:`LEGACY_VARIABLES`); one of legacy's that has no value here is
+refused with a message naming it and what to write instead. Legacy's names: ``project``,
+``queue``, ``nodes``, ``time_minutes``, ``job_mode``, ``wf_filter`` (``wf-filter=NAME`` or
+``consume-all``, as in ``balsam launcher --{{ wf_filter }}``), ``balsam_bin``, ``pg_bin``,
+``python_path``, ``balsam_db_path`` and ``sched_flags``.
 """
 
 from __future__ import annotations
@@ -80,6 +85,37 @@ class JobRequest:
 
 
 # --- templates --------------------------------------------------------------------------------
+
+#: Legacy's variables that have no value here, and what to write instead.
+LEGACY_GONE = {
+    "conda_path": "activate your environment in the template itself",
+    "activate_path": "source {{ activate }} {{ project_dir }} (balsamactivate)",
+    "balsam_lib": "remove it", "site_top": "remove it",
+}
+
+
+def legacy_context(job: dict[str, Any]) -> dict[str, Any]:
+    """Legacy's template variables for the batch job row ``job`` (and ``balsam_db_path``, the
+    project directory, added by :func:`render`)."""
+    flags = load_settings().get("scheduler_flags") or []
+    pg_ctl = shutil.which("pg_ctl")
+    return {
+        "project": job["project"], "queue": job["queue"], "nodes": job["num_nodes"],
+        "time_minutes": job["wall_time_minutes"], "job_mode": job["job_mode"],
+        "wf_filter": f"wf-filter={job['wf_filter']}" if job["wf_filter"] else "consume-all",
+        "balsam_bin": str(bin_dir()), "python_path": str(Path(sys.executable).parent),
+        "sched_flags": " ".join(flags) if isinstance(flags, list) else str(flags),
+        "pg_bin": str(Path(pg_ctl).parent) if pg_ctl else str(bin_dir()),
+    }
+
+
+def _undefined_hint(exc: jinja2.UndefinedError) -> str:
+    """What to write instead of a variable a template used that has no value."""
+    match = re.match(r"'(\w+)' is undefined", exc.message or "")
+    if match and match.group(1) in LEGACY_GONE:
+        name = match.group(1)
+        return f"; {name} is a legacy variable with no value here: {LEGACY_GONE[name]}"
+    return ""
 
 
 def template_dirs(project: Project) -> list[Path]:
@@ -171,6 +207,7 @@ def render(project: Project, scheduler: Scheduler, job: dict[str, Any],
         "launcher_args": args,
         "scheduler_flags": load_settings().get("scheduler_flags"),
     }
+    context = {**legacy_context(job), "balsam_db_path": str(project.root), **context}
     try:
         return environment(project).get_template(name).render(context)
     except jinja2.TemplateNotFound:
@@ -180,7 +217,8 @@ def render(project: Project, scheduler: Scheduler, job: dict[str, Any],
     except jinja2.TemplateError as exc:
         lineno = getattr(exc, "lineno", None)
         where = f" (line {lineno})" if lineno else ""
-        message = f"job template {name!r}{where}: {exc.message or type(exc).__name__}"
+        hint = _undefined_hint(exc) if isinstance(exc, jinja2.UndefinedError) else ""
+        message = f"job template {name!r}{where}: {exc.message or type(exc).__name__}{hint}"
         raise TemplateError(message) from None
 
 

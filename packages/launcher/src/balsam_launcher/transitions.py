@@ -13,11 +13,12 @@ S = State
 
 #: ``("move", (state, message))``, ``("start", None)``, ``("release", None)``, or a step run
 #: by a worker thread: ``("stage_in" | "preprocess" | "postprocess" | "error_handler" |
-#: "timeout_handler", None)``.
+#: "timeout_handler" | "stage_out", None)``.
 Step = tuple[str, Any]
 
 #: Steps that run in a worker thread (stage-in and scripts).
-WORK = ("stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler")
+WORK = ("stage_in", "preprocess", "postprocess", "error_handler", "timeout_handler",
+        "stage_out")
 
 
 def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_retries: int,
@@ -28,7 +29,8 @@ def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_r
     task's own): why a run failed, which a FAILED task's message repeats. ``attempts`` counts
     the runs so far (by default the task's own).
 
-    Legacy rules: stage-in only with parents and ``input_files``; preprocess once (a restart
+    Legacy rules: stage-in with a ``stage_in_url``, or with parents and ``input_files``;
+    stage-out after postprocessing with a ``stage_out_url``; preprocess once (a restart
     skips it); a run error goes to the app's postprocess script if ``post_error_handler``,
     else is retried up to ``max_retries`` times, else FAILED; a timeout goes to the script if
     ``post_timeout_handler``, else restarts if ``auto_timeout_retry``, else FAILED. Tasks in
@@ -38,7 +40,7 @@ def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_r
     cause = task.state_message if cause is None else cause
     attempts = task.attempts if attempts is None else attempts
     if state == S.READY:
-        if task.input_files.strip() and has_parents:
+        if task.stage_in_url or (task.input_files.strip() and has_parents):
             return ("stage_in", None)
         return ("move", (S.STAGED_IN, "nothing to stage in"))
     if state == S.STAGED_IN:
@@ -54,6 +56,8 @@ def next_step(task: Task, app: App, *, has_nodes: bool, has_parents: bool, max_r
             return ("postprocess", None)
         return ("move", (S.POSTPROCESSED, "no postprocess step"))
     if state == S.POSTPROCESSED:
+        if task.stage_out_url:
+            return ("stage_out", None)
         return ("move", (S.JOB_FINISHED, ""))
     if state == S.RUN_ERROR:
         if task.post_error_handler and app.postprocess:

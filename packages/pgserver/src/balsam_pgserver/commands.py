@@ -28,15 +28,31 @@ def _project() -> Project:
 @click.option("--drop-user", "drop_users", multiple=True, metavar="NAME",
               help="Withdraw a collaborator's access and end their sessions (owner only).")
 @click.option("--list-users", is_flag=True, help="List who may use the project (owner only).")
+@click.option("--connect", "legacy", flag_value="start", hidden=True)
+@click.option("--disconnect", "legacy", flag_value="stop", hidden=True)
+@click.option("--list-active-connections", "legacy", flag_value="connections", hidden=True)
+@click.option("--reset", "legacy", flag_value="reset", hidden=True)
 @click.pass_context
 @pass_plugin_manager
 def server(pm: pluggy.PluginManager, ctx: click.Context, add_users: tuple[str, ...],
-           role: str | None, drop_users: tuple[str, ...], list_users: bool) -> None:
+           role: str | None, drop_users: tuple[str, ...], list_users: bool,
+           legacy: str | None) -> None:
     """Manage the project's database server and who may use it.
 
     Only the owner starts and stops the server and manages users. Without a subcommand or an
-    option, show the server's status.
+    option, show the server's status. Legacy's --connect, --disconnect and
+    --list-active-connections are start, stop and connections.
     """
+    if legacy == "reset":
+        message = ("--reset is not needed here: 'balsam server start' recovers a server that "
+                   "stopped uncleanly ('balsam server stop' first if it hangs)")
+        raise click.UsageError(message)
+    if legacy is not None:
+        if ctx.invoked_subcommand is not None or add_users or drop_users or list_users:
+            message = f"legacy --{legacy} takes no other option or subcommand"
+            raise click.UsageError(message)
+        ctx.invoke({"start": start, "stop": stop, "connections": connections}[legacy])
+        return
     managing = bool(add_users or drop_users or list_users)
     if role and not add_users:
         message = "--role goes with --add-user"

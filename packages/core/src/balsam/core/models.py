@@ -10,9 +10,8 @@ Differences a legacy user should know, kept on purpose:
 * Creating a job makes it READY, or AWAITING_PARENTS when it has parents (legacy: CREATED, until
   a launcher looked at it). ``update_state("CREATED")`` resets a task, as legacy's did.
 * ``environ_vars`` reads and writes legacy's ``A=1:B=2`` text (a mapping is accepted too).
-* ``mpi_flags``, ``stage_in_url``, ``stage_out_url``, ``stage_out_files``,
-  ``coschedule_num_nodes`` and ``wait_for_parents`` read as their legacy defaults; setting them
-  to anything else is refused (not supported yet).
+* ``mpi_flags``, ``coschedule_num_nodes`` and ``wait_for_parents`` read as their legacy
+  defaults; setting them to anything else is refused (not supported yet).
 * Queries run SQL composed from a whitelist of fields (no ORM): unknown fields and lookups are a
   one-line error; ``data`` and ``environ_vars`` can be read but not filtered on.
 
@@ -239,14 +238,17 @@ class BalsamJob(_Record):
         "num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "threads_per_core": 1,
         "cpu_affinity": "none", "node_packing_count": 1, "environ_vars": "",
         "post_error_handler": False, "post_timeout_handler": False, "auto_timeout_retry": True,
-        "allow_failed_parents": False, "state": "CREATED"}
+        "allow_failed_parents": False, "state": "CREATED",
+        "stage_in_url": "", "stage_out_url": "", "stage_out_files": ""}
     _unsupported: ClassVar[dict[str, Any]] = {
-        "mpi_flags": "", "stage_in_url": "", "stage_out_url": "", "stage_out_files": "",
-        "coschedule_num_nodes": 0, "wait_for_parents": True, "queued_launch": None, "lock": ""}
+        "mpi_flags": "", "coschedule_num_nodes": 0, "wait_for_parents": True,
+        "queued_launch": None, "lock": ""}
     _columns: ClassVar[dict[str, Column]] = {
         **{n: Column(sql.Identifier("t", n), "text") for n in
            ("name", "workflow", "description", "args", "user_workdir", "input_files",
             "cpu_affinity", "state", "state_message", "owner")},
+        **{n: Column(sql.Identifier("t", n), "text") for n in
+           ("stage_in_url", "stage_out_url", "stage_out_files")},
         **{n: Column(sql.Identifier("t", n), "int") for n in
            ("wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
             "threads_per_core", "node_packing_count", "launcher_id", "attempts")},

@@ -31,12 +31,14 @@ SELECT id FROM tasks WHERE app_id = %(app_id)s ORDER BY id;
 INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state)
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
+    stage_out_files, state)
 VALUES (%(name)s, %(workflow)s, %(app_id)s, %(args)s, %(data)s, %(user_workdir)s,
     %(description)s, %(wall_time_minutes)s, %(num_nodes)s, %(ranks_per_node)s,
     %(threads_per_rank)s, %(threads_per_core)s, %(cpu_affinity)s, %(node_packing_count)s,
     %(environ_vars)s, %(input_files)s, %(post_error_handler)s, %(post_timeout_handler)s,
-    %(auto_timeout_retry)s, %(allow_failed_parents)s, %(state)s)
+    %(auto_timeout_retry)s, %(allow_failed_parents)s, %(stage_in_url)s, %(stage_out_url)s,
+    %(stage_out_files)s, %(state)s)
 RETURNING id;
 
 -- name: create_new_tasks_table
@@ -63,6 +65,9 @@ CREATE TEMP TABLE balsam_new_tasks (
     post_timeout_handler boolean NOT NULL,
     auto_timeout_retry boolean NOT NULL,
     allow_failed_parents boolean NOT NULL,
+    stage_in_url text NOT NULL,
+    stage_out_url text NOT NULL,
+    stage_out_files text NOT NULL,
     state text NOT NULL
 );
 
@@ -70,18 +75,21 @@ CREATE TEMP TABLE balsam_new_tasks (
 COPY balsam_new_tasks (ord, name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state) FROM STDIN;
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
+    stage_out_files, state) FROM STDIN;
 
 -- name: insert_new_tasks
 -- Identities are drawn in ORDER BY order, so the sorted ids match the staged rows one to one.
 INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state)
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
+    stage_out_files, state)
 SELECT name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, state
+    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
+    stage_out_files, state
 FROM balsam_new_tasks ORDER BY ord
 RETURNING id;
 

@@ -30,6 +30,38 @@ echo "$BALSAM_TASK_ID" >> "$2"
 
 BALSAM = str(Path(sys.executable).parent / "balsam")
 
+#: A stand-in for ssh (``BALSAM_TRANSFER_SSH``): runs the remote command, or the sftp subsystem,
+#: on this host, so that tests run the real rsync and scp; notes each host asked for in the
+#: file ``$FAKE_SSH_LOG`` if set.
+FAKE_SSH = """\
+import os, sys
+WITH_VALUE = set("bcDEeFIiJLlmOopQRSWw")
+args, i, subsystem = sys.argv[1:], 0, False
+while i < len(args) and args[i].startswith("-"):
+    flag, i = args[i][1:], i + 1
+    if flag == "-":
+        break
+    if flag == "s":
+        subsystem = True
+    elif len(flag) == 1 and flag in WITH_VALUE:
+        i += 1
+host, command = args[i], args[i + 1:]
+if os.environ.get("FAKE_SSH_LOG"):
+    with open(os.environ["FAKE_SSH_LOG"], "a") as log:
+        log.write(host + "\\n")
+if subsystem:
+    os.execv("/usr/lib/openssh/sftp-server", ["sftp-server"])
+os.execv("/bin/sh", ["sh", "-c", " ".join(command)])
+"""
+
+
+def fake_ssh(directory: Path) -> Path:
+    """Write :data:`FAKE_SSH` as an executable ``ssh`` in ``directory``."""
+    path = directory / "ssh"
+    path.write_text(f"#!{sys.executable}\n{FAKE_SSH}")
+    path.chmod(0o755)
+    return path
+
 
 def q(name: str) -> str:
     return query("balsam_testing", name)
