@@ -242,6 +242,24 @@ def test_changed_by_is_set_by_the_database_only(db, login):
         ("executable", "/bin/echo", "/bin/sh")]
 
 
+def test_mpi_flags_a_collaborator_plants_make_the_task_untrusted(db, login):
+    """An MPI launcher's options can run anything (``--mca plm_rsh_agent``, ``-x LD_PRELOAD``):
+    carol's raw UPDATE of bob's mpi_flags stamps her as the task's last writer, and she cannot
+    stamp it back."""
+    bob, carol = login("member"), login("member")
+    _, task = app_and_task(bob)
+    carol.execute("UPDATE tasks SET mpi_flags = '-x LD_PRELOAD=/tmp/evil.so' WHERE id = %s",
+                  [task])
+    assert isinstance(refused(carol, "UPDATE tasks SET changed_by = %s WHERE id = %s",
+                              bob.info.user, task), PermissionDenied)
+    why = db.execute("SELECT balsam_untrusted(%s, t.owner, t.changed_by, t.app_id) AS why "
+                     "FROM tasks t WHERE t.id = %s", [[bob.info.user], task]).fetchone()["why"]
+    assert why == f"changed by {carol.info.user}"
+    assert [(c.field, c.new_value, c.changed_by) for c in api.history(task, conn=db)
+            if isinstance(c, Change)] == [
+        ("mpi_flags", "-x LD_PRELOAD=/tmp/evil.so", carol.info.user)]
+
+
 def test_removing_keeps_the_history_and_says_who(db, login):
     bob, carol = login("member"), login("member")
     app_id, task = app_and_task(bob)

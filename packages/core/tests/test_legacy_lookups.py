@@ -57,7 +57,7 @@ def test_nulls_groups_and_exclusions():
     ("state__in", "READY", "state__in takes a list of values, not 'READY'"),
     ("name__isnull", "yes", "name__isnull takes True or False"),
     ("data", {}, "BalsamJob.data cannot be queried (filter in Python instead)"),
-    ("mpi_flags", "", "BalsamJob has no field 'mpi_flags'"),
+    ("lock", "", "BalsamJob has no field 'lock'"),
 ])
 def test_bad_lookups_are_one_line_errors(key, value, error):
     with pytest.raises(InvalidInput) as refused:

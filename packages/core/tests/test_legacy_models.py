@@ -240,7 +240,8 @@ def test_fields_are_checked_at_the_door(legacy):
             ("walltime_minutes", 5, "BalsamJob.walltime_minutes is not a field"),
             ("job_id", 3, "BalsamJob.job_id is read-only"),
             ("pk", 3, "BalsamJob.pk is read-only"),
-            ("mpi_flags", "-x", "BalsamJob.mpi_flags is not supported yet"),
+            ("mpi_flags", "-x 'a", "cannot be split into arguments"),
+            ("coschedule_num_nodes", -1, "coschedule_num_nodes must be between 0 and"),
             ("stage_out_url", "local:x", "a local URL names an absolute path"),
             ("state", "DONE", "invalid state 'DONE'")):
         with pytest.raises(InvalidInput, match=re.escape(error)):
@@ -248,6 +249,7 @@ def test_fields_are_checked_at_the_door(legacy):
     job.stage_in_url = "local:/data/in"  # legacy's spelling of a local path
     assert (job.stage_in_url, job.coschedule_num_nodes, job.wait_for_parents) == (
         "local:/data/in", 0, True)
+    job.mpi_flags, job.coschedule_num_nodes = "--mca btl self", 2  # legacy fields, now stored
     with pytest.raises(InvalidInput, match="BalsamJob 'y' needs an application"):
         models.BalsamJob(name="y").save()
     with pytest.raises(NotFound, match="unknown app 'nope'"):

@@ -35,9 +35,10 @@ from balsam.output import plain
 #: Options that are task fields, as click names them, with the field they set.
 FIELDS = ("name", "workflow", "app_name", "args", "description", "wall_time_minutes",
           "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core", "cpu_affinity",
-          "node_packing_count", "env", "data", "input_files", "post_error_handler",
-          "post_timeout_handler", "auto_timeout_retry", "allow_failed_parents", "workdir",
-          "parents", "stage_in_url", "stage_out_url", "stage_out_files")
+          "node_packing_count", "gpus_per_rank", "mpi_flags", "coschedule_num_nodes", "env",
+          "data", "input_files", "post_error_handler", "post_timeout_handler",
+          "auto_timeout_retry", "allow_failed_parents", "workdir", "parents", "stage_in_url",
+          "stage_out_url", "stage_out_files")
 #: Most values one sweep variable may take, and most tasks one sweep may make.
 MAX_VALUES = 10_000_000
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$|^(\d+)-(\d+)$")
@@ -60,6 +61,15 @@ _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 @click.option("--cpu-affinity", default="none", show_default=True)
 @click.option("--node-packing-count", type=int, default=1, show_default=True,
               help="How many such tasks may share a node (serial mode).")
+@click.option("--gpus-per-rank", type=int, default=0, show_default=True,
+              help="GPUs each rank gets to itself (the launcher's --gpus-per-node are shared "
+                   "out, never one to two tasks).")
+@click.option("--mpi-flags", default="", metavar="FLAGS",
+              help="Extra arguments for the MPI launcher, before the executable (split like a "
+                   "shell command line).")
+@click.option("--coschedule-num-nodes", type=int, default=0, show_default=True,
+              help="Idle nodes to reserve beside --num-nodes (mpi mode; named to the task in "
+                   "BALSAM_COSCHEDULED_NODES).")
 @click.option("--env", "env", multiple=True, metavar="NAME=VALUE",
               help="Environment variable for the task (repeatable).")
 @click.option("--data", default="{}", metavar="JSON", help="A JSON object for the task's use.")

@@ -15,7 +15,8 @@ def _cols(*spec: str) -> tuple[Column, ...]:
 TASK_COLUMNS = _cols(
     "id:id", "name", "workflow", "app", "state:state", "info", "num_nodes:number",
     "ranks_per_node:number", "threads_per_rank:number", "threads_per_core:number",
-    "cpu_affinity", "node_packing_count:number", "wall_time_minutes:number", "args",
+    "cpu_affinity", "node_packing_count:number", "gpus_per_rank:number", "mpi_flags",
+    "coschedule_num_nodes:number", "wall_time_minutes:number", "args",
     "environ_vars:json", "data:json", "input_files", "post_error_handler:state",
     "post_timeout_handler:state", "auto_timeout_retry:state", "stage_in_url", "stage_out_url",
     "stage_out_files", "user_workdir", "workdir",

@@ -24,7 +24,8 @@ from balsam.states import State
 #: Columns written for each new task, in COPY order (after the staging row number).
 COLUMNS = ("name", "workflow", "app_id", "args", "data", "user_workdir", "description",
            "wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
-           "threads_per_core", "cpu_affinity", "node_packing_count", "environ_vars",
+           "threads_per_core", "cpu_affinity", "node_packing_count", "gpus_per_rank", "mpi_flags",
+           "coschedule_num_nodes", "environ_vars",
            "input_files", "post_error_handler", "post_timeout_handler", "auto_timeout_retry",
            "allow_failed_parents", "stage_in_url", "stage_out_url", "stage_out_files", "state")
 _POSITION = {c: i for i, c in enumerate(COLUMNS)}

@@ -210,6 +210,7 @@ def claim_for_run(conn: Connection, launcher: int, resources: Resources, policy:
             **wf_filter.params(), "max_nodes": max_nodes, "limit": limit,
             "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
             "trusted": trusted,
+            "max_gpus": resources.max_gpus,
         })
         _check_live(live, launcher)
         rows = found.fetchall()
@@ -412,5 +413,6 @@ def work_remaining(conn: Connection, launcher: int, resources: Resources, *,
         **wf_filter.params(), "launcher": launcher, "max_nodes": resources.num_nodes,
         "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
         "trusted": trusted,
+        "max_gpus": resources.max_gpus,
     }).fetchone()
     return bool(row and row["remaining"])

@@ -53,6 +53,9 @@ class Task(_Row):
     threads_per_core: int = 1
     cpu_affinity: str = "none"
     node_packing_count: int = 1
+    gpus_per_rank: int = 0
+    mpi_flags: str = ""
+    coschedule_num_nodes: int = 0
     environ_vars: dict[str, str] = field(default_factory=dict)
     input_files: str = ""
     post_error_handler: bool = False
@@ -179,6 +182,9 @@ TASK_FIELDS: dict[str, FieldSpec] = {
     "threads_per_core": FieldSpec("int", 1, 64),
     "cpu_affinity": FieldSpec("word"),
     "node_packing_count": FieldSpec("int", 1, 10_000),
+    "gpus_per_rank": FieldSpec("int", 0, 1024),
+    "mpi_flags": FieldSpec("command"),
+    "coschedule_num_nodes": FieldSpec("int", 0, 100_000),
     "environ_vars": FieldSpec("env"),
     "data": FieldSpec("json"),
     "input_files": FieldSpec("str"),

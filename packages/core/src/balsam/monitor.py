@@ -228,6 +228,8 @@ TASK_EXPRESSIONS: dict[str, str] = {
     "num_nodes": "t.num_nodes", "ranks_per_node": "t.ranks_per_node",
     "threads_per_rank": "t.threads_per_rank", "threads_per_core": "t.threads_per_core",
     "cpu_affinity": "t.cpu_affinity", "node_packing_count": "t.node_packing_count",
+    "gpus_per_rank": "t.gpus_per_rank", "mpi_flags": "t.mpi_flags",
+    "coschedule_num_nodes": "t.coschedule_num_nodes",
     "wall_time_minutes": "t.wall_time_minutes", "args": "t.args",
     "environ_vars": "t.environ_vars::text", "data": "t.data::text",
     "input_files": "t.input_files", "post_error_handler": "t.post_error_handler",

@@ -236,22 +236,23 @@ class BalsamJob(_Record):
         "name": "", "workflow": "", "description": "", "application": "", "args": "",
         "data": {}, "user_workdir": "", "input_files": "", "wall_time_minutes": 1,
         "num_nodes": 1, "ranks_per_node": 1, "threads_per_rank": 1, "threads_per_core": 1,
-        "cpu_affinity": "none", "node_packing_count": 1, "environ_vars": "",
-        "post_error_handler": False, "post_timeout_handler": False, "auto_timeout_retry": True,
-        "allow_failed_parents": False, "state": "CREATED",
-        "stage_in_url": "", "stage_out_url": "", "stage_out_files": ""}
+        "cpu_affinity": "none", "node_packing_count": 1, "gpus_per_rank": 0, "mpi_flags": "",
+        "coschedule_num_nodes": 0, "environ_vars": "", "post_error_handler": False,
+        "post_timeout_handler": False, "auto_timeout_retry": True, "allow_failed_parents": False,
+        "state": "CREATED", "stage_in_url": "", "stage_out_url": "", "stage_out_files": ""}
     _unsupported: ClassVar[dict[str, Any]] = {
-        "mpi_flags": "", "coschedule_num_nodes": 0, "wait_for_parents": True,
+        "wait_for_parents": True,
         "queued_launch": None, "lock": ""}
     _columns: ClassVar[dict[str, Column]] = {
         **{n: Column(sql.Identifier("t", n), "text") for n in
            ("name", "workflow", "description", "args", "user_workdir", "input_files",
-            "cpu_affinity", "state", "state_message", "owner")},
+            "cpu_affinity", "mpi_flags", "state", "state_message", "owner")},
         **{n: Column(sql.Identifier("t", n), "text") for n in
            ("stage_in_url", "stage_out_url", "stage_out_files")},
         **{n: Column(sql.Identifier("t", n), "int") for n in
            ("wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
-            "threads_per_core", "node_packing_count", "launcher_id", "attempts")},
+            "threads_per_core", "node_packing_count", "gpus_per_rank", "coschedule_num_nodes",
+            "launcher_id", "attempts")},
         **{n: Column(sql.Identifier("t", n), "bool") for n in
            ("post_error_handler", "post_timeout_handler", "auto_timeout_retry",
             "allow_failed_parents")},

@@ -90,8 +90,10 @@ WHERE t.launcher_id IS NULL
   AND t.state IN ('READY', 'STAGED_IN', 'PREPROCESSED', 'RESTART_READY')
   AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
   AND (%(workflow_part)s::text IS NULL OR strpos(t.workflow, %(workflow_part)s::text) > 0)
-  AND t.num_nodes <= %(max_nodes)s
-  AND (NOT %(serial)s OR (t.num_nodes = 1 AND t.ranks_per_node = 1))
+  AND t.num_nodes + t.coschedule_num_nodes <= %(max_nodes)s
+  AND (NOT %(serial)s OR (t.num_nodes = 1 AND t.ranks_per_node = 1
+                          AND t.coschedule_num_nodes = 0))
+  AND t.gpus_per_rank * t.ranks_per_node <= %(max_gpus)s
   AND t.wall_time_minutes <= %(max_wall_minutes)s
 ORDER BY t.num_nodes DESC, t.wall_time_minutes DESC, t.id
 LIMIT %(limit)s
@@ -195,7 +197,8 @@ ORDER BY p.child_id, t.id;
 -- holds, or a task awaiting an ancestor that is still live (runnable, claimed or running). Tasks
 -- it does not trust (%(trusted)s, as lock_run_candidates) are not work for it.
 WITH RECURSIVE matching AS (
-    SELECT t.id, t.state, t.launcher_id, t.num_nodes, t.ranks_per_node, t.wall_time_minutes
+    SELECT t.id, t.state, t.launcher_id, t.num_nodes, t.ranks_per_node, t.wall_time_minutes,
+           t.coschedule_num_nodes, t.gpus_per_rank
     FROM tasks t
     WHERE t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
       AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
@@ -218,8 +221,10 @@ SELECT EXISTS (
                   AND m.state IN ('RUN_DONE', 'RUN_ERROR', 'RUN_TIMEOUT', 'POSTPROCESSED'))
               OR (m.launcher_id IS NULL
                   AND m.state IN ('READY', 'STAGED_IN', 'PREPROCESSED', 'RESTART_READY')
-                  AND m.num_nodes <= %(max_nodes)s
-                  AND (NOT %(serial)s OR (m.num_nodes = 1 AND m.ranks_per_node = 1))
+                  AND m.num_nodes + m.coschedule_num_nodes <= %(max_nodes)s
+                  AND (NOT %(serial)s OR (m.num_nodes = 1 AND m.ranks_per_node = 1
+                                          AND m.coschedule_num_nodes = 0))
+                  AND m.gpus_per_rank * m.ranks_per_node <= %(max_gpus)s
                   AND m.wall_time_minutes <= %(max_wall_minutes)s))
     OR EXISTS (
            SELECT 1 FROM ancestors a JOIN tasks t ON t.id = a.id
@@ -235,9 +240,11 @@ WHERE l.ended_at IS NOT NULL
 ORDER BY 1;
 
 -- name: unclaimed_work
--- Unclaimed runnable tasks grouped by size: the work a new batch job would find.
-SELECT t.num_nodes, t.node_packing_count, count(*) AS tasks
+-- Unclaimed runnable tasks grouped by size (co-scheduled nodes count): the work a new batch job
+-- would find.
+SELECT t.num_nodes + t.coschedule_num_nodes AS num_nodes, t.node_packing_count,
+       count(*) AS tasks
 FROM tasks t JOIN task_states s ON s.state = t.state
 WHERE s.runnable AND t.launcher_id IS NULL
   AND (%(wf_filter)s = '' OR t.workflow = %(wf_filter)s)
-GROUP BY t.num_nodes, t.node_packing_count;
+GROUP BY 1, t.node_packing_count;

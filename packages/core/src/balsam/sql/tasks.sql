@@ -30,12 +30,13 @@ SELECT id FROM tasks WHERE app_id = %(app_id)s ORDER BY id;
 -- name: insert_task
 INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
-    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
-    stage_out_files, state)
+    cpu_affinity, node_packing_count, gpus_per_rank, mpi_flags, coschedule_num_nodes,
+    environ_vars, input_files, post_error_handler, post_timeout_handler, auto_timeout_retry,
+    allow_failed_parents, stage_in_url, stage_out_url, stage_out_files, state)
 VALUES (%(name)s, %(workflow)s, %(app_id)s, %(args)s, %(data)s, %(user_workdir)s,
     %(description)s, %(wall_time_minutes)s, %(num_nodes)s, %(ranks_per_node)s,
     %(threads_per_rank)s, %(threads_per_core)s, %(cpu_affinity)s, %(node_packing_count)s,
+    %(gpus_per_rank)s, %(mpi_flags)s, %(coschedule_num_nodes)s,
     %(environ_vars)s, %(input_files)s, %(post_error_handler)s, %(post_timeout_handler)s,
     %(auto_timeout_retry)s, %(allow_failed_parents)s, %(stage_in_url)s, %(stage_out_url)s,
     %(stage_out_files)s, %(state)s)
@@ -59,6 +60,9 @@ CREATE TEMP TABLE balsam_new_tasks (
     threads_per_core integer NOT NULL,
     cpu_affinity text NOT NULL,
     node_packing_count integer NOT NULL,
+    gpus_per_rank integer NOT NULL,
+    mpi_flags text NOT NULL,
+    coschedule_num_nodes integer NOT NULL,
     environ_vars jsonb NOT NULL,
     input_files text NOT NULL,
     post_error_handler boolean NOT NULL,
@@ -74,22 +78,22 @@ CREATE TEMP TABLE balsam_new_tasks (
 -- name: copy_new_tasks
 COPY balsam_new_tasks (ord, name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
-    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
-    stage_out_files, state) FROM STDIN;
+    cpu_affinity, node_packing_count, gpus_per_rank, mpi_flags, coschedule_num_nodes,
+    environ_vars, input_files, post_error_handler, post_timeout_handler, auto_timeout_retry,
+    allow_failed_parents, stage_in_url, stage_out_url, stage_out_files, state) FROM STDIN;
 
 -- name: insert_new_tasks
 -- Identities are drawn in ORDER BY order, so the sorted ids match the staged rows one to one.
 INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
-    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
-    stage_out_files, state)
+    cpu_affinity, node_packing_count, gpus_per_rank, mpi_flags, coschedule_num_nodes,
+    environ_vars, input_files, post_error_handler, post_timeout_handler, auto_timeout_retry,
+    allow_failed_parents, stage_in_url, stage_out_url, stage_out_files, state)
 SELECT name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
-    cpu_affinity, node_packing_count, environ_vars, input_files, post_error_handler,
-    post_timeout_handler, auto_timeout_retry, allow_failed_parents, stage_in_url, stage_out_url,
-    stage_out_files, state
+    cpu_affinity, node_packing_count, gpus_per_rank, mpi_flags, coschedule_num_nodes,
+    environ_vars, input_files, post_error_handler, post_timeout_handler, auto_timeout_retry,
+    allow_failed_parents, stage_in_url, stage_out_url, stage_out_files, state
 FROM balsam_new_tasks ORDER BY ord
 RETURNING id;
 
