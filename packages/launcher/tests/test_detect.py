@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -93,3 +94,27 @@ def test_which_nodes_are_other_machines(monkeypatch):
     assert d.is_remote("alias") is False  # a loopback name of this host
     assert d.is_remote("n2") is True
     assert d.is_remote("nid00007") is None  # cannot be reached by name
+
+
+def test_offset_and_limit_share_an_allocation_between_launchers():
+    env = {"SLURM_JOB_NODELIST": "n[1-5]"}
+    first, _ = resources("serial", env=env, limit=1)
+    rest, _ = resources("mpi", env=env, offset=1)
+    middle, _ = resources("mpi", env=env, offset=1, limit=2)
+    assert [n.host for n in first.nodes] == ["n1"]
+    assert [n.host for n in rest.nodes] == ["n2", "n3", "n4", "n5"]
+    assert [n.host for n in middle.nodes] == ["n2", "n3"]
+    with pytest.raises(InvalidInput, match="--offset-nodes 5 leaves none of the 5 node"):
+        resources("mpi", env=env, offset=5)
+    with pytest.raises(InvalidInput, match="more than the 2 nodes of this slurm allocation left"):
+        resources("mpi", 3, env=env, offset=3)
+
+
+def test_gpus_and_cpus_of_each_node_and_of_simulated_nodes():
+    real, _ = resources("serial", env={"SLURM_JOB_NODELIST": "n[1-2]"}, gpus_per_node=4,
+                        cpus_per_node=8)
+    assert [(n.gpus, len(n.cpus)) for n in real.nodes] == [((0, 1, 2, 3), 8)] * 2
+    sim, _ = resources("serial", 2, env={}, gpus_per_node=4, cpus_per_node=2)
+    assert [(n.gpus, n.cpus) for n in sim.nodes] == [((0, 1), (0,)), ((2, 3), (1,))]
+    mine, _ = resources("serial", env={})
+    assert len(mine.nodes[0].cpus) == len(os.sched_getaffinity(0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import replace
 
@@ -123,3 +124,63 @@ def test_hook_mpi_command():
     assert pm.hook.mpi_command(**args, launcher=special) == [
         "site-launch", "--ranks", "8", *CMD]
     assert pm.hook.mpi_command(**args, launcher=LAUNCHER)[0] == "mpirun"
+
+
+# --- the site's mpi_command setting, mpi_flags, gpu_environment -------------------------------
+
+
+def test_the_site_mpi_command_fills_each_word_alone():
+    template = "mpiexec -n {ranks} -ppn {ranks_per_node} --hosts {hosts} -d {threads_per_rank} " \
+               "{command}"
+    argv = mpi.default_command(TASK, CMD, nodes("n1", "n2"), ENV,
+                               replace(LAUNCHER, mpi_command=template, scheduler="slurm"))
+    assert argv == ["mpiexec", "-n", "8", "-ppn", "4", "--hosts", "n1,n2", "-d", "2", *CMD]
+    odd = Task(id=8, cpu_affinity="a b; rm -rf /")  # a value never becomes two words
+    assert mpi.from_template("run --bind={cpu_affinity} {command}", odd, CMD, nodes("n1")) == [
+        "run", "--bind=a b; rm -rf /", *CMD]
+
+
+@pytest.mark.parametrize(("template", "error"), [
+    ("mpiexec -n {ranks}", "must end with the word {command}"),
+    ("mpiexec {command} {command}", "must end with the word {command}"),
+    ("mpiexec -n {rank} {command}", "unknown placeholder {rank}"),
+    ("mpiexec 'unclosed {command}", "cannot be split"),
+    ("mpiexec -n {ranks {command}", "is malformed"),
+])
+def test_a_bad_site_mpi_command_is_refused_in_one_line(template, error):
+    from balsam.config import validate
+
+    with pytest.raises(InvalidInput, match=re.escape(error)):
+        validate("mpi_command", template, "balsam.toml")
+
+
+def test_mpi_flags_go_just_before_the_command():
+    argv = ["srun", "-n", "2", *CMD]
+    assert mpi.with_flags(argv, CMD, "--cpu-bind=cores -x 'A B'") == [
+        "srun", "-n", "2", "--cpu-bind=cores", "-x", "A B", *CMD]
+    assert mpi.with_flags(argv, CMD, "  ") == argv
+    with pytest.raises(InvalidInput, match="does not end with the task's command"):
+        mpi.with_flags(["wrapper", *CMD, "--after"], CMD, "-x")
+
+
+class SiteGpus:
+    @hookimpl
+    def gpu_environment(self, devices, task, launcher):
+        if launcher.scheduler == "amd-site":
+            return {"ROCR_VISIBLE_DEVICES": ",".join(map(str, devices))}
+        return None
+
+
+def test_hook_gpu_environment():
+    pm = get_plugin_manager()
+    task = Task(id=3, gpus_per_rank=1, ranks_per_node=2)
+    assert pm.hook.gpu_environment(devices=[2, 3], task=task, launcher=LAUNCHER) == {
+        "CUDA_VISIBLE_DEVICES": "2,3"}
+    assert pm.hook.gpu_environment(devices=[], task=task, launcher=LAUNCHER) == {
+        "CUDA_VISIBLE_DEVICES": ""}  # asked for none: sees none
+    pm.register(SiteGpus(), name="site-gpus")
+    amd = replace(LAUNCHER, scheduler="amd-site")
+    assert pm.hook.gpu_environment(devices=[1], task=task, launcher=amd) == {
+        "ROCR_VISIBLE_DEVICES": "1"}
+    assert pm.hook.gpu_environment(devices=[1], task=task, launcher=LAUNCHER) == {
+        "CUDA_VISIBLE_DEVICES": "1"}

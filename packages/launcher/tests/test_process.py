@@ -114,3 +114,13 @@ def test_stop_then_kill_after_the_grace(tmp_path):
     assert (ended.task_id, ended.returncode, ended.signalled) == (7, -signal.SIGKILL, True)
     assert ended.last_line == "stubborn" and len(procs) == 0
     selector.close()
+
+
+def test_pinned_runs_go_through_taskset_on_the_cpus_of_their_slots():
+    from balsam_launcher.process import pinned_argv
+
+    assert pinned_argv(["app"], (), [0, 1]) == ["app"]
+    argv = pinned_argv(["app", "-x"], [1, 2], [4, 5, 7])
+    assert argv[0].endswith("/taskset") and argv[1:] == ["--cpu-list", "5,7", "app", "-x"]
+    with pytest.raises(OSError, match="CPU slot 3 is beyond the 3 CPU"):
+        pinned_argv(["app"], [3], [4, 5, 7])

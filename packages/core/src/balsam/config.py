@@ -1,6 +1,7 @@
-"""Site configuration: defaults for account, queue, scheduler, extra scheduler flags and output
-mode, from (last wins) the built-in defaults, ``~/.balsam/config.toml``, the project's
-``balsam.toml`` and ``BALSAM_<KEY>`` environment variables; a command-line option wins over all.
+"""Site configuration: defaults for account, queue, scheduler, extra scheduler flags, output
+mode and the MPI command line, from (last wins) the built-in defaults, ``~/.balsam/config.toml``,
+the project's ``balsam.toml`` and ``BALSAM_<KEY>`` environment variables; a command-line option
+wins over all.
 
 ``balsam.toml`` is in the project's control zone: it steers every member's tools, so it is read
 through the zone's guard (:mod:`balsam.zones`): only when the project's owner owns it, nobody else
@@ -30,7 +31,7 @@ class Option:
     key: str
     default: Any
     help: str
-    kind: str = "str"  # str, flags, choice
+    kind: str = "str"  # str, flags, choice, mpi (an mpi_command template)
     choices: tuple[str, ...] = ()
 
     @property
@@ -49,7 +50,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("output", "auto", "How listings print: auto (table on a terminal, plain in a "
                               "pipe), table, plain, tsv or json.", "choice",
            ("auto", "table", "plain", "tsv", "json")),
+    Option("mpi_command", "", "The MPI command line of mpi mode, split like a shell's, e.g. "
+                              "'mpiexec -n {ranks} -ppn {ranks_per_node} --hosts {hosts} "
+                              "{command}' (empty: the mpi_command hook's default).", "mpi"),
 )
+#: The placeholders of ``mpi_command``; ``{command}`` (the app's arguments, the task's mpi_flags
+#: before them) is the last word.
+MPI_FIELDS = ("ranks", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
+              "cpu_affinity", "gpus_per_rank", "hosts")
 BY_KEY = {o.key: o for o in OPTIONS}
 _FLAG = re.compile(r"^-[^\x00-\x1f\x7f]*$")
 
@@ -154,10 +162,39 @@ def validate(key: str, value: Any, source: str) -> Any:
     if not isinstance(value, str):
         message = f"{source}: {key} must be a string, got {value!r}"
         raise InvalidInput(message)
+    if option.kind == "mpi" and value:
+        check_mpi_template(value, source)
     if option.kind == "choice" and value not in option.choices:
         message = f"{source}: {key} must be one of {', '.join(option.choices)}, got {value!r}"
         raise InvalidInput(message)
     return value
+
+
+def check_mpi_template(text: str, source: str) -> list[str]:
+    """The words of an ``mpi_command`` template (InvalidInput, one line, if it is not one)."""
+    import shlex
+    import string
+
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        message = f"{source}: mpi_command cannot be split into arguments ({exc})"
+        raise InvalidInput(message) from None
+    if not words or words[-1] != "{command}" or words.count("{command}") != 1:
+        message = f"{source}: mpi_command must end with the word {{command}}, once: {text!r}"
+        raise InvalidInput(message)
+    for word in words[:-1]:
+        try:
+            names = [f for _, f, _, _ in string.Formatter().parse(word) if f is not None]
+        except ValueError as exc:
+            message = f"{source}: mpi_command word {word!r} is malformed ({exc})"
+            raise InvalidInput(message) from None
+        unknown = [n for n in names if n not in MPI_FIELDS]
+        if unknown:
+            message = (f"{source}: mpi_command has an unknown placeholder {{{unknown[0]}}}; known: "
+                       f"{', '.join(MPI_FIELDS)}, command")
+            raise InvalidInput(message)
+    return words
 
 
 def parse_env(option: Option, text: str) -> Any:

@@ -44,6 +44,10 @@ class LauncherInfo:
     scratch: str
     #: Minutes left before its allocation ends, or None if it has no deadline.
     remaining_minutes: float | None = None
+    #: GPUs on each of its nodes (``--gpus-per-node``), shared out by tasks' ``gpus_per_rank``.
+    gpus_per_node: int = 0
+    #: The site's MPI command line (the ``mpi_command`` setting), or "" for the built-in choice.
+    mpi_command: str = ""
 
 
 @dataclass(frozen=True)

@@ -230,3 +230,25 @@ def mpi_command(task: Task, command: list[str], nodes: list[Node], env: dict[str
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec(firstresult=True)
+def gpu_environment(devices: list[int], task: Task, launcher: LauncherInfo
+                    ) -> dict[str, str] | None:
+    """The variables that give a task its GPUs (``CUDA_VISIBLE_DEVICES`` and the like).
+
+    :param devices: the device numbers the launcher gave the task on each of its nodes
+        (``gpus_per_rank * ranks_per_node`` of them, held by no other task while it runs; the
+        same numbers on every node of an mpi-mode task); empty for a task that asked for none,
+        which should then see none.
+    :param task: the task to start.
+    :param launcher: the launcher (:class:`balsam.contracts.LauncherInfo`: ``gpus_per_node``,
+        ``job_mode``, ...).
+    :returns: variables to set in the task's environment, or None to defer.
+
+    Called only by launchers with ``--gpus-per-node``. Stops at the first non-None result. The
+    launcher's default (``trylast``) sets ``CUDA_VISIBLE_DEVICES``; a site with other devices
+    returns its own (``ROCR_VISIBLE_DEVICES``, ``ZE_AFFINITY_MASK``...).
+
+    .. versionadded:: 0.2
+    """

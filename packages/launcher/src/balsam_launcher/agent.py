@@ -4,10 +4,10 @@ it runs the tasks its launcher sends. The launcher's side and the wire protocol 
 
 The agent connects back to the launcher over TCP (the launcher's address, a port, and a one-time
 token on its command line) and speaks newline-delimited JSON: the launcher sends ``start``
-(argv, cwd, env, output file), ``signal`` and ``lease`` (with each heartbeat: how many seconds
-the launcher's lease still runs); the agent answers ``started`` and ``exit``. Each agent is fenced
-like a launcher (balsam_launcher.fence): when the launcher goes away or stops renewing the lease,
-the agent's tasks die with it.
+(argv, cwd, env, output file, CPU slots), ``signal`` and ``lease`` (with each heartbeat: how
+many seconds the launcher's lease still runs); the agent answers ``started`` and ``exit``. Each
+agent is fenced like a launcher (balsam_launcher.fence): when the launcher goes away or stops
+renewing the lease, the agent's tasks die with it.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _handle(msg: dict[str, Any], sock: socket.socket, selector: selectors.BaseSe
     elif msg["op"] == "start":
         try:
             run = spawn(tid, msg["argv"], cwd=Path(msg["cwd"]), env={**os.environ, **msg["env"]},
-                        output=Path(msg["output"]))
+                        output=Path(msg["output"]), cpus=msg.get("cpus", ()))
         except OSError as exc:
             send(sock, {"op": "exit", "id": tid, "rc": 127,
                         "error": f"{exc.strerror}: {exc.filename}"})

@@ -33,12 +33,23 @@ _DEFAULT = Options()
               help="Legacy matching: --wf-filter selects every workflow containing it.")
 @click.option("--consume-all", is_flag=True,
               help="Exit once no task this launcher could run is left (default: wait for more).")
+@click.option("--persistent", is_flag=True,
+              help="Keep running until killed or out of time, even with no work (the default; "
+                   "legacy spelling).")
 @click.option("--time-limit-minutes", type=_POSITIVE, metavar="MINUTES",
               help="Stop after this long (running tasks become RUN_TIMEOUT); tasks whose "
-                   "wall_time_minutes exceeds the time left are not started.")
+                   "wall_time_minutes exceeds the time left are not started. Default: stop "
+                   "before the Slurm, PBS or Cobalt job ends, as its scheduler says.")
 @click.option("--nodes", type=click.IntRange(min=1), metavar="N",
               help="Use N nodes: the first N of the allocation, or N simulated nodes when the "
                    "allocation is this one host.")
+@click.option("--offset-nodes", type=click.IntRange(min=0), default=0, metavar="K",
+              help="Skip the allocation's first K nodes (several launchers in one job).")
+@click.option("--limit-nodes", type=click.IntRange(min=1), metavar="N",
+              help="Use at most N of the allocation's nodes (after --offset-nodes).")
+@click.option("--gpus-per-node", type=click.IntRange(min=0, max=1024), default=0, metavar="N",
+              help="GPUs on each node, given to tasks by their gpus_per_rank, one task each "
+                   "(CUDA_VISIBLE_DEVICES, or a site's gpu_environment hook).")
 @click.option("--batch-job-id", type=click.IntRange(min=1), envvar="BALSAM_BATCH_JOB_ID",
               metavar="ID",
               help="The balsam batch job this launcher runs in (default $BALSAM_BATCH_JOB_ID).")
@@ -54,8 +65,8 @@ _DEFAULT = Options()
               metavar="N",
               help="Run a task that exits non-zero (and has no error handler) up to this many "
                    "more times before it is FAILED.")
-@click.option("--workers", type=click.IntRange(min=1), default=_DEFAULT.workers, show_default=True,
-              metavar="N",
+@click.option("--workers", "--num-transition-threads", "workers", type=click.IntRange(min=1),
+              default=_DEFAULT.workers, show_default=True, metavar="N",
               help="Threads for stage-in and pre- and post-processing scripts.")
 @click.option("--kill-grace", type=click.FloatRange(min=0), default=_DEFAULT.kill_grace,
               show_default=True,
@@ -69,7 +80,8 @@ _DEFAULT = Options()
                    "trust with 'balsam trust add').")
 @pass_plugin_manager
 def launcher(pm: pluggy.PluginManager, job_mode: str, wf_filter: str, wf_substring: bool,
-             consume_all: bool, time_limit_minutes: float | None, nodes: int | None,
+             consume_all: bool, persistent: bool, time_limit_minutes: float | None,
+             nodes: int | None, offset_nodes: int, limit_nodes: int | None, gpus_per_node: int,
              batch_job_id: int | None, heartbeat_timeout: float, poll_interval: float,
              max_retries: int, workers: int, kill_grace: float,
              allow_workdir: tuple[str, ...], trust: tuple[str, ...]) -> None:
@@ -90,7 +102,9 @@ def launcher(pm: pluggy.PluginManager, job_mode: str, wf_filter: str, wf_substri
                       consume_all=consume_all, time_limit_minutes=time_limit_minutes,
                       nodes=nodes, batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
                       poll_interval=poll_interval, max_retries=max_retries, workers=workers,
-                      kill_grace=kill_grace, allow_workdir=allow_workdir, trust=trust)
+                      kill_grace=kill_grace, allow_workdir=allow_workdir, trust=trust,
+                      persistent=persistent, offset_nodes=offset_nodes, limit_nodes=limit_nodes,
+                      gpus_per_node=gpus_per_node)
     fence.mode()  # a bad BALSAM_FENCE is refused here, before anything starts
     project = Project.from_env()
     runner = Launcher(project, options, pm)

@@ -37,10 +37,14 @@ def detect(env: Mapping[str, str] | None = None) -> Allocation:
     return Allocation("local", (socket.gethostname(),))
 
 
-def resources(job_mode: str, nodes: int | None = None,
-              env: Mapping[str, str] | None = None) -> tuple[Resources, Allocation]:
-    """The launcher's nodes: the allocation, its first ``nodes`` nodes, or ``nodes`` simulated
-    nodes when the allocation is a single host (one machine acting as N nodes)."""
+def resources(job_mode: str, nodes: int | None = None, env: Mapping[str, str] | None = None, *,
+              offset: int = 0, limit: int | None = None, gpus_per_node: int = 0,
+              cpus_per_node: int | None = None) -> tuple[Resources, Allocation]:
+    """The launcher's nodes: the allocation's nodes from ``offset`` on, at most ``limit`` of them
+    (legacy ``--offset-nodes``/``--limit-nodes``: several launchers share one job), then their
+    first ``nodes``, or ``nodes`` simulated nodes when that leaves a single host (one machine
+    acting as N nodes). Each node has ``gpus_per_node`` GPUs and ``cpus_per_node`` CPUs (default:
+    those this process may use), which simulated nodes share out."""
     if job_mode not in JOB_MODES:
         message = f"invalid job mode {job_mode!r}; expected one of: {', '.join(JOB_MODES)}"
         raise InvalidInput(message)
@@ -48,19 +52,30 @@ def resources(job_mode: str, nodes: int | None = None,
     if not alloc.hosts:
         message = f"the {alloc.scheduler} allocation lists no nodes"
         raise InvalidInput(message)
-    count = len(alloc.hosts) if nodes is None else nodes
+    hosts, names = alloc.hosts[offset:], alloc.names[offset:]
+    if limit is not None:
+        hosts, names = hosts[:limit], names[:limit]
+    if not hosts:
+        message = (f"--offset-nodes {offset} leaves none of the {len(alloc.hosts)} node(s) of this "
+                   f"{alloc.scheduler} allocation")
+        raise InvalidInput(message)
+    count = len(hosts) if nodes is None else nodes
     if count < 1:
         message = f"--nodes must be at least 1, got {count}"
         raise InvalidInput(message)
-    if count <= len(alloc.hosts):
-        res = Resources.on_hosts(alloc.hosts[:count], job_mode, names=alloc.names[:count])
+    cpus = len(os.sched_getaffinity(0)) if cpus_per_node is None else cpus_per_node
+    if count <= len(hosts):
+        res = Resources.on_hosts(hosts[:count], job_mode, names=names[:count],
+                                 gpus_per_node=gpus_per_node, cpus_per_node=cpus)
         return res, alloc
-    if len(alloc.hosts) == 1:
-        host = alloc.hosts[0]
-        names = [f"{host}:{i}" for i in range(count)]
-        return Resources.on_hosts([host] * count, job_mode, names=names, simulated=True), alloc
-    message = (f"--nodes {count} is more than the {len(alloc.hosts)} nodes of this "
-               f"{alloc.scheduler} allocation")
+    if len(hosts) == 1:
+        host = hosts[0]
+        simulated = [f"{host}:{i}" for i in range(count)]
+        return Resources.on_hosts([host] * count, job_mode, names=simulated, simulated=True,
+                                  gpus_per_node=gpus_per_node, cpus_per_node=cpus), alloc
+    left = " left to it" if len(hosts) < len(alloc.hosts) else ""
+    message = f"--nodes {count} is more than the {len(hosts)} nodes of this {alloc.scheduler} " \
+              f"allocation{left}"
     raise InvalidInput(message)
 
 

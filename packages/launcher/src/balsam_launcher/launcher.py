@@ -35,14 +35,24 @@ from typing import Any
 
 import pluggy
 
-from balsam import claim, staging
+from balsam import claim, config, staging
 from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.models import Task, validate_user_name
 from balsam.project import Project, current_user
 from balsam.resources import JOB_MODES, Node
 from balsam.states import State
-from balsam_launcher import detect, lease, ledger, progress, steps, transfers, workdirs
+from balsam_launcher import (
+    detect,
+    endtime,
+    lease,
+    ledger,
+    mpi,
+    progress,
+    steps,
+    transfers,
+    workdirs,
+)
 from balsam_launcher.process import AgentPool, Processes, program
 from balsam_launcher.session import (
     Claims,
@@ -105,6 +115,15 @@ class Options:
     allow_workdir: tuple[str, ...] = ()
     #: Users whose tasks it runs besides its user's and those its user trusts (``balsam trust``).
     trust: tuple[str, ...] = ()
+    #: GPUs on each node, shared out to tasks by their gpus_per_rank.
+    gpus_per_node: int = 0
+    #: Use the allocation's nodes from this one on, at most this many (legacy: several launchers
+    #: in one batch job).
+    offset_nodes: int = 0
+    limit_nodes: int | None = None
+    #: Keep running until killed or out of time, even with no work (the default; refuses
+    #: consume_all).
+    persistent: bool = False
 
     @property
     def heartbeat_interval(self) -> float:
@@ -120,12 +139,18 @@ class Options:
             ("--kill-grace", self.kill_grace, 0, 3_600),
             ("--workers", self.workers, 1, 256),
             ("--max-retries", self.max_retries, 0, 1_000),
+            ("--gpus-per-node", self.gpus_per_node, 0, 1_024),
+            ("--offset-nodes", self.offset_nodes, 0, MAX_NODES),
+            ("--limit-nodes", self.limit_nodes, 1, MAX_NODES),
             ("script timeout", self.script_timeout, 0.1, 86_400),
         ]
         for name, value, low, high in bounds:
             if value is not None and not (math.isfinite(value) and low <= value <= high):
                 message = f"{name} must be between {low:g} and {high:,g}, got {value}"
                 raise InvalidInput(message)
+        if self.persistent and self.consume_all:
+            message = "--persistent keeps the launcher running with no work: not with --consume-all"
+            raise InvalidInput(message)
         if self.job_mode not in JOB_MODES:
             message = f"invalid job mode {self.job_mode!r}; expected one of: {', '.join(JOB_MODES)}"
             raise InvalidInput(message)
@@ -150,7 +175,9 @@ class Launcher:
         self.options = options
         self.pm = pm
         self.wf_filter = claim.WorkflowFilter(options.wf_filter, options.wf_substring)
-        self.resources, self.allocation = detect.resources(options.job_mode, options.nodes)
+        self.resources, self.allocation = detect.resources(
+            options.job_mode, options.nodes, offset=options.offset_nodes,
+            limit=options.limit_nodes, gpus_per_node=options.gpus_per_node)
         # trusts nobody until registered (then: whom its user trusts, read by the claims)
         self.ledger = ledger.Ledger(max_retries=options.max_retries, trusted=())
         self.id = 0
@@ -172,6 +199,8 @@ class Launcher:
         self.transfers: dict[str, Any] | None = None
         self.common_env: dict[str, str] = {}
         self.static_info: LauncherInfo | None = None
+        #: The site's MPI command line (balsam config mpi_command), read once.
+        self.mpi_template: str = config.load_settings(project.root).get("mpi_command")
         # Private scratch space on the launcher's host, removed at exit (per-task MPI session
         # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
         self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
@@ -179,14 +208,27 @@ class Launcher:
         self.reconciling = self.checking = False
         self.want_claim = self.want_post = True
         now = time.monotonic()
-        self.deadline = (now + options.time_limit_minutes * 60
-                         if options.time_limit_minutes is not None else None)
+        self.limit_note = ""
+        self.deadline = self._deadline(now)
         self.next_reconcile = self.next_poll = self.next_done_check = now
         self.drain_until: float | None = None
         self.gave_up = False
         self.records_since: float | None = None  # records waiting for a batch since then
         self.trust_due = False  # read the trusted users again before the next claim
         self.ticker = progress.Ticker(terminal=sys.stderr.isatty(), start=now)
+
+    def _deadline(self, now: float) -> float | None:
+        """When to stop (monotonic): after --time-limit-minutes, else before the scheduler ends
+        the job (see balsam_launcher.endtime), else never."""
+        if self.options.time_limit_minutes is not None:
+            return now + self.options.time_limit_minutes * 60
+        end = endtime.job_end(self.allocation.scheduler)
+        if end is None:
+            return None
+        after = endtime.stop_after(end, time.time(), self.options.kill_grace)
+        self.limit_note = (f"the {self.allocation.scheduler} job ends at {time.ctime(end)}: "
+                           f"stopping {after / 60:.1f} min from now")
+        return now + after
 
     @property
     def stopping(self) -> str | None:
@@ -214,6 +256,8 @@ class Launcher:
                  self.allocation.scheduler, ", simulated" if self.resources.simulated else "",
                  self.options.wf_filter)
         log.info("runs the tasks of: %s", ", ".join(self.claims.trusted))
+        if self.limit_note:
+            log.info("%s", self.limit_note)
         try:
             self._setup_wakeups()
             self.session.start(self.id)  # heartbeats from now on, even while agents start
@@ -594,11 +638,14 @@ class Launcher:
                     tid, f"cannot create its output file: {workdirs.describe(exc)}")
             try:
                 env = steps.task_env(task, e.parent_ids, self.common_env)
+                env.update(self._device_env(task, nodes))
                 argv = self._command(e, env, nodes)
+                serial = self.options.job_mode == "serial"
                 at = time.time()
                 where_run = self.processes.start(
                     tid, argv, dir_fd=dir_fd, directory=where.path, env=env, output_fd=out_fd,
-                    output=where.path / name, node=nodes[0] if nodes else None)
+                    output=where.path / name, node=nodes[0] if nodes else None,
+                    cpus=nodes[0].cpus_of(tid) if nodes and serial else ())
             except (OSError, InvalidInput) as exc:
                 os.close(out_fd)
                 reason = workdirs.describe(exc) if isinstance(exc, OSError) else str(exc)
@@ -612,15 +659,31 @@ class Launcher:
         envscript if the app has one; every program found on the launcher's own PATH."""
         argv = steps.resolved(steps.app_command(e.app, e.task), envscript=e.app.envscript)
         if self.options.job_mode == "mpi":
-            argv = self.pm.hook.mpi_command(task=e.task, command=argv, nodes=nodes, env=env,
+            command = argv
+            argv = self.pm.hook.mpi_command(task=e.task, command=command,
+                                            nodes=nodes[:e.task.num_nodes], env=env,
                                             launcher=self.info())
             if not argv:
                 message = "the mpi_command hook returned no command"
                 raise InvalidInput(message)
+            argv = mpi.with_flags(argv, command, e.task.mpi_flags)
             argv = [program(argv[0]), *argv[1:]]
         if e.app.envscript:
             argv = steps.with_envscript(e.app.envscript, argv)
         return argv
+
+    def _device_env(self, task: Task, nodes: list[Node]) -> dict[str, str]:
+        """The variables naming what the task holds beside its cores: its GPUs (through the
+        ``gpu_environment`` hook, on a launcher with GPUs) and its co-scheduled nodes."""
+        env: dict[str, str] = {}
+        if self.options.gpus_per_node and nodes:
+            assert task.id is not None
+            env.update(self.pm.hook.gpu_environment(
+                devices=list(nodes[0].gpus_of(task.id)), task=task, launcher=self.info()) or {})
+        if self.options.job_mode == "mpi" and len(nodes) > task.num_nodes:
+            env["BALSAM_COSCHEDULED_NODES"] = ",".join(
+                n.name or n.host for n in nodes[task.num_nodes:])
+        return env
 
     def _place(self, task: Task) -> workdirs.Place:
         return workdirs.place(task.workdir, self.root, self.options.allow_workdir)
@@ -715,7 +778,8 @@ class Launcher:
                 id=self.id, owner=current_user(), hostname=socket.gethostname(),
                 job_mode=self.options.job_mode, wf_filter=self.options.wf_filter,
                 num_nodes=self.resources.num_nodes, simulated=self.resources.simulated,
-                scheduler=self.allocation.scheduler, scratch=str(self.scratch))
+                scheduler=self.allocation.scheduler, scratch=str(self.scratch),
+                gpus_per_node=self.options.gpus_per_node, mpi_command=self.mpi_template)
         return replace(self.static_info, remaining_minutes=self._remaining_minutes())
 
     def _remaining_minutes(self) -> float | None:

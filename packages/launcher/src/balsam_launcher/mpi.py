@@ -1,15 +1,18 @@
-"""The default ``mpi_command``: srun inside Slurm, aprun on a Cray, otherwise mpirun."""
+"""The default ``mpi_command``: the site's ``mpi_command`` setting, else srun inside Slurm, aprun on
+a Cray, otherwise mpirun; and a task's ``mpi_flags`` put before its command."""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 
+from balsam.config import check_mpi_template
 from balsam.contracts import LauncherInfo
 from balsam.errors import InvalidInput
 from balsam.models import Task
@@ -38,7 +41,10 @@ def mpirun_flavour(mpirun: str = "mpirun") -> str:
 
 def default_command(task: Task, command: Sequence[str], nodes: Sequence[Node],
                     env: dict[str, str], launcher: LauncherInfo) -> list[str]:
-    """The site-independent choice (see the ``mpi_command`` hook)."""
+    """The site's ``mpi_command`` setting if it has one, else the site-independent choice (see
+    the ``mpi_command`` hook)."""
+    if launcher.mpi_command:
+        return from_template(launcher.mpi_command, task, command, nodes)
     local = launcher.simulated or all(n.host == socket.gethostname() for n in nodes)
     if launcher.scheduler == "slurm" and not launcher.simulated and shutil.which("srun"):
         return srun(task, command, nodes, cpus=slurm_job_cpus(os.environ))
@@ -50,6 +56,38 @@ def default_command(task: Task, command: Sequence[str], nodes: Sequence[Node],
 
 def _ranks(task: Task) -> int:
     return task.num_nodes * task.ranks_per_node
+
+
+def from_template(template: str, task: Task, command: Sequence[str],
+                  nodes: Sequence[Node]) -> list[str]:
+    """The argv of the ``mpi_command`` setting (see :func:`balsam.config.check_mpi_template`):
+    each word formatted alone (a value never splits into more words, nor joins two), the last
+    replaced by the command."""
+    words = check_mpi_template(template, "mpi_command")
+    values = {"ranks": _ranks(task), "num_nodes": task.num_nodes,
+              "ranks_per_node": task.ranks_per_node, "threads_per_rank": task.threads_per_rank,
+              "threads_per_core": task.threads_per_core, "cpu_affinity": task.cpu_affinity,
+              "gpus_per_rank": task.gpus_per_rank,
+              "hosts": ",".join(dict.fromkeys(n.name or n.host for n in nodes))}
+    try:
+        return [w.format(**values) for w in words[:-1]] + list(command)
+    except (ValueError, KeyError, IndexError) as exc:
+        message = f"mpi_command {template!r} cannot be filled in: {exc}"
+        raise InvalidInput(message) from None
+
+
+def with_flags(argv: Sequence[str], command: Sequence[str], flags: str) -> list[str]:
+    """A task's ``mpi_flags`` (split like a shell command line) put before its command at the
+    end of the MPI launcher's ``argv``."""
+    extra = shlex.split(flags)
+    if not extra:
+        return list(argv)
+    n = len(command)
+    if n == 0 or len(argv) <= n or list(argv[-n:]) != list(command):
+        message = ("the MPI command line does not end with the task's command: cannot place its "
+                   "mpi_flags")
+        raise InvalidInput(message)
+    return [*argv[:-n], *extra, *argv[-n:]]
 
 
 _CPU_COUNT = re.compile(r"(\d+)(?:\(x(\d+)\))?")

@@ -62,3 +62,8 @@ def mpi_command(task: Task, command: list[str], nodes: list[Node], env: dict[str
     from balsam_launcher import mpi
 
     return mpi.default_command(task, command, nodes, env, launcher)
+
+
+@hookimpl(trylast=True)
+def gpu_environment(devices: list[int], task: Task, launcher: LauncherInfo) -> dict[str, str]:
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, devices))}

@@ -129,14 +129,30 @@ class LocalRun:
             kill_group(self.pid, signal.SIGKILL)
 
 
+def pinned_argv(argv: Sequence[str], slots: Sequence[int], allowed: Sequence[int]) -> list[str]:
+    """``argv`` run on the CPUs at positions ``slots`` of ``allowed`` (the CPUs this process may
+    use, in order) through ``taskset``: the child is pinned before it runs anything, with no
+    code run between fork and exec. Unchanged without slots."""
+    if not slots:
+        return list(argv)
+    if max(slots) >= len(allowed):
+        message = (f"CPU slot {max(slots)} is beyond the {len(allowed)} CPU(s) this process may "
+                   f"use")
+        raise OSError(errno.EINVAL, message, argv[0] if argv else None)
+    cpus = ",".join(str(allowed[s]) for s in slots)
+    return [program("taskset"), "--cpu-list", cpus, *argv]
+
+
 def spawn(task_id: int, argv: Sequence[str], *, cwd: Path | int, env: Mapping[str, str],
-          output: Path | int) -> LocalRun:
-    """Start ``argv`` in its own process group with stdout and stderr appended to ``output``.
+          output: Path | int, cpus: Sequence[int] = ()) -> LocalRun:
+    """Start ``argv`` in its own process group with stdout and stderr appended to ``output``,
+    pinned to the CPU slots ``cpus`` (see :func:`pinned_argv`) if any.
 
     ``cwd`` and ``output`` are descriptors the caller opened (the launcher: without following
     symlinks; the descriptors stay the caller's), or paths (a node agent; the output is opened
     here with ``O_NOFOLLOW``). OSError (no such program, permission denied) propagates.
     """
+    argv = pinned_argv(argv, cpus, sorted(os.sched_getaffinity(0)) if cpus else ())
     out = output if isinstance(output, int) else os.open(
         output, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
@@ -216,21 +232,21 @@ class Processes:
 
     def start(self, task_id: int, argv: Sequence[str], *, dir_fd: int, directory: Path,
               env: Mapping[str, str], output_fd: int, output: Path,
-              node: Node | None = None) -> str:
+              node: Node | None = None, cpus: Sequence[int] = ()) -> str:
         """Start a task's run; returns where it runs (``pid N``, or ``through its node agent``).
         ``dir_fd`` and ``directory`` are its working directory (a descriptor for a local run, the
         path for an agent on another host); ``env`` its own variables (over the launcher's
         environment here, over the agent's there); ``output_fd`` becomes the run's (it is closed
-        with it). OSError if it cannot start."""
+        with it); ``cpus`` the CPU slots it is pinned to. OSError if it cannot start."""
         agents = self.agents
         run: Run
         if agents is not None and node is not None and node.index in agents.served:
-            run = agents.start(task_id, node, argv, directory, dict(env), output)
+            run = agents.start(task_id, node, argv, directory, dict(env), output, cpus)
             where = "through its node agent"
         else:
             full = self.base_env.copy()
             full.update(env)
-            local = spawn(task_id, argv, cwd=dir_fd, env=full, output=output_fd)
+            local = spawn(task_id, argv, cwd=dir_fd, env=full, output=output_fd, cpus=cpus)
             where = f"pid {fence.host_pid_for(local.pid, local.pidfd)}"
             if local.pidfd is None:
                 self._unwatched.add(task_id)
@@ -452,12 +468,12 @@ class AgentPool:
                 pass
 
     def start(self, task_id: int, node: Node, argv: Sequence[str], cwd: Path,
-              env: dict[str, str], output: Path) -> AgentRun:
+              env: dict[str, str], output: Path, cpus: Sequence[int] = ()) -> AgentRun:
         agent = next(a for a in self.agents.values() if a.node == node.index)
         run = AgentRun(task_id, agent)
         self.runs[task_id] = run
         send(agent.sock, {"op": "start", "id": task_id, "argv": list(argv), "cwd": str(cwd),
-                          "env": env, "output": str(output)})
+                          "env": env, "output": str(output), "cpus": list(cpus)})
         return run
 
     def receive(self, agent: Agent) -> list[int]:
