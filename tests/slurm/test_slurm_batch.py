@@ -133,3 +133,47 @@ def test_collaborator_sees_but_cannot_kill_alices_job(alice_project, run_as):
     assert refused.stderr.strip() == "Error: batch job 1 belongs to alice; only they can cancel it"
     assert alice.state()["jobs"][0]["state"] == "running"
     alice("balsam queue --kill 1")
+
+
+NO_CLOCK = """#!/bin/bash
+#SBATCH --job-name=balsam-{{ job.id }}
+#SBATCH --nodes={{ job.num_nodes }}
+#SBATCH --exclusive
+#SBATCH --time={{ job.wall_time_minutes }}
+#SBATCH --output={{ output }}
+#SBATCH --partition={{ job.queue }}
+umask {{ umask }}
+export PATH={{ bin_dir | quote }}:"$PATH"
+cd {{ project_dir | quote }} || exit 1
+source {{ activate | quote }} {{ project_dir | quote }} || exit 1
+exec balsam launcher --job-mode {{ job.job_mode }} --batch-job-id {{ job.id }}
+"""
+
+
+def test_the_launcher_stops_before_slurm_ends_the_job(alice_project):
+    """No --time-limit-minutes: the launcher asks Slurm when the job ends and stops its tasks
+    (RUN_TIMEOUT) and itself before, so that Slurm never has to kill the job."""
+    alice = alice_project
+    alice('umask 027 && cat > job-templates/noclock.sh <<"EOF"\n' + NO_CLOCK + 'EOF\n')
+    ids = json.loads(alice('python -c "$1" sleep 1', ADD_TASKS).stdout)  # sleep 120
+    alice("balsam modify $1 wall_time_minutes 0", str(ids[0]))  # fits the minute's time left
+    alice("balsam submit-launch --scheduler slurm -q debug -t 1 -n 1 --job-mode serial "
+          "--template noclock.sh")
+    done = wait(alice, lambda s: s["jobs"][0]["ended"], timeout=150, what="job ended")
+    assert done["tasks"][str(ids[0])] == "RUN_TIMEOUT"
+    assert done["jobs"][0]["state"] == "finished"
+    reason = alice('python -c "$1"', END_REASON).stdout.strip()
+    assert reason == "time limit reached"  # not SIGTERM from Slurm
+    log = next((alice.root / "log").glob("launcher_*.log")).read_text()
+    assert "the slurm job ends at" in log
+    job = done["jobs"][0]["scheduler_id"]
+    state = alice("squeue -h -t all -j $1 -o %T", job, check=False).stdout.strip()
+    assert state in ("COMPLETED", "")  # never TIMEOUT (gone from squeue: it ended long ago)
+
+
+END_REASON = """
+from balsam.db import connect
+from balsam.project import Project
+with connect(Project.from_env()) as db:
+    print(db.execute("SELECT end_reason FROM launchers").fetchone()["end_reason"])
+"""
