@@ -853,13 +853,19 @@ CREATE TABLE public.tasks (
     changed_by text DEFAULT SESSION_USER NOT NULL,
     changed_at timestamp with time zone DEFAULT now() NOT NULL,
     allow_failed_parents boolean DEFAULT false NOT NULL,
+    gpus_per_rank integer DEFAULT 0 NOT NULL,
+    mpi_flags text DEFAULT ''::text NOT NULL,
+    coschedule_num_nodes integer DEFAULT 0 NOT NULL,
     stage_in_url text DEFAULT ''::text NOT NULL,
     stage_out_url text DEFAULT ''::text NOT NULL,
     stage_out_files text DEFAULT ''::text NOT NULL,
     CONSTRAINT tasks_args_check CHECK ((octet_length(args) <= 65536)),
+    CONSTRAINT tasks_coschedule_num_nodes_check CHECK (((coschedule_num_nodes >= 0) AND (coschedule_num_nodes <= 100000))),
     CONSTRAINT tasks_cpu_affinity_check CHECK ((char_length(cpu_affinity) <= 256)),
     CONSTRAINT tasks_description_check CHECK ((octet_length(description) <= 65536)),
+    CONSTRAINT tasks_gpus_per_rank_check CHECK (((gpus_per_rank >= 0) AND (gpus_per_rank <= 1024))),
     CONSTRAINT tasks_input_files_check CHECK ((octet_length(input_files) <= 65536)),
+    CONSTRAINT tasks_mpi_flags_check CHECK ((octet_length(mpi_flags) <= 65536)),
     CONSTRAINT tasks_name_check CHECK ((char_length(name) <= 256)),
     CONSTRAINT tasks_node_packing_count_check CHECK (((node_packing_count >= 1) AND (node_packing_count <= 10000))),
     CONSTRAINT tasks_num_nodes_check CHECK (((num_nodes >= 1) AND (num_nodes <= 100000))),
@@ -1141,19 +1147,19 @@ CREATE TRIGGER tasks_owner_insert AFTER INSERT ON public.tasks REFERENCING NEW T
 
 CREATE TRIGGER tasks_owner_update BEFORE UPDATE OF owner ON public.tasks FOR EACH ROW WHEN ((new.owner IS DISTINCT FROM old.owner)) EXECUTE FUNCTION public.pgserver_refuse_forged_user('owner');
 
-CREATE TRIGGER tasks_record_change AFTER UPDATE OF args, environ_vars, user_workdir, app_id, input_files ON public.tasks FOR EACH ROW WHEN (((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files))) EXECUTE FUNCTION public.balsam_record_change('task', 'args', 'environ_vars', 'user_workdir', 'app_id', 'input_files');
+CREATE TRIGGER tasks_record_change AFTER UPDATE OF args, environ_vars, user_workdir, app_id, input_files, mpi_flags ON public.tasks FOR EACH ROW WHEN (((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files) OR (old.mpi_flags IS DISTINCT FROM new.mpi_flags))) EXECUTE FUNCTION public.balsam_record_change('task', 'args', 'environ_vars', 'user_workdir', 'app_id', 'input_files', 'mpi_flags');
 
 CREATE TRIGGER tasks_record_change_staging AFTER UPDATE OF stage_in_url, stage_out_url, stage_out_files ON public.tasks FOR EACH ROW WHEN (((old.stage_in_url IS DISTINCT FROM new.stage_in_url) OR (old.stage_out_url IS DISTINCT FROM new.stage_out_url) OR (old.stage_out_files IS DISTINCT FROM new.stage_out_files))) EXECUTE FUNCTION public.balsam_record_change('task', 'stage_in_url', 'stage_out_url', 'stage_out_files');
 
-CREATE TRIGGER tasks_record_deletion AFTER DELETE ON public.tasks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_record_deletion('task', 'name', 'workflow', 'state', 'owner', 'app_id', 'args', 'environ_vars', 'user_workdir', 'input_files', 'changed_by', 'changed_at');
+CREATE TRIGGER tasks_record_deletion AFTER DELETE ON public.tasks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_record_deletion('task', 'name', 'workflow', 'state', 'owner', 'app_id', 'args', 'environ_vars', 'user_workdir', 'input_files', 'mpi_flags', 'changed_by', 'changed_at');
 
 CREATE TRIGGER tasks_release_children AFTER UPDATE ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_release_finished();
 
-CREATE TRIGGER tasks_stamp_change BEFORE UPDATE OF args, environ_vars, user_workdir, app_id, input_files, changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files))) EXECUTE FUNCTION public.balsam_stamp_change();
+CREATE TRIGGER tasks_stamp_change BEFORE UPDATE OF args, environ_vars, user_workdir, app_id, input_files, mpi_flags, changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files) OR (old.mpi_flags IS DISTINCT FROM new.mpi_flags))) EXECUTE FUNCTION public.balsam_stamp_change();
 
 CREATE TRIGGER tasks_stamp_change_staging BEFORE UPDATE OF stage_in_url, stage_out_url, stage_out_files ON public.tasks FOR EACH ROW WHEN (((old.stage_in_url IS DISTINCT FROM new.stage_in_url) OR (old.stage_out_url IS DISTINCT FROM new.stage_out_url) OR (old.stage_out_files IS DISTINCT FROM new.stage_out_files))) EXECUTE FUNCTION public.balsam_stamp_change();
 
-CREATE TRIGGER tasks_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((NOT ((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files))) AND ((old.changed_by IS DISTINCT FROM new.changed_by) OR (old.changed_at IS DISTINCT FROM new.changed_at)))) EXECUTE FUNCTION public.balsam_refuse_stamp();
+CREATE TRIGGER tasks_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((NOT ((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files) OR (old.mpi_flags IS DISTINCT FROM new.mpi_flags))) AND ((old.changed_by IS DISTINCT FROM new.changed_by) OR (old.changed_at IS DISTINCT FROM new.changed_at)))) EXECUTE FUNCTION public.balsam_refuse_stamp();
 
 CREATE TRIGGER tasks_stamp_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_stamps();
 

@@ -18,8 +18,8 @@ from balsam.db import connect
 from balsam.plugins import get_plugin_manager
 from balsam_cli.main import build_cli
 from balsam_launcher import commands
-from balsam_launcher import testing as lt
 from balsam_launcher.launcher import Launcher, Options
+from balsam_testing import launchers as lt
 
 pytestmark = pytest.mark.pg
 

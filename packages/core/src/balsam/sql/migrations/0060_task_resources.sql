@@ -7,7 +7,8 @@
 --     named to the task in BALSAM_COSCHEDULED_NODES (a database or a server of its own).
 -- mpi_flags change what a launcher executes (an MPI launcher's options can run anything): like
 -- args they stamp changed_by/changed_at and are recorded in changes, so that the trust a launcher
--- places in a task's last writer covers them (0009_audit.sql, restated with mpi_flags).
+-- places in a task's last writer covers them (0050's triggers, restated with mpi_flags;
+-- conditions field by field, as 0050's).
 
 ALTER TABLE tasks
     ADD COLUMN gpus_per_rank integer NOT NULL DEFAULT 0
@@ -27,26 +28,33 @@ CREATE TRIGGER tasks_stamp_change
     BEFORE UPDATE OF args, environ_vars, user_workdir, app_id, input_files, mpi_flags, changed_by,
         changed_at ON tasks
     FOR EACH ROW
-    WHEN ((OLD.args, OLD.environ_vars, OLD.user_workdir, OLD.app_id, OLD.input_files,
-           OLD.mpi_flags)
-          IS DISTINCT FROM (NEW.args, NEW.environ_vars, NEW.user_workdir, NEW.app_id,
-                            NEW.input_files, NEW.mpi_flags))
+    WHEN (OLD.args IS DISTINCT FROM NEW.args
+          OR OLD.environ_vars IS DISTINCT FROM NEW.environ_vars
+          OR OLD.user_workdir IS DISTINCT FROM NEW.user_workdir
+          OR OLD.app_id IS DISTINCT FROM NEW.app_id
+          OR OLD.input_files IS DISTINCT FROM NEW.input_files
+          OR OLD.mpi_flags IS DISTINCT FROM NEW.mpi_flags)
     EXECUTE FUNCTION balsam_stamp_change();
 CREATE TRIGGER tasks_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON tasks
     FOR EACH ROW
-    WHEN ((OLD.args, OLD.environ_vars, OLD.user_workdir, OLD.app_id, OLD.input_files,
-           OLD.mpi_flags)
-          IS NOT DISTINCT FROM (NEW.args, NEW.environ_vars, NEW.user_workdir, NEW.app_id,
-                                NEW.input_files, NEW.mpi_flags)
-          AND (OLD.changed_by, OLD.changed_at) IS DISTINCT FROM (NEW.changed_by, NEW.changed_at))
+    WHEN (NOT (OLD.args IS DISTINCT FROM NEW.args
+               OR OLD.environ_vars IS DISTINCT FROM NEW.environ_vars
+               OR OLD.user_workdir IS DISTINCT FROM NEW.user_workdir
+               OR OLD.app_id IS DISTINCT FROM NEW.app_id
+               OR OLD.input_files IS DISTINCT FROM NEW.input_files
+               OR OLD.mpi_flags IS DISTINCT FROM NEW.mpi_flags)
+          AND (OLD.changed_by IS DISTINCT FROM NEW.changed_by
+               OR OLD.changed_at IS DISTINCT FROM NEW.changed_at))
     EXECUTE FUNCTION balsam_refuse_stamp();
 CREATE TRIGGER tasks_record_change
     AFTER UPDATE OF args, environ_vars, user_workdir, app_id, input_files, mpi_flags ON tasks
     FOR EACH ROW
-    WHEN ((OLD.args, OLD.environ_vars, OLD.user_workdir, OLD.app_id, OLD.input_files,
-           OLD.mpi_flags)
-          IS DISTINCT FROM (NEW.args, NEW.environ_vars, NEW.user_workdir, NEW.app_id,
-                            NEW.input_files, NEW.mpi_flags))
+    WHEN (OLD.args IS DISTINCT FROM NEW.args
+          OR OLD.environ_vars IS DISTINCT FROM NEW.environ_vars
+          OR OLD.user_workdir IS DISTINCT FROM NEW.user_workdir
+          OR OLD.app_id IS DISTINCT FROM NEW.app_id
+          OR OLD.input_files IS DISTINCT FROM NEW.input_files
+          OR OLD.mpi_flags IS DISTINCT FROM NEW.mpi_flags)
     EXECUTE FUNCTION balsam_record_change('task', 'args', 'environ_vars', 'user_workdir',
                                           'app_id', 'input_files', 'mpi_flags');
 CREATE TRIGGER tasks_record_deletion AFTER DELETE ON tasks
