@@ -11,6 +11,7 @@ from balsam import api
 from balsam.models import Event
 from balsam.plugins import get_plugin_manager
 from balsam_cli.main import build_cli
+from balsam_testing.launchers import give_back, hold
 
 pytestmark = pytest.mark.pg
 
@@ -31,26 +32,12 @@ def balsam(project, monkeypatch):
     return run
 
 
-def held(conn, ids) -> None:
-    """Hold tasks by a stand-in launcher, as a claim would: a RUNNING task always has one."""
-    launcher = conn.execute("INSERT INTO launchers (hostname, pid, job_mode, num_nodes) "
-                            "VALUES ('stand-in', 1, 'mpi', 1) RETURNING id").fetchone()["id"]
-    conn.execute("UPDATE tasks SET launcher_id = %s WHERE id = ANY(%s)", [launcher, list(ids)])
-
-
-def released(conn, ids) -> None:
-    """Give the tasks back and end their stand-in (its span ends now, as a real one's would)."""
-    conn.execute("UPDATE launchers SET ended_at = clock_timestamp() WHERE id IN "
-                 "(SELECT launcher_id FROM tasks WHERE id = ANY(%s))", [list(ids)])
-    conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [list(ids)])
-
-
 def run_to(task: int, *states: str) -> None:
-    held(api.connection(), [task])
+    hold(api.connection(), [task])
     for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", *states):
         api.set_state([task], state)
     if states and states[-1] != "RUNNING":
-        released(api.connection(), [task])
+        give_back(api.connection(), [task])
 
 
 def test_mkchild_inside_a_task_or_with_a_parent(balsam, monkeypatch):

@@ -18,6 +18,7 @@ from balsam.errors import InvalidTransition
 from balsam.migrate import migrate, migration_files, sync_states
 from balsam.models import Event
 from balsam.states import FINAL, State
+from balsam_testing.launchers import give_back, hold
 
 pytestmark = pytest.mark.pg
 
@@ -28,33 +29,19 @@ PROPERTY = settings(max_examples=30, deadline=None, database=None,
                                            HealthCheck.too_slow])
 
 
-def held(conn, ids) -> None:
-    """Hold tasks by a stand-in launcher, as a claim would: a RUNNING task always has one."""
-    launcher = conn.execute("INSERT INTO launchers (hostname, pid, job_mode, num_nodes) "
-                            "VALUES ('stand-in', 1, 'mpi', 1) RETURNING id").fetchone()["id"]
-    conn.execute("UPDATE tasks SET launcher_id = %s WHERE id = ANY(%s)", [launcher, list(ids)])
-
-
-def released(conn, ids) -> None:
-    """Give the tasks back and end their stand-in (its span ends now, as a real one's would)."""
-    conn.execute("UPDATE launchers SET ended_at = clock_timestamp() WHERE id IN "
-                 "(SELECT launcher_id FROM tasks WHERE id = ANY(%s))", [list(ids)])
-    conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [list(ids)])
-
-
 def finish(conn, *ids: int) -> None:
-    held(conn, ids)
+    hold(conn, ids)
     for state in (*RUN, "POSTPROCESSED", "JOB_FINISHED"):
         api.set_state(ids, state, conn=conn)
-    released(conn, ids)
+    give_back(conn, ids)
 
 
 def fail(conn, *ids: int) -> None:
-    held(conn, ids)
+    hold(conn, ids)
     for state in RUN:
         api.set_state(ids, state, conn=conn)
     api.set_state(ids, "FAILED", message="exit 1", conn=conn)
-    released(conn, ids)
+    give_back(conn, ids)
 
 
 def events(conn, task) -> list[Event]:
@@ -169,7 +156,7 @@ def test_resetting_a_failed_parent_wakes_what_failed_because_of_it(db, sim):
     assert state_of(db, ran)[0] == S.FAILED  # it ran and failed on its own
 
 
-def test_reset_to_created_starts_afresh_and_is_refused_while_held(db, sim):
+def test_reset_to_created_starts_afresh_and_is_refused_while_hold(db, sim):
     parent = api.add_task(sim, conn=db).id
     child = api.add_task(sim, parents=[parent], conn=db).id
     finish(db, parent)
@@ -213,12 +200,12 @@ def test_a_deep_chain_fails_and_wakes_in_one_walk(db, sim):
     db.execute("INSERT INTO task_parents (parent_id, child_id) "
                "SELECT unnest(%s::bigint[]), unnest(%s::bigint[])", [ids[:-1], ids[1:]])
     assert api.count_by_state(ids=ids, conn=db) == {S.READY: 1, S.AWAITING_PARENTS: 999}
-    held(db, ids[:1])
+    hold(db, ids[:1])
     for state in RUN:
         api.set_state([ids[0]], state, conn=db)
     start = time.perf_counter()
     api.set_state([ids[0]], "FAILED", conn=db)
-    released(db, ids[:1])
+    give_back(db, ids[:1])
     assert api.count_by_state(ids=ids, conn=db) == {S.FAILED: 1000}
     assert api.get_task(ids[-1], conn=db).state_message == f"parent {ids[-2]} is FAILED"
     api.set_state([ids[0]], "READY", conn=db)
@@ -232,7 +219,7 @@ def test_an_allowing_child_released_when_two_parents_end_at_once(db_dsn, db, sim
     a, b = api.add_tasks([{"app": "sim"}] * 2, conn=db)
     child = api.add_task(sim, parents=[a, b], allow_failed_parents=True, conn=db).id
     strict = api.add_task(sim, parents=[a, b], conn=db).id
-    held(db, [a, b])
+    hold(db, [a, b])
     for state in RUN:
         api.set_state([a, b], state, conn=db)
     api.set_state([b], "POSTPROCESSED", conn=db)
@@ -272,7 +259,7 @@ def test_children_waiting_on_failed_parents_fail_when_the_migration_runs(pg_serv
                 "INSERT INTO tasks (app_id, state) VALUES (%s, 'READY') RETURNING id",
                 [app]).fetchone()["id"] for _ in range(2))
             conn.execute("INSERT INTO task_parents VALUES (%s, %s)", [parent, child])
-            held(conn, [parent])
+            hold(conn, [parent])
             for state in (*RUN, "FAILED"):
                 conn.execute("UPDATE tasks SET state = %s WHERE id = %s", [state, parent])
             assert state_of(conn, child)[0] == S.AWAITING_PARENTS  # waiting for ever

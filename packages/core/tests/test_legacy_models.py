@@ -13,6 +13,7 @@ import pytest
 from balsam import api
 from balsam.errors import InvalidInput, InvalidTransition, NotFound
 from balsam.models import Event
+from balsam_testing.launchers import give_back, hold
 
 pytestmark = pytest.mark.pg
 
@@ -37,26 +38,12 @@ def events(task: int) -> list[Event]:
     return [e for e in api.history(task) if isinstance(e, Event)]
 
 
-def held(conn, ids) -> None:
-    """Hold tasks by a stand-in launcher, as a claim would: a RUNNING task always has one."""
-    launcher = conn.execute("INSERT INTO launchers (hostname, pid, job_mode, num_nodes) "
-                            "VALUES ('stand-in', 1, 'mpi', 1) RETURNING id").fetchone()["id"]
-    conn.execute("UPDATE tasks SET launcher_id = %s WHERE id = ANY(%s)", [launcher, list(ids)])
-
-
-def released(conn, ids) -> None:
-    """Give the tasks back and end their stand-in (its span ends now, as a real one's would)."""
-    conn.execute("UPDATE launchers SET ended_at = clock_timestamp() WHERE id IN "
-                 "(SELECT launcher_id FROM tasks WHERE id = ANY(%s))", [list(ids)])
-    conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [list(ids)])
-
-
 def finish(*ids: int) -> None:
-    held(api.connection(), ids)
+    hold(api.connection(), ids)
     for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", "RUN_DONE", "POSTPROCESSED",
                   "JOB_FINISHED"):
         api.set_state(ids, state)
-    released(api.connection(), ids)
+    give_back(api.connection(), ids)
 
 
 # --- the user guide, as written -----------------------------------------------------------------
@@ -451,10 +438,10 @@ def test_apps_as_legacy_models(legacy):
 
 
 def run(task: int, *outcome: str) -> None:
-    held(api.connection(), [task])
+    hold(api.connection(), [task])
     for state in ("STAGED_IN", "PREPROCESSED", "RUNNING", *outcome):
         api.set_state([task], state)
-    released(api.connection(), [task])
+    give_back(api.connection(), [task])
 
 
 def test_legacy_reports_from_analytics(legacy):

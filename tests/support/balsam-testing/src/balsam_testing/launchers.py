@@ -89,6 +89,17 @@ def add_edges(conn: Connection, edges: Iterable[tuple[int, int]]) -> None:
                                           "children": [c for _, c in pairs]})
 
 
+def hold(conn: Connection, ids: Iterable[int]) -> None:
+    """Hold tasks by a stand-in launcher while a test moves them as a launcher would: a RUNNING
+    task always has one (core's migration 0011)."""
+    conn.execute(q("testing_hold"), {"ids": list(ids)})
+
+
+def give_back(conn: Connection, ids: Iterable[int]) -> None:
+    """Release tasks held by :func:`hold` and end their stand-ins now."""
+    conn.execute(q("testing_give_back"), {"ids": list(ids)})
+
+
 def states(conn: Connection) -> dict[int, dict[str, Any]]:
     return {r["id"]: r for r in conn.execute(q("testing_states"))}
 

@@ -45,3 +45,19 @@ BEGIN
 END $$;
 CREATE TRIGGER balsam_testing_fault AFTER UPDATE OF state ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION balsam_testing_fault();
+
+-- name: testing_hold
+-- Hold tasks by a new stand-in launcher, as a claim would (a RUNNING task always has one).
+WITH stand_in AS (
+    INSERT INTO launchers (hostname, pid, job_mode, num_nodes)
+    VALUES ('stand-in', 1, 'mpi', 1) RETURNING id
+)
+UPDATE tasks SET launcher_id = (SELECT id FROM stand_in) WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: testing_give_back
+-- Give the tasks back and end their stand-ins now (a launcher's span bounds its busy time).
+WITH ended AS (
+    UPDATE launchers SET ended_at = clock_timestamp()
+    WHERE id IN (SELECT launcher_id FROM tasks WHERE id = ANY(%(ids)s::bigint[]))
+)
+UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%(ids)s::bigint[]);
