@@ -209,3 +209,32 @@ def test_failures_by_cause_and_retry(busy):
     assert [e.message for e in api.history(3)][-1] == "retried by user"
     none = CliRunner().invoke(cli, ["retry", "--state", "READY"])
     assert none.exit_code == 1 and "retry resets FAILED" in none.output
+
+
+def test_ls_says_why_a_running_tasks_launcher_is_suspect_and_reaps_the_dead(project, db):
+    api.add_app("sim", "/bin/echo")
+    quiet_task, ended_task = api.add_tasks([{"app": "sim", "name": f"t{i}"} for i in range(2)])
+    job = db.execute("INSERT INTO batch_jobs (scheduler, scheduler_id, num_nodes, "
+                     "wall_time_minutes, state) VALUES ('slurm', '5', 1, 90, 'running') "
+                     "RETURNING id").fetchone()["id"]
+    quiet, in_job = (db.execute(
+        "INSERT INTO launchers (batch_job_id, hostname, pid, job_mode, num_nodes, heartbeat_at) "
+        "VALUES (%s, 'nid1', 1, 'mpi', 1, now() - make_interval(secs => %s)) RETURNING id",
+        (batch, age)).fetchone()["id"] for batch, age in ((None, 25), (job, 0)))
+    for tid, launcher in ((quiet_task, quiet), (ended_task, in_job)):
+        for state in ("STAGED_IN", "PREPROCESSED"):
+            api.set_state([tid], state)
+        db.execute("UPDATE tasks SET launcher_id = %s WHERE id = %s", (launcher, tid))
+        api.set_state([tid], "RUNNING", message="started")
+    rows = {r["id"]: r for r in json.loads(run(["ls", "-o", "json"]))}
+    assert rows[quiet_task]["info"].startswith(
+        f"started; launcher {quiet} suspect: heartbeat late: 2")  # (25 s of a 60 s timeout)
+    assert rows[ended_task]["info"] == "started"
+    # The scheduler reports the batch job over: the next command reaps its launcher at once.
+    db.execute("UPDATE batch_jobs SET state = 'finished', ended_at = now() WHERE id = %s", (job,))
+    api.connection().close()  # a new command: a new connection
+    rows = {r["id"]: r for r in json.loads(run(["ls", "-o", "json"]))}
+    assert rows[ended_task]["state"] == "RESTART_READY"
+    assert rows[ended_task]["info"] == (f"launcher {in_job} presumed dead: its batch job is "
+                                        "finished")
+    assert rows[quiet_task]["state"] == "RUNNING"

@@ -229,6 +229,68 @@ def test_reaping_a_dead_launcher_recovers_its_tasks(db, app):
     claim.heartbeat(db, alive)  # the living one is untouched
 
 
+def _in_batch_job(db, launcher: int) -> int:
+    job = db.execute("INSERT INTO batch_jobs (scheduler, scheduler_id, num_nodes, "
+                     "wall_time_minutes, state) VALUES ('slurm', '77', 1, 10, 'running') "
+                     "RETURNING id").fetchone()["id"]
+    db.execute("UPDATE launchers SET batch_job_id = %s WHERE id = %s", [job, launcher])
+    return job
+
+
+def _batch_ends(db, job: int, state: str, message: str = "", confirmed: bool = True) -> None:
+    db.execute("UPDATE batch_jobs SET state = %s, state_message = %s, "
+               "ended_at = CASE WHEN %s THEN now() END WHERE id = %s",
+               [state, message, confirmed, job])
+
+
+def test_a_launcher_whose_batch_job_ended_is_reaped_at_once(db, app):
+    """Its heartbeat is fresh (a minute left of its timeout), but the scheduler reports its
+    batch job over: its processes are gone, its tasks are recovered now."""
+    lost = register(db)
+    job = _in_batch_job(db, lost)
+    retry = _running_on(db, app, lost)
+    _batch_ends(db, job, "cancelled", "cancelled by alice", confirmed=False)
+    assert claim.reap_dead(db)["launchers"] == []  # still stopping its tasks (graceful cancel)
+    _batch_ends(db, job, "cancelled", "cancelled by alice")  # the scheduler confirms the end
+    assert claim.reap_dead(db)["launchers"] == [lost]
+    row = lt.states(db)[retry]
+    assert (row["state"], row["launcher_id"]) == ("RESTART_READY", None)
+    assert row["state_message"] == f"launcher {lost} presumed dead: its batch job is cancelled"
+    with pytest.raises(ClaimLost):
+        claim.heartbeat(db, lost)  # its late writes are refused
+
+
+def test_after_a_node_failure_the_heartbeat_timeout_decides(db, app):
+    """A batch job ended by a node failure may leave processes on the node, cut off, until
+    their lease lapses: its launcher is reaped at its heartbeat timeout, not before."""
+    lost = register(db, timeout=1)
+    job = _in_batch_job(db, lost)
+    retry = _running_on(db, app, lost)
+    _batch_ends(db, job, "failed", "NODE_FAIL")
+    assert claim.reap_dead(db)["launchers"] == []
+    make_stale(db, lost)
+    assert claim.reap_dead(db)["launchers"] == [lost]
+    assert lt.states(db)[retry]["state"] == "RESTART_READY"
+
+
+def test_a_consume_all_launcher_waits_for_the_tasks_of_a_suspect_launcher(db, app):
+    me, other = register(db), register(db, timeout=8)  # other heartbeats every 2 s
+    wf = claim.WorkflowFilter("w")
+    tid = _running_on(db, app, other, workflow="w")
+    assert not claim.work_remaining(db, me, nodes(1), wf_filter=wf)  # other is healthy
+    # ... as proved by a heartbeat since this launcher ran out of work, not before
+    assert claim.work_remaining(db, me, nodes(1), wf_filter=wf, idle_for=0)
+    db.execute("UPDATE launchers SET heartbeat_at = now() - interval '5 s' WHERE id = %s",
+               [other])  # missed two heartbeats
+    assert claim.work_remaining(db, me, nodes(1), wf_filter=wf)
+    assert not claim.work_remaining(db, me, nodes(1), wf_filter=claim.WorkflowFilter("x"))
+    db.execute("UPDATE tasks SET num_nodes = 2 WHERE id = %s", [tid])
+    assert not claim.work_remaining(db, me, nodes(1), wf_filter=wf)  # could never run here
+    assert claim.work_remaining(db, me, nodes(2), wf_filter=wf)
+    claim.heartbeat(db, other)  # it was only late
+    assert not claim.work_remaining(db, me, nodes(2), wf_filter=wf)
+
+
 def test_a_launcher_presumed_dead_cannot_overwrite_a_task_claimed_since(db, app):
     dead, successor = register(db, timeout=1), register(db)
     tid = _running_on(db, app, dead)

@@ -34,11 +34,13 @@ def test_eta_rules():
     assert eta_seconds(5, 1, window=60) == pytest.approx(300.0)
 
 
-def _launcher(db, *, age: float = 0.0, ended: bool = False, batch_job: int | None = None) -> int:
+def _launcher(db, *, age: float = 0.0, ended: bool = False, batch_job: int | None = None,
+              timeout: float = 60.0) -> int:
     row = db.execute(
         "INSERT INTO launchers (hostname, pid, job_mode, num_nodes, batch_job_id, heartbeat_at, "
-        "ended_at) VALUES ('nid1', 42, 'mpi', 4, %s, now() - make_interval(secs => %s), "
-        "CASE WHEN %s THEN now() END) RETURNING id", (batch_job, age, ended)).fetchone()
+        "ended_at, heartbeat_timeout) VALUES ('nid1', 42, 'mpi', 4, %s, "
+        "now() - make_interval(secs => %s), CASE WHEN %s THEN now() END, "
+        "make_interval(secs => %s)) RETURNING id", (batch_job, age, ended, timeout)).fetchone()
     return row["id"]
 
 
@@ -46,6 +48,12 @@ def _move(db, task_id: int, *path: tuple[str, str], launcher: int | None = None)
     for state, message in path:
         db.execute("UPDATE tasks SET state = %s, state_message = %s, launcher_id = %s "
                    "WHERE id = %s", (state, message, launcher, task_id))
+
+
+def _server_up_for(db, seconds: float) -> None:
+    up = db.execute("SELECT date_part('epoch', now() - pg_postmaster_start_time())::float8 "
+                    "AS up").fetchone()["up"]
+    time.sleep(max(0.0, seconds - up))
 
 
 RUN = [("STAGED_IN", ""), ("PREPROCESSED", ""), ("RUNNING", "")]
@@ -58,7 +66,8 @@ def test_launchers_alive_running_and_suspect(db):
                      "wall_time_minutes, state) VALUES ('slurm', '777', 4, 10, 'running') "
                      "RETURNING id").fetchone()["id"]
     busy = _launcher(db, batch_job=job)
-    quiet = _launcher(db, age=300)
+    quiet = _launcher(db, age=300, timeout=1)
+    _server_up_for(db, 1.1)  # a server up for less than a timeout cannot tell silence
     gone = _launcher(db, ended=True)
     ids = api.add_tasks([{"app": "a"} for _ in range(3)], conn=db)
     for task_id in ids[:2]:
@@ -71,7 +80,9 @@ def test_launchers_alive_running_and_suspect(db):
     assert not found[quiet].alive and "no heartbeat for 300s" in found[quiet].suspect
     assert (found[gone].alive, found[gone].suspect) == (False, "")
     assert [s.id for s in monitor.launchers(db, alive_only=True)] == [busy]
-    db.execute("UPDATE batch_jobs SET state = 'finished' WHERE id = %s", (job,))
+    db.execute("UPDATE batch_jobs SET state = 'cancelled' WHERE id = %s", (job,))
+    assert [s.id for s in monitor.launchers(db, alive_only=True)] == [busy]  # still stopping
+    db.execute("UPDATE batch_jobs SET ended_at = now() WHERE id = %s", (job,))  # confirmed
     assert monitor.launchers(db, alive_only=True) == []
 
 

@@ -137,9 +137,11 @@ class _Counted:
 
 def _explained(conn: Connection, rows: Iterator[tuple[Any, ...]], keys: Sequence[str],
                chunk: int = 1000) -> Iterator[list[Any]]:
-    """The rows with their info column saying why each task is not running."""
+    """The rows with their info column saying why each task is not running, or why the
+    launcher of a RUNNING one is suspect."""
     i = {k: n for n, k in enumerate(keys)}
     live: list[monitor.LauncherStatus] | None = None
+    holders: dict[int, monitor.LauncherStatus] | None = None
     why: dict[tuple[Any, ...], str] = {}
     while True:
         block = [list(r) for r in islice(rows, chunk)]
@@ -153,6 +155,13 @@ def _explained(conn: Connection, rows: Iterator[tuple[Any, ...]], keys: Sequence
                 r[i["info"]] = reasons[r[i["id"]]]
             elif state in (State.FAILED, State.RUN_ERROR):
                 r[i["info"]] = r[i["cause"]]
+            elif state == State.RUNNING and r[i["launcher_id"]] is not None:
+                if holders is None:
+                    holders = monitor.unended(conn)
+                holder = holders.get(r[i["launcher_id"]])
+                if holder is not None and holder.suspect:
+                    note = f"launcher {holder.id} suspect: {holder.suspect}"
+                    r[i["info"]] = f"{info}; {note}" if info else note
             elif state in monitor.WAITING_FOR_NODES and r[i["launcher_id"]] is None:
                 if live is None:
                     live = monitor.launchers(conn, alive_only=True)

@@ -77,6 +77,12 @@ def connection() -> Connection:
         project = project.reload() if old_key == key else None
     project = project or Project.from_env()
     conn = connect(project)
+    try:
+        with wrap_db_errors():
+            claim.reap_if_allowed(conn)  # every command reaps the dead launchers
+    except BaseException:
+        conn.close()
+        raise
     _cached = (key, project, conn)
     return conn
 

@@ -15,6 +15,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
+from balsam import liveness
 from balsam.db import Connection
 from balsam.errors import ClaimLost, InvalidInput
 from balsam.models import App, Task, validate_user_name
@@ -105,12 +108,27 @@ def abandon(conn: Connection, launcher: int, why: str) -> list[dict[str, Any]]:
         if ended.fetchone() is None:
             message = f"launcher {launcher} was presumed dead: its tasks belong to others now"
             raise ClaimLost(message)
-        return conn.execute(q("recover_claims"), {
-            "launchers": [launcher], "ids": None, "why": why}).fetchall()
+        return _recover(conn, {launcher: why})
+
+
+def _recover(conn: Connection, whys: Mapping[int, str],
+             ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """recover_claims: the claims of each launcher of ``whys`` (only ``ids`` if given)."""
+    return conn.execute(q("recover_claims"), {
+        "launchers": list(whys), "whys": list(whys.values()), "ids": ids}).fetchall()
+
+
+def facts(row: Mapping[str, Any]) -> liveness.Facts:
+    """A launcher's liveness facts from a row of ``unended_launchers`` or ``held_elsewhere``."""
+    return liveness.Facts(
+        heartbeat_age=row["heartbeat_age"], heartbeat_timeout=row["heartbeat_timeout"],
+        batch_state=row["batch_state"], batch_over=row["batch_over"],
+        batch_message=row["batch_message"], server_uptime=row["server_uptime"])
 
 
 def reap_dead(conn: Connection) -> dict[str, Any]:
-    """End launchers whose heartbeat is older than their timeout and recover their tasks.
+    """End the launchers :func:`balsam.liveness.dead` finds dead (silent past their timeout, or
+    their batch job ended) and recover their tasks.
 
     RUNNING tasks become RESTART_READY (or RUN_TIMEOUT when they have a timeout handler or no
     automatic retry); tasks in other states are simply unclaimed. Claims still held by a
@@ -118,17 +136,30 @@ def reap_dead(conn: Connection) -> dict[str, Any]:
     of times at once.
     """
     with conn.transaction():
-        dead = [r["id"] for r in conn.execute(q("mark_dead_launchers"), {}).fetchall()]
-        recovered = []
-        if dead:
-            recovered = conn.execute(q("recover_claims"), {
-                "launchers": dead, "ids": None, "why": "presumed dead"}).fetchall()
+        verdicts = [(r["id"], why, None if liveness.batch_ended(f) else r["heartbeat_at"])
+                    for r in conn.execute(q("unended_launchers")).fetchall()
+                    for f in [facts(r)] for why in [liveness.dead(f)] if why]
+        whys: dict[int, str] = {}
+        if verdicts:
+            ids, reasons, seen = (list(c) for c in zip(*verdicts, strict=True))
+            whys = {r["id"]: f"presumed dead: {r['reason']}" for r in conn.execute(
+                q("mark_dead_launchers"), {"ids": ids, "reasons": reasons, "seen": seen})}
+        recovered = _recover(conn, whys) if whys else []
         # Belt and braces: claims an ended launcher still holds (written around the protocol).
-        ended = [r["id"] for r in conn.execute(q("ended_launchers_with_claims"), {}).fetchall()]
+        ended = {r["id"]: "had ended"
+                 for r in conn.execute(q("ended_launchers_with_claims"), {}).fetchall()}
         if ended:
-            recovered += conn.execute(q("recover_claims"), {
-                "launchers": ended, "ids": None, "why": "had ended"}).fetchall()
-    return {"launchers": dead, "tasks": recovered}
+            recovered += _recover(conn, ended)
+    return {"launchers": list(whys), "tasks": recovered}
+
+
+def reap_if_allowed(conn: Connection) -> dict[str, Any] | None:
+    """:func:`reap_dead` for any tool that connects (every command reaps the dead); a viewer,
+    who may not write, reaps nothing (None)."""
+    try:
+        return reap_dead(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        return None
 
 
 def trusted_users(conn: Connection, extra: Iterable[str] = ()) -> list[str]:
@@ -347,8 +378,7 @@ def recover_unknown(conn: Connection, launcher: int, ids: Iterable[int]) -> list
     ids = list(ids)
     if not ids:
         return []
-    return conn.execute(q("recover_claims"), {
-        "launchers": [launcher], "ids": ids, "why": "lost track of the run"}).fetchall()
+    return _recover(conn, {launcher: "lost track of the run"}, ids)
 
 
 def require(done: set[int], wanted: Iterable[int], launcher: int) -> None:
@@ -404,15 +434,19 @@ def unclaimed_work(conn: Connection, wf_filter: str = "") -> list[Work]:
 def work_remaining(conn: Connection, launcher: int, resources: Resources, *,
                    wf_filter: WorkflowFilter = WorkflowFilter(),
                    max_wall_minutes: float | None = None,
-                   trusted: Sequence[str] | None = None) -> bool:
-    """Whether this launcher may still get work (see the ``work_remaining`` query); tasks it
-    does not trust are not (``trusted`` as :func:`claim_for_run`)."""
+                   trusted: Sequence[str] | None = None,
+                   idle_for: float = float("inf")) -> bool:
+    """Whether this launcher, without work for ``idle_for`` seconds, may still get work: work
+    it could take now (the ``work_remaining`` query), or tasks it could take held by launchers
+    not proved alive since, which may be reaped (:func:`balsam.liveness.out_of_work`). Tasks it
+    does not trust are not work for it (``trusted`` as :func:`claim_for_run`)."""
     max_wall = NO_LIMIT_MINUTES if max_wall_minutes is None else int(max(0, max_wall_minutes))
     trusted = trusted_users(conn) if trusted is None else list(trusted)
-    row = conn.execute(q("work_remaining"), {
-        **wf_filter.params(), "launcher": launcher, "max_nodes": resources.num_nodes,
-        "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
-        "trusted": trusted,
-        "max_gpus": resources.max_gpus,
-    }).fetchone()
-    return bool(row and row["remaining"])
+    params = {**wf_filter.params(), "launcher": launcher, "max_nodes": resources.num_nodes,
+              "serial": resources.job_mode == "serial", "max_wall_minutes": max_wall,
+              "trusted": trusted, "max_gpus": resources.max_gpus}
+    row = conn.execute(q("work_remaining"), params).fetchone()
+    if row and row["remaining"]:
+        return True
+    holders = [facts(r) for r in conn.execute(q("held_elsewhere"), params).fetchall()]
+    return not liveness.out_of_work(False, holders, idle_for)

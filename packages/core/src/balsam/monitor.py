@@ -15,14 +15,11 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from balsam import liveness
 from balsam.db import Connection, wrap_db_errors
 from balsam.queries import q
 from balsam.states import FINAL, State
 
-#: Batch job states after which none of its launchers can still be running.
-BATCH_ENDED = ("finished", "failed", "cancelled")
-#: A heartbeat older than this fraction of the launcher's timeout is reported as late.
-LATE_FRACTION = 0.5
 #: Throughput behind the time-to-finish estimate: tasks finished over this many seconds.
 RATE_WINDOW = 3600
 #: How many task ids each failure group gives as examples.
@@ -84,21 +81,16 @@ class WorkflowProgress:
 
 
 def launcher_health(*, ended: bool, heartbeat_age: float, heartbeat_timeout: float,
-                    batch_state: str | None) -> tuple[bool, str]:
-    """``(alive, suspect)`` of a launcher: alive while its row says it runs, its heartbeat is
-    within its timeout and its batch job has not ended; ``suspect`` says why a launcher whose row
-    says it runs looks dead (or is about to), else it is empty."""
+                    batch_state: str | None, batch_over: bool = True, batch_message: str = "",
+                    server_uptime: float = float("inf")) -> tuple[bool, str]:
+    """``(alive, suspect)`` of a launcher (the rules of :mod:`balsam.liveness`): alive while its
+    row says it runs and it is not dead; ``suspect`` says why a launcher whose row says it runs
+    looks dead (or may be), else it is empty."""
     if ended:
         return False, ""
-    if batch_state in BATCH_ENDED:
-        return False, f"its batch job is {batch_state} but the launcher never recorded its end"
-    if heartbeat_age > heartbeat_timeout:
-        return False, (f"no heartbeat for {heartbeat_age:.0f}s "
-                       f"(timeout {heartbeat_timeout:.0f}s): presumed dead")
-    if heartbeat_age > LATE_FRACTION * heartbeat_timeout:
-        return True, (f"heartbeat late: {heartbeat_age:.0f}s ago "
-                      f"(timeout {heartbeat_timeout:.0f}s)")
-    return True, ""
+    f = liveness.Facts(heartbeat_age, heartbeat_timeout, batch_state, batch_over, batch_message,
+                       server_uptime)
+    return not liveness.dead(f), liveness.suspect(f)
 
 
 def remaining_tasks(counts: Mapping[str, int]) -> int:
@@ -125,20 +117,31 @@ def _rows(conn: Connection, name: str,
 
 def launchers(conn: Connection, *, alive_only: bool = False) -> list[LauncherStatus]:
     """Every launcher, newest first (only the live ones with ``alive_only``)."""
+    found = _statuses(conn, running_only=alive_only)
+    return [lc for lc in found if lc.alive] if alive_only else found
+
+
+def unended(conn: Connection) -> dict[int, LauncherStatus]:
+    """The launchers whose rows say they run (alive or not), by id."""
+    return {lc.id: lc for lc in _statuses(conn, running_only=True)}
+
+
+def _statuses(conn: Connection, *, running_only: bool) -> list[LauncherStatus]:
     found = []
-    for row in _rows(conn, "launcher_rows", {"running_only": alive_only}):
-        alive, suspect = launcher_health(ended=row["ended"], heartbeat_age=row["heartbeat_age"],
-                                         heartbeat_timeout=row["heartbeat_timeout"],
-                                         batch_state=row["batch_state"])
-        if alive or not alive_only:
-            found.append(LauncherStatus(
-                id=row["id"], owner=row["owner"], hostname=row["hostname"], pid=row["pid"],
-                batch_job_id=row["batch_job_id"], scheduler_id=row["scheduler_id"],
-                job_mode=row["job_mode"], num_nodes=row["num_nodes"],
-                started_at=row["started_at"], heartbeat_age=row["heartbeat_age"], alive=alive,
-                suspect=suspect, running=row["running"], wf_filter=row["wf_filter"],
-                ended_at=row["ended_at"], end_reason=row["end_reason"],
-                trusted=frozenset(row["trusted"])))
+    for row in _rows(conn, "launcher_rows", {"running_only": running_only}):
+        alive, suspect = launcher_health(
+            ended=row["ended"], heartbeat_age=row["heartbeat_age"],
+            heartbeat_timeout=row["heartbeat_timeout"], batch_state=row["batch_state"],
+            batch_over=row["batch_over"], batch_message=row["batch_message"],
+            server_uptime=row["server_uptime"])
+        found.append(LauncherStatus(
+            id=row["id"], owner=row["owner"], hostname=row["hostname"], pid=row["pid"],
+            batch_job_id=row["batch_job_id"], scheduler_id=row["scheduler_id"],
+            job_mode=row["job_mode"], num_nodes=row["num_nodes"],
+            started_at=row["started_at"], heartbeat_age=row["heartbeat_age"], alive=alive,
+            suspect=suspect, running=row["running"], wf_filter=row["wf_filter"],
+            ended_at=row["ended_at"], end_reason=row["end_reason"],
+            trusted=frozenset(row["trusted"])))
     return found
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 import pluggy
 
+from balsam import claim
 from balsam.config import load_settings
 from balsam.db import connect, wrap_db_errors
 from balsam.durations import wall_time_type
@@ -90,6 +91,7 @@ def queue(pm: pluggy.PluginManager, show_all: bool, kill: Sequence[int], force: 
         if not no_sync:
             batch_jobs.sync(conn, project, pm)
         with wrap_db_errors():
+            claim.reap_if_allowed(conn)  # the launchers of jobs that ended are dead
             rows = batch_jobs.list_jobs(conn, include_ended=show_all)
     out.records(BATCH_JOBS, rows)
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import pluggy
 
-from balsam import claim, config, staging
+from balsam import claim, config, liveness, staging
 from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.models import Task, validate_user_name
@@ -127,7 +127,7 @@ class Options:
 
     @property
     def heartbeat_interval(self) -> float:
-        return max(0.2, min(10.0, self.heartbeat_timeout / 4))
+        return liveness.heartbeat_interval(self.heartbeat_timeout)
 
     def check(self) -> None:
         """InvalidInput (one line) for a value no launcher should start with."""
@@ -211,6 +211,9 @@ class Launcher:
         self.limit_note = ""
         self.deadline = self._deadline(now)
         self.next_reconcile = self.next_poll = self.next_done_check = now
+        #: Since when (monotonic) the launcher has held no task: ``--consume-all`` exits only
+        #: once the launchers holding tasks it could take have heartbeat since.
+        self.idle_since: float | None = None
         self.drain_until: float | None = None
         self.gave_up = False
         self.records_since: float | None = None  # records waiting for a batch since then
@@ -472,12 +475,17 @@ class Launcher:
             self.next_reconcile = now + RECONCILE_SECONDS
             self.reconciling = True
             self.session.send(Reconcile(frozenset(self.ledger.tasks)))
+        if self.ledger.tasks:
+            self.idle_since = None
+        elif self.idle_since is None:
+            self.idle_since = now
         if self.options.consume_all and self.ledger.stopping is None and not self.ledger.tasks \
                 and not self.checking and now >= self.next_done_check:
             self.next_done_check = now + 0.5
             self.checking = True
             self.session.send(WorkLeft(self.resources, self._remaining_minutes(),
-                                       self.claims.trusted))
+                                       self.claims.trusted,
+                                       now - (self.idle_since or now)))
 
     def _send_writes(self) -> None:
         """Send the queued writes as one batch if none is in flight: at once if a task waits

@@ -18,6 +18,7 @@ from typing import Any
 
 import pluggy
 
+from balsam import claim
 from balsam.claim import Work, unclaimed_work
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import AlreadyExists, BalsamError, InvalidInput, ServerDown
@@ -150,6 +151,8 @@ class Service:
     def round(self, conn: Connection) -> list[dict[str, Any]]:
         """Sync, then submit what the policy allows; return the submitted batch job rows."""
         batch_jobs.sync(conn, self.project, self.pm)
+        with wrap_db_errors():
+            claim.reap_if_allowed(conn)  # the launchers of jobs that ended are dead
         p = self.policy
         with wrap_db_errors():
             work = unclaimed_work(conn, p.wf_filter)

@@ -131,13 +131,16 @@ class WorkLeft(Request):
     resources: Resources
     max_wall_minutes: float | None
     trusted: tuple[str, ...]
+    #: How long the launcher has held no task (see :func:`balsam.liveness.out_of_work`).
+    idle_for: float = float("inf")
     remaining: bool = field(default=True, init=False)
 
     def run(self, conn: Connection, s: Session) -> None:
         self.remaining = claim.work_remaining(conn, s.launcher, self.resources,
                                               wf_filter=s.wf_filter,
                                               max_wall_minutes=self.max_wall_minutes,
-                                              trusted=self.trusted)
+                                              trusted=self.trusted,
+                                              idle_for=self.idle_for)
 
 
 @dataclass(eq=False)

@@ -36,21 +36,36 @@ RETURNING id;
 -- Held for the whole claim: a reaper's UPDATE of this row waits until the claim commits.
 SELECT id FROM launchers WHERE id = %(launcher)s AND ended_at IS NULL FOR SHARE;
 
+-- name: unended_launchers
+-- What balsam.liveness judges a launcher by, for every launcher whose row says it runs: its
+-- heartbeat's age, its batch job's state (ended_at: the scheduler confirmed the end), and how
+-- long the server has been up (nobody could heartbeat while it was down). Server clock.
+SELECT l.id, l.heartbeat_at,
+       date_part('epoch', now() - l.heartbeat_at)::float8 AS heartbeat_age,
+       date_part('epoch', l.heartbeat_timeout)::float8 AS heartbeat_timeout,
+       b.state AS batch_state, b.ended_at IS NOT NULL AS batch_over,
+       coalesce(b.state_message, '') AS batch_message,
+       date_part('epoch', now() - pg_postmaster_start_time())::float8 AS server_uptime
+FROM launchers l
+LEFT JOIN batch_jobs b ON b.id = l.batch_job_id
+WHERE l.ended_at IS NULL;
+
 -- name: mark_dead_launchers
--- Launchers silent for longer than their own timeout. A server restarted more recently than
--- that does not count as silence: nobody could write a heartbeat while it was down.
-WITH stale AS (
-    SELECT id FROM launchers
-    WHERE ended_at IS NULL
-      AND heartbeat_at < now() - heartbeat_timeout
-      AND pg_postmaster_start_time() < now() - heartbeat_timeout
-    FOR UPDATE SKIP LOCKED
+-- End the launchers balsam.liveness found dead, each with its reason, unless another reaper
+-- holds the row or (%(seen)s not NULL: presumed dead for silence) it has heartbeat since.
+WITH verdict AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(reasons)s::text[], %(seen)s::timestamptz[])
+        AS v (id, reason, seen)
+), dead AS (
+    SELECT l.id, v.reason
+    FROM launchers l JOIN verdict v ON v.id = l.id
+    WHERE l.ended_at IS NULL AND (v.seen IS NULL OR l.heartbeat_at = v.seen)
+    FOR UPDATE OF l SKIP LOCKED
 )
 UPDATE launchers l
-SET ended_at = now(),
-    end_reason = format('presumed dead: no heartbeat since %%s', l.heartbeat_at)
-FROM stale WHERE l.id = stale.id
-RETURNING l.id;
+SET ended_at = now(), end_reason = 'presumed dead: ' || dead.reason
+FROM dead WHERE l.id = dead.id
+RETURNING l.id, dead.reason;
 
 -- name: recover_claims
 -- Give back claims their launcher cannot finish: all a dead launcher's (run after
@@ -58,16 +73,17 @@ RETURNING l.id;
 -- claim those launchers committed; one statement: a row a launcher moved meanwhile is re-read
 -- and still released), or, with %(ids)s, those a live launcher holds but does not know about
 -- (their commit was acknowledged but lost, or never acknowledged). A RUNNING task restarts if it
--- may, else times out; its message is "launcher N " followed by %(why)s.
+-- may, else times out; its message is "launcher N " followed by its launcher's %(whys)s.
 UPDATE tasks t
 SET state = CASE WHEN t.state <> 'RUNNING' THEN t.state
                  WHEN t.auto_timeout_retry AND NOT t.post_timeout_handler THEN 'RESTART_READY'
                  ELSE 'RUN_TIMEOUT' END,
     state_message = CASE WHEN t.state = 'RUNNING'
-                         THEN format('launcher %%s %%s', t.launcher_id, %(why)s::text)
+                         THEN format('launcher %%s %%s', t.launcher_id, d.why)
                          ELSE t.state_message END,
     launcher_id = NULL
-WHERE t.launcher_id = ANY(%(launchers)s::bigint[])
+FROM unnest(%(launchers)s::bigint[], %(whys)s::text[]) AS d (launcher, why)
+WHERE t.launcher_id = d.launcher
   AND (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
 RETURNING t.id, t.state;
 
@@ -248,3 +264,32 @@ FROM tasks t JOIN task_states s ON s.state = t.state
 WHERE s.runnable AND t.launcher_id IS NULL
   AND (%(wf_filter)s = '' OR t.workflow = %(wf_filter)s)
 GROUP BY 1, t.node_packing_count;
+
+-- name: held_elsewhere
+-- The launchers (live by their rows) other than this one holding a task this launcher could
+-- take (and trusts) once they are reaped (a RUNNING one is restarted, the others are given back as they
+-- are), with what balsam.liveness judges them by. A --consume-all launcher waits for the
+-- suspect ones.
+SELECT l.id,
+       date_part('epoch', now() - l.heartbeat_at)::float8 AS heartbeat_age,
+       date_part('epoch', l.heartbeat_timeout)::float8 AS heartbeat_timeout,
+       b.state AS batch_state, b.ended_at IS NOT NULL AS batch_over,
+       coalesce(b.state_message, '') AS batch_message,
+       date_part('epoch', now() - pg_postmaster_start_time())::float8 AS server_uptime
+FROM launchers l
+LEFT JOIN batch_jobs b ON b.id = l.batch_job_id
+WHERE l.ended_at IS NULL AND l.id <> %(launcher)s
+  AND EXISTS (
+      SELECT 1 FROM tasks t
+      WHERE t.launcher_id = l.id
+        AND t.state NOT IN ('JOB_FINISHED', 'FAILED', 'USER_KILLED')
+        AND t.owner = ANY(%(trusted)s::text[])
+        AND t.changed_by = ANY(%(trusted)s::text[])
+        AND t.app_id NOT IN (SELECT a.id FROM apps a
+                             WHERE NOT a.changed_by = ANY(%(trusted)s::text[]))
+        AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
+        AND (%(workflow_part)s::text IS NULL OR strpos(t.workflow, %(workflow_part)s::text) > 0)
+        AND (t.state NOT IN ('RUNNING', 'READY', 'STAGED_IN', 'PREPROCESSED', 'RESTART_READY')
+             OR (t.num_nodes <= %(max_nodes)s
+                 AND (NOT %(serial)s OR (t.num_nodes = 1 AND t.ranks_per_node = 1))
+                 AND t.wall_time_minutes <= %(max_wall_minutes)s)));

@@ -3,9 +3,12 @@
 
 -- name: launcher_rows
 -- Every launcher (or only those whose row says they run), newest first, with its batch job's
--- scheduler id and state, how many of its tasks are RUNNING and whose tasks it runs (its owner,
--- balsam_admin, whom its owner trusts now, its --trust). Ages are from the server's clock.
+-- scheduler id and state (batch_over: its end confirmed), how many of its tasks are RUNNING and
+-- whose tasks it runs (its owner, balsam_admin, whom its owner trusts now, its --trust). Ages
+-- are from the server's clock (server_uptime: see balsam.liveness).
 SELECT l.id, l.owner, l.hostname, l.pid, l.batch_job_id, b.scheduler_id, b.state AS batch_state,
+       b.ended_at IS NOT NULL AS batch_over, coalesce(b.state_message, '') AS batch_message,
+       date_part('epoch', now() - pg_postmaster_start_time())::float8 AS server_uptime,
        l.job_mode, l.num_nodes, l.started_at, l.ended_at IS NOT NULL AS ended, l.wf_filter,
        l.ended_at, l.end_reason,
        ARRAY[l.owner, 'balsam_admin']
