@@ -75,11 +75,14 @@ if [ ! -e "$TOOLS/.complete" ]; then
 fi
 
 if [ "$TESTS" = 1 ]; then
-    # Other users (the project's collaborators in tests) import the editable sources.
-    if [ "$(id -u)" = 0 ] && ! runuser -u nobody -- test -r "$REPO/packages/core/pyproject.toml" 2>/dev/null; then
+    # Other users (the project's collaborators in tests) import the editable sources, on the
+    # namespace cluster's nodes too, where /tmp, /run and /dev/shm are node-local.
+    case "$REPO" in /tmp/*|/run/*|/dev/shm/*) node_local=1 ;; *) node_local=0 ;; esac
+    if [ "$(id -u)" = 0 ] && { [ "$node_local" = 1 ] \
+            || ! runuser -u nobody -- test -r "$REPO/packages/core/pyproject.toml" 2>/dev/null; }; then
         COPY="$VENV-src"; copied="$(files_hash "$REPO")"
         if [ "$(cat "$COPY/.balsam-copy" 2>/dev/null)" != "$copied" ]; then
-            log "repository not readable by other users: installing from a copy in $COPY"
+            log "repository not readable by other users or on every node: installing from a copy in $COPY"
             rm -rf "$COPY"; mkdir -p "$COPY"
             tar -C "$REPO" --exclude=.git --exclude='__pycache__' -cf - . | tar -C "$COPY" -xf -
             echo "$copied" > "$COPY/.balsam-copy"

@@ -60,6 +60,12 @@ def login(db: Connection, db_dsn: str, pg_server) -> Iterator[Callable[[str], Co
     for conn in conns:
         conn.close()
     with connect(pg_server.dsn()) as admin:
+        # A closed session's backend drops its temporary objects after the client has gone:
+        # its role can be dropped once the backend has ended.
+        deadline = time.monotonic() + 30
+        while admin.execute("SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ANY(%s)",
+                            [made]).fetchone()["n"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         for name in made:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
