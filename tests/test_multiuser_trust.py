@@ -46,6 +46,15 @@ class Project:
         rows = json.loads(self.balsam("alice", "ls", "--all", "--json").stdout)
         return {r["name"]: r for r in rows}
 
+    def trusted_by_launchers(self) -> list[str]:
+        """What each launcher last said it runs (its log's last "runs the tasks of" line)."""
+        said = []
+        for log in sorted(self.root.glob("log/launcher_*.log")):
+            lines = [ln for ln in log.read_text().splitlines() if "runs the tasks of: " in ln]
+            if lines:
+                said.append(lines[-1].split("runs the tasks of: ", 1)[1].strip())
+        return said
+
     def ran(self) -> Counter[str]:
         """How many times each "NAME USER" ran."""
         return Counter(self.runs.read_text().splitlines())
@@ -122,8 +131,10 @@ def test_alices_launcher_runs_only_whom_alice_trusts(project):
     assert "Your launchers now run what bob owns or changes" in added
     p.wait("b1 run by alice's launcher", lambda: p.finished("b1"))
 
-    # alice withdraws it: bob's new tasks wait again.
+    # alice withdraws it: from her launcher's next poll on (0.3 s here), bob's new tasks wait.
     p.balsam("alice", "trust", "rm", "bob")
+    p.wait("alice's launcher to read her trust again",
+           lambda: p.trusted_by_launchers() == ["alice, balsam_admin"])
     p.job("bob", "b2")
     p.job("alice", "a3")
     p.wait("a3", lambda: p.finished("a3"))

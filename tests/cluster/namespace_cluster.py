@@ -222,7 +222,7 @@ class Cluster:
         registers."""
         self._node(node, "boot")
 
-    def heal(self, timeout: float = 120) -> None:
+    def heal(self, timeout: float = 300) -> None:
         """After faults: boot every stopped node, plug every cable back, cancel every job, and
         wait until Slurm has every compute node idle again."""
         for line in _script("cluster-node.sh", "status").splitlines():
