@@ -61,6 +61,27 @@ def test_tsv_escapes_and_json_types():
                                      + moment.astimezone().strftime("%z")[-2:])
 
 
+def test_json_gives_plain_values_of_every_kind():
+    """The writer's fast paths (times, JSON text, the C encoder) agree with plain()."""
+    from enum import Enum
+    from pathlib import Path
+
+    class Colour(Enum):
+        RED = "red"
+
+    moment = datetime(2024, 5, 1, 12, 0, 7, 999, tzinfo=UTC)
+    columns = (Column("t", "time"), Column("j", "json"), Column("d", "json"), Column("e"),
+               Column("p"), Column("b", "state"), Column("u"), Column("none"), Column("f"))
+    row = (moment, '{"a": [1, "é"]}', {"k": moment}, Colour.RED, Path("/x/y"), True, "tab\t\"é",
+           None, 0.5)
+    out = Output(mode="json", stream=io.StringIO())
+    out.write(Listing(columns), [row, row])
+    want = {"t": iso_time(moment), "j": {"a": [1, "é"]}, "d": {"k": iso_time(moment)},
+            "e": "red", "p": "/x/y", "b": True, "u": "tab\t\"é", "none": None, "f": 0.5}
+    assert json.loads(out.stream.getvalue()) == [want, want]
+    assert out.stream.getvalue().count("\n") == 4  # one object a line
+
+
 def test_fields_replace_or_add():
     assert LISTING.select("n,id", "plain") == [3, 0]
     assert LISTING.select("+n", "plain") == [0, 1, 2, 3]
