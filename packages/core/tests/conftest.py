@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 import pytest
 
 from balsam import api
+from balsam_testing.launchers import give_back, hold
 
 Walk = Callable[..., None]
 
@@ -20,16 +21,17 @@ def stand_in(db) -> int:
 
 
 @pytest.fixture
-def walk(stand_in: int) -> Walk:
+def walk() -> Walk:
     """``walk(conn, ids, states)``: move tasks through ``states`` (one transaction each), held
-    by the stand-in launcher and released at the end unless they are left RUNNING."""
+    by a stand-in launcher (:func:`balsam_testing.launchers.hold`) and given back at the end
+    unless they are left RUNNING."""
 
     def walk(conn, ids: Iterable[int], states: Sequence[str], message: str = "") -> None:
         ids = list(ids)
-        conn.execute("UPDATE tasks SET launcher_id = %s WHERE id = ANY(%s)", [stand_in, ids])
+        hold(conn, ids)
         for state in states:
             api.set_state(ids, state, message=message, conn=conn)
         if states[-1] != "RUNNING":
-            conn.execute("UPDATE tasks SET launcher_id = NULL WHERE id = ANY(%s)", [ids])
+            give_back(conn, ids)
 
     return walk
