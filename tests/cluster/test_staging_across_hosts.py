@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from balsam_testing.launchers import SSH_ARGS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
 
@@ -44,19 +45,8 @@ while True:
             break
 """
 #: ``rsh [ssh options] HOST COMMAND...``: ssh's command line, over the server above.
-CLIENT = """
-import os, socket, sys, threading
-WITH_VALUE = set("bcDEeFIiJLlmOopQRSWw")
-args, i, subsystem = sys.argv[1:], 0, False
-while i < len(args) and args[i].startswith("-"):
-    flag, i = args[i][1:], i + 1
-    if flag == "-":
-        break
-    if flag == "s":
-        subsystem = True
-    elif len(flag) == 1 and flag in WITH_VALUE:
-        i += 1
-host, words = args[i].rpartition("@")[2], args[i + 1:]
+CLIENT = SSH_ARGS + """
+import socket, threading
 command = "exec /usr/lib/openssh/sftp-server" if subsystem else " ".join(words)
 conn = socket.create_connection((host, int(os.environ["BALSAM_TEST_RSH_PORT"])))
 conn.sendall(command.encode() + b"\\n")

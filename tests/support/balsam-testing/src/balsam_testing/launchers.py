@@ -30,10 +30,9 @@ echo "$BALSAM_TASK_ID" >> "$2"
 
 BALSAM = str(Path(sys.executable).parent / "balsam")
 
-#: A stand-in for ssh (``BALSAM_TRANSFER_SSH``): runs the remote command, or the sftp subsystem,
-#: on this host, so that tests run the real rsync and scp; notes each host asked for in the
-#: file ``$FAKE_SSH_LOG`` if set.
-FAKE_SSH = """\
+#: The start of a stand-in for ssh: reads ssh's command line into ``subsystem`` (``-s``),
+#: ``host`` (without ``user@``) and ``words`` (the remote command).
+SSH_ARGS = """\
 import os, sys
 WITH_VALUE = set("bcDEeFIiJLlmOopQRSWw")
 args, i, subsystem = sys.argv[1:], 0, False
@@ -45,13 +44,19 @@ while i < len(args) and args[i].startswith("-"):
         subsystem = True
     elif len(flag) == 1 and flag in WITH_VALUE:
         i += 1
-host, command = args[i], args[i + 1:]
+host, words = args[i].rpartition("@")[2], args[i + 1:]
+"""
+
+#: A stand-in for ssh (``BALSAM_TRANSFER_SSH``): runs the remote command, or the sftp subsystem,
+#: on this host, so that tests run the real rsync and scp; notes each host asked for in the
+#: file ``$FAKE_SSH_LOG`` if set.
+FAKE_SSH = SSH_ARGS + """\
 if os.environ.get("FAKE_SSH_LOG"):
     with open(os.environ["FAKE_SSH_LOG"], "a") as log:
         log.write(host + "\\n")
 if subsystem:
     os.execv("/usr/lib/openssh/sftp-server", ["sftp-server"])
-os.execv("/bin/sh", ["sh", "-c", " ".join(command)])
+os.execv("/bin/sh", ["sh", "-c", " ".join(words)])
 """
 
 
