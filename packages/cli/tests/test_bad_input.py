@@ -131,3 +131,17 @@ def test_unreadable_directories(seeded, run_as, shared_dir):
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
     assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["ls", "--all"], ["ls", "apps"], ["plugins"], ["config"]])
+def test_a_reader_gone_stops_the_command_quietly(seeded, args):
+    """``balsam ls | head``: output into a pipe nobody reads ends the command as it ends
+    ``cat``, silently with the status of SIGPIPE (141), not with an error or a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([BALSAM, *args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")

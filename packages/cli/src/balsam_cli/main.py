@@ -142,6 +142,8 @@ class BalsamGroup(click.Group):
             return None  # a command's return value is not an exit status
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            _quiet_pipe()
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes a line
             raise click.ClickException(one_line(exc)) from exc
         finally:
@@ -154,6 +156,7 @@ class BalsamGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
+            sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "balsam"
             _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
@@ -194,8 +197,6 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
     if os.environ.get("BALSAM_DEBUG"):
         raise exc
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
