@@ -56,6 +56,8 @@ CASES = [
     ["report", "errors", "--since", "yesterday-ish"],
     ["submit-launch", "-t", "forever", "-n", "1"],
     ["submit-launch", "-t", "10", "-n", "1", "-q", "bad\nqueue"],
+    ["submit-launch", "-t", "10", "-n", "1", "-q", "debug\n"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--env", "X\n=2"],
     ["config", "colour"],
     ["log", "999"],
     ["no-such-command"],

@@ -11,7 +11,7 @@ import pytest
 
 from balsam import hookimpl, hookspecs, users
 from balsam.contracts import ServerInfo
-from balsam.errors import InvalidInput, PermissionDenied
+from balsam.errors import InvalidInput, PermissionDenied, PluginLoadError, ProjectNotFound
 from balsam.project import Project, current_user
 
 WRITTEN = {"version": 1, "uuid": "u-1", "owner": "alice", "dbname": "balsam", "dsn": None,
@@ -43,7 +43,7 @@ def test_server_info_is_changed_by_replacing_it():
 
 def test_a_corrupt_server_info_is_one_clear_error(tmp_path):
     (tmp_path / "server-info").write_text(json.dumps({**WRITTEN, "port": "x"}))
-    with pytest.raises(Exception, match=r"server-info is corrupt: port is 'x'"):
+    with pytest.raises(ProjectNotFound, match=r"server-info is corrupt: port is 'x'"):
         Project.load(tmp_path, check=False)
 
 
@@ -96,3 +96,32 @@ def test_only_the_owner_manages_users(tmp_path, recorder):
     with pytest.raises(PermissionDenied, match="only the project owner"):
         users.drop_user(project, "bob", pm)
     assert rec.calls == []
+
+
+class _Exports:
+    """A plugin's ``on_activate``: what it returns is exported by ``balsamactivate``."""
+
+    def __init__(self, env: dict[object, object]) -> None:
+        self.env = env
+
+    @hookimpl
+    def on_activate(self, project, user):
+        return self.env
+
+
+@pytest.mark.parametrize("env", [{"X; touch /tmp/owned": "1"}, {"1X": "1"}, {"X\n": "1"},
+                                 {"X": 1}, {"": "1"}])
+def test_activation_exports_only_names_to_strings(tmp_path, monkeypatch, env):
+    """The shell evaluates ``export KEY=value``: a plugin's key is never code."""
+    from balsam.lifecycle import activate
+    from balsam.project import new_info
+
+    monkeypatch.setenv("BALSAM_HOME", str(tmp_path / "home"))
+    project = Project(tmp_path / "p", new_info(current_user()))
+    pm = pluggy.PluginManager("balsam")
+    pm.add_hookspecs(hookspecs)
+    pm.register(_Exports({"GOOD_1": "ok"}), name="good")
+    assert activate(project, pm)["GOOD_1"] == "ok"
+    pm.register(_Exports(env), name="bad")
+    with pytest.raises(PluginLoadError, match="must map environment variable names"):
+        activate(project, pm)

@@ -125,9 +125,10 @@ def test_configuration_layers_and_sources(tmp_path, monkeypatch):
     assert found["output"] == ("auto", "default")
     with pytest.raises(InvalidInput, match="output must be one of"):
         load_settings(project, env={"BALSAM_OUTPUT": "xml"})
-    (project / "balsam.toml").write_text('scheduler_flags = ["--qos=x\\n#SBATCH --x"]\n')
-    with pytest.raises(InvalidInput, match="control character"):
-        load_settings(project, env={})
+    for flag in ("--qos=x\\n#SBATCH --x", "--mem=1G\\n"):  # a trailing newline too
+        (project / "balsam.toml").write_text(f'scheduler_flags = ["{flag}"]\n')
+        with pytest.raises(InvalidInput, match="control character"):
+            load_settings(project, env={})
 
 
 def test_a_project_file_others_can_write_is_refused(tmp_path):

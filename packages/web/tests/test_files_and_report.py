@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -70,7 +71,7 @@ def test_the_page_connection_cannot_write(project):
     with connect_readonly(project) as conn:
         assert conn.execute("SHOW default_transaction_read_only").fetchone() == {
             "default_transaction_read_only": "on"}
-        with pytest.raises(Exception, match="read-only transaction"):
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("INSERT INTO apps (name, executable) VALUES ('x', '/bin/true')")
 
 

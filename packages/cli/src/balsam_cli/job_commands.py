@@ -210,7 +210,7 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     """``VAR=VALUES`` as the variable and its values (see the module's docstring)."""
     var, sep, values = text.partition("=")
     var = var.strip()
-    if not sep or not _VAR.match(var):
+    if not sep or not _VAR.fullmatch(var):
         message = f"--sweep {text!r}: expected VAR=VALUES, e.g. i=1:100 or x=0.1,0.2"
         raise InvalidInput(message)
     return var, parse_values(values.strip(), var)
@@ -226,7 +226,7 @@ def parse_values(text: str, var: str = "x") -> list[Any]:
             message = f"--sweep {var}: cannot read {text[1:]}: {exc.strerror}"
             raise InvalidInput(message) from None
         return _typed(items)
-    match = _RANGE.match(text)
+    match = _RANGE.fullmatch(text)
     if match:
         a, b, step, lo, hi = match.groups()
         first, last = (int(a), int(b)) if a is not None else (int(lo), int(hi))

@@ -59,7 +59,7 @@ OPTIONS: tuple[Option, ...] = (
 MPI_FIELDS = ("ranks", "num_nodes", "ranks_per_node", "threads_per_rank", "threads_per_core",
               "cpu_affinity", "gpus_per_rank", "hosts")
 BY_KEY = {o.key: o for o in OPTIONS}
-_FLAG = re.compile(r"^-[^\x00-\x1f\x7f]*$")
+_FLAG = re.compile(r"-[^\x00-\x1f\x7f]*")
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def validate(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
             message = f"{source}: {key} must be a list of strings"
             raise InvalidInput(message)
-        bad = [f for f in value if not _FLAG.match(f)]
+        bad = [f for f in value if not _FLAG.fullmatch(f)]
         if bad:
             message = (f"{source}: scheduler flag {bad[0]!r} must start with '-' and hold no "
                        "control character (it becomes a directive line of the job script)")

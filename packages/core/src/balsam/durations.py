@@ -36,7 +36,7 @@ def parse_seconds(text: str | int | float) -> int:
 
 
 def _parse(spec: str) -> float:
-    match = _SLURM.match(spec)
+    match = _SLURM.fullmatch(spec)
     if match and (match.group(1) or ":" in spec or spec.isdigit()):
         days, first, second, third = match.groups()
         d = int(days or 0)

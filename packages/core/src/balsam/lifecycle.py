@@ -11,7 +11,7 @@ from pathlib import Path
 import pluggy
 
 from balsam.contracts import DEFAULT_UMASK, InitOptions
-from balsam.errors import AlreadyExists, BalsamError, InvalidInput
+from balsam.errors import AlreadyExists, BalsamError, InvalidInput, PluginLoadError
 from balsam.project import SUBDIRS, Project, current_user, new_info, remember_project
 from balsam.zones import TEMPLATES_DIR, user_name
 
@@ -64,10 +64,17 @@ def init_project(root: Path, options: InitOptions, pm: pluggy.PluginManager) -> 
 
 def activate(project: Project, pm: pluggy.PluginManager) -> dict[str, str]:
     """Run every plugin's ``on_activate`` and return the environment to export."""
+    from balsam.models import ENV_NAME  # here: every command imports this module
     os.umask(project.umask)
     env = {"BALSAM_DB_PATH": str(project.root), "BALSAM_PROJECT": project.name}
     for result in reversed(pm.hook.on_activate(project=project, user=current_user())):
-        env.update(result or {})
+        for key, value in (result or {}).items():
+            # The shell evaluates ``export KEY=value``: a key is a name, never code.
+            if not (isinstance(key, str) and ENV_NAME.fullmatch(key) and isinstance(value, str)):
+                message = (f"a plugin's on_activate returned {key!r}: {value!r}; it must map "
+                           "environment variable names to strings")
+                raise PluginLoadError(message)
+            env[key] = value
     remember_project(project)
     return env
 

@@ -218,7 +218,8 @@ APP_FIELDS: dict[str, FieldSpec] = {
 }
 
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: An environment variable's name (used with ``fullmatch``).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LEGACY_ENV_SPLIT = re.compile(r":(?=[A-Za-z_][A-Za-z0-9_]*=)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE = {"1", "true", "yes", "y", "on"}
@@ -426,7 +427,7 @@ def parse_env(value: Any) -> dict[str, str]:
         message = f"environ_vars must be a mapping of names to values, got {_shown(value)}"
         raise InvalidInput(message)
     for key, val in value.items():
-        if not isinstance(key, str) or not _ENV_NAME.match(key):
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
             message = f"invalid environment variable name {_shown(key)}"
             raise InvalidInput(message)
         if not isinstance(val, str | int | float) or isinstance(val, bool):

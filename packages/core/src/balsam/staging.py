@@ -58,7 +58,7 @@ def parse_url(text: str, *, what: str = "url") -> Url:
         raise InvalidInput(message)
     if text.startswith("/"):
         return Url("file", text, text=text)
-    match = _SCHEME.match(text)
+    match = _SCHEME.fullmatch(text)
     if not match:
         message = (f"{what} {shown!r} is not a URL: expected SCHEME://HOST/PATH (rsync, scp, ...), "
                    "file:///PATH or an absolute path")
@@ -75,7 +75,7 @@ def parse_url(text: str, *, what: str = "url") -> Url:
         message = f"{what} {shown!r}: expected {scheme}://HOST/PATH"
         raise InvalidInput(message)
     authority, slash, path = rest[2:].partition("/")
-    host = _HOST.match(authority)
+    host = _HOST.fullmatch(authority)
     if not host or not slash or not path:
         message = f"{what} {shown!r}: expected {scheme}://[USER@]HOST[:PORT]/PATH"
         raise InvalidInput(message)

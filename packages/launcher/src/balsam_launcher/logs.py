@@ -19,7 +19,7 @@ def launcher_logs(project: Project) -> dict[int, Path]:
     """Each launcher's log file by launcher id (one file per launcher in ``log/``)."""
     found = {}
     for path in project.log_dir.glob("launcher_*.log"):
-        match = _LAUNCHER_LOG.match(path.name)
+        match = _LAUNCHER_LOG.fullmatch(path.name)
         if match:
             found[int(match.group(1))] = path
     return dict(sorted(found.items()))

@@ -46,7 +46,7 @@ from balsam_launcher import batch_jobs, submitted
 from balsam_launcher.schedulers import get_scheduler
 
 #: Account, queue and filter names go into scheduler directives: keep them to plain words.
-_NAME = re.compile(r"^[A-Za-z0-9_.@:+%=/-]*$")
+_NAME = re.compile(r"[A-Za-z0-9_.@:+%=/-]*")
 JOB_MODES = ("mpi", "serial")
 
 
@@ -78,7 +78,7 @@ class JobRequest:
             raise InvalidInput(message)
         for option, value in (("--project", self.project), ("--queue", self.queue),
                               ("--wf-filter", self.wf_filter)):
-            if not _NAME.match(value):
+            if not _NAME.fullmatch(value):
                 message = (f"{option} {value!r} has characters a batch scheduler would "
                            "misread; use letters, digits and _ . - @ : + % = /")
                 raise InvalidInput(message)

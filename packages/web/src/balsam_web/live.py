@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import suppress
 from typing import Any
 
+from psycopg import sql
+
 from balsam.db import Connection
 
 CHANNEL = "balsam_events"
@@ -115,7 +117,7 @@ class Listener(threading.Thread):
         while not self._stop.is_set():
             try:
                 with self._opener() as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
                     self._call(self._hub.set_live, True)
                     # Things may have changed while nobody listened.
                     self._call(self._hub.publish, ["tasks", "launchers", "batch_jobs"])
