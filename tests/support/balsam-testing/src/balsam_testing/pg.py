@@ -15,6 +15,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from unittest.mock import patch
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import tuple_row
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from balsam.contracts import InitOptions
@@ -132,6 +135,31 @@ def throwaway_project(prefix: str = "balsam-pg-") -> Iterator[tuple[Project, Con
             os.environ["BALSAM_DB_PATH"] = str(project.root)
             with connect(pg.dsn("bench")) as conn:
                 yield project, conn
+
+
+def start_blocked(target: Callable[[], object], waiter: Connection, holder: Connection,
+                  observer: Connection, timeout: float = 30.0) -> threading.Thread:
+    """Start ``target`` (which uses ``waiter``) in a thread and return once PostgreSQL says
+    ``waiter`` waits for a lock ``holder`` holds: a race test's transactions then overlap for
+    certain, however slow the thread is to start."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    cursor = observer.cursor(row_factory=tuple_row)
+    while True:
+        row = cursor.execute("SELECT pg_blocking_pids(%s)", [waiter.info.backend_pid]).fetchone()
+        if row is not None and holder.info.backend_pid in row[0]:
+            return thread
+        if not thread.is_alive() or time.monotonic() > deadline:
+            message = "the other transaction never waited for the lock the test holds"
+            raise AssertionError(message)
+        time.sleep(0.01)
+
+
+def finished(thread: threading.Thread, timeout: float = 30.0) -> None:
+    """Join ``thread``; fail if it is still running."""
+    thread.join(timeout)
+    assert not thread.is_alive(), "the other transaction did not finish"
 
 
 @pytest.fixture(scope="session")
