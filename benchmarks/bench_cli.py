@@ -4,8 +4,9 @@ Whole processes are timed, as a user or a script runs them, on a project (extern
 a throwaway cluster, with the modules' bytecode compiled as in the users' runtime (``setup.sh``
 installs it with ``--compile-bytecode``; the test environment's editable sources otherwise
 compile on every run when ``PYTHONDONTWRITEBYTECODE`` is set). Beside the start-up figures, the
-floor no command that reads the database can go under: Python importing psycopg and click. Beside each figure: the issue's target and, where the issue gives them, the
-figures of the CLI before this work and of legacy Balsam 0.5 on the same machine.
+floor no command that reads the database can go under: Python importing psycopg and click.
+Beside each figure: the issue's target and, where the issue gives them, the figures of the CLI
+before this work and of legacy Balsam 0.5 on the same machine.
 """
 
 from __future__ import annotations

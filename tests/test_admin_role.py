@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from balsam.project import Project
 from balsam_testing.pg import ACTIVATE, RUN_SQL, balsam_as, sh, sql_as
@@ -91,7 +92,8 @@ def test_a_project_of_the_old_layout_is_brought_up_to_date(run_as, shared_dir):
     credentials = Path(f"/home/alice/.balsam/credentials/{Project.load(root).info.uuid}")
     verifier = sql_as(run_as, "alice", root, "SELECT rolpassword FROM pg_authid "
                                              "WHERE rolname = 'alice'", ADMIN="1")[0][0]
-    old = MAKE_OLD + [f"ALTER ROLE alice PASSWORD '{verifier['rolpassword']}'"]
+    restore = sql.SQL("ALTER ROLE alice PASSWORD {}").format(sql.Literal(verifier["rolpassword"]))
+    old = [*MAKE_OLD, restore.as_string(None)]
     assert sql_as(run_as, "alice", root, *old, ADMIN="1") == ["ok"] * len(old)
     balsam_as(run_as, "alice", root, "server", "stop")
     # The old layout: a group-writable project, no private copies, no CA, the server's log in

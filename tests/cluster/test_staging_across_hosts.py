@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+
 from balsam_testing.launchers import SSH_ARGS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]

@@ -85,7 +85,7 @@ def wait_gone(pids: set[int], timeout: float) -> float:
     return time.monotonic() - start
 
 
-def test_an_agent_whose_lease_lapses_kills_its_tasks(launcher, tmp_path):
+def test_an_agent_whose_lease_lapses_kills_its_tasks(launcher):
     launcher.send(op="lease", seconds=1.0)
     pid = launcher.start_task()
     time.sleep(0.3)
@@ -96,7 +96,6 @@ def test_an_agent_whose_lease_lapses_kills_its_tasks(launcher, tmp_path):
     _, err = launcher.agent.communicate(timeout=10)
     assert launcher.agent.returncode == 1
     assert "the launcher's lease lapsed" in err and "lapsed: killed" in err
-    assert not (tmp_path / "ran").exists()
 
 
 def test_a_renewed_lease_keeps_the_tasks_running(launcher):
@@ -110,7 +109,7 @@ def test_a_renewed_lease_keeps_the_tasks_running(launcher):
     assert launcher.receive() == {"op": "exit", "id": 7, "rc": -15}
 
 
-def test_an_agent_whose_launcher_hangs_up_kills_its_tasks(launcher, tmp_path):
+def test_an_agent_whose_launcher_hangs_up_kills_its_tasks(launcher):
     launcher.send(op="lease", seconds=60.0)
     launcher.start_task()
     time.sleep(0.3)
@@ -118,4 +117,3 @@ def test_an_agent_whose_launcher_hangs_up_kills_its_tasks(launcher, tmp_path):
     launcher.sock.close()
     assert wait_gone(everything, 3) < 1.0
     assert launcher.agent.wait(timeout=5) == 0
-    assert not (tmp_path / "ran").exists()

@@ -30,12 +30,6 @@ def children_map(edges: Iterable[Edge]) -> dict[int, set[int]]:
     return children
 
 
-def parents_finished(task: int, parents: Mapping[int, set[int]],
-                     states: Mapping[int, State]) -> bool:
-    """Whether every parent of ``task`` is JOB_FINISHED (true for a task without parents)."""
-    return all(states[p] == State.JOB_FINISHED for p in parents.get(task, ()))
-
-
 #: Parents that ended without finishing: by default their children fail too.
 DEAD: frozenset[State] = frozenset({State.FAILED, State.USER_KILLED})
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -240,7 +239,3 @@ def cancel(conn: Connection, project: Project, pm: pluggy.PluginManager, job_id:
         new = conn.execute(_q("batch_cancel"),
                            {"id": job_id, "message": f"{how} by {user}"}).fetchone()
     return new or get(conn, job_id)
-
-
-def ids_of(rows: Sequence[dict[str, Any]]) -> list[int]:
-    return [r["id"] for r in rows]

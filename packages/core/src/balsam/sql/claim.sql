@@ -188,9 +188,6 @@ RETURNING t.id, t.state;
 -- name: owned_tasks
 SELECT id, state FROM tasks WHERE launcher_id = %(launcher)s;
 
--- name: task_states
-SELECT id, state, launcher_id, state_message FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
-
 -- name: held_states
 -- Claim-checked: only the tasks of %(ids)s this launcher still holds.
 SELECT id, state, state_message, attempts FROM tasks
