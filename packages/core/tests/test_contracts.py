@@ -4,6 +4,7 @@ core only for a request that passes its checks."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import FrozenInstanceError, replace
 
 import pluggy
@@ -121,7 +122,11 @@ def test_activation_exports_only_names_to_strings(tmp_path, monkeypatch, env):
     pm = pluggy.PluginManager("balsam")
     pm.add_hookspecs(hookspecs)
     pm.register(_Exports({"GOOD_1": "ok"}), name="good")
-    assert activate(project, pm)["GOOD_1"] == "ok"
-    pm.register(_Exports(env), name="bad")
-    with pytest.raises(PluginLoadError, match="must map environment variable names"):
-        activate(project, pm)
+    shell_umask = os.umask(0o022)  # activation applies the project's umask to this process
+    try:
+        assert activate(project, pm)["GOOD_1"] == "ok"
+        pm.register(_Exports(env), name="bad")
+        with pytest.raises(PluginLoadError, match="must map environment variable names"):
+            activate(project, pm)
+    finally:
+        os.umask(shell_umask)
