@@ -28,26 +28,6 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE FUNCTION public.balsam_check_created() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-DECLARE
-    bad record;
-BEGIN
-    SELECT n.created_at, n.state_changed_at INTO bad FROM new_rows n
-    WHERE n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'permission denied: a task is created now, not at % (created_at and '
-            'state_changed_at are set by the database)',
-            CASE WHEN bad.created_at IS DISTINCT FROM now() THEN bad.created_at
-                 ELSE bad.state_changed_at END
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN NULL;
-END $$;
-
 CREATE FUNCTION public.balsam_check_cycles() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -125,21 +105,6 @@ BEGIN
         bad.parent_id, bad.child_id, bad.child_id, bad.parent_id USING ERRCODE = 'BA002';
 END $_$;
 
-CREATE FUNCTION public.balsam_check_initial() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-DECLARE
-    bad record;
-BEGIN
-    SELECT n.id, n.state INTO bad FROM new_rows n LEFT JOIN task_states s ON s.state = n.state
-    WHERE s.state IS NULL OR NOT s.initial LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'a task cannot be created in state %', bad.state USING ERRCODE = 'BA001';
-    END IF;
-    RETURN NULL;
-END $$;
-
 CREATE FUNCTION public.balsam_check_json() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -154,25 +119,57 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE FUNCTION public.balsam_check_new_json() RETURNS trigger
+CREATE FUNCTION public.balsam_check_new_tasks() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 DECLARE
+    initial constant text[] := ARRAY(SELECT state FROM task_states WHERE initial);
     deep constant jsonpath := balsam_too_deep();
     bad record;
 BEGIN
-    SELECT n.data, n.environ_vars INTO bad FROM new_rows n
-    WHERE jsonb_typeof(n.data) <> 'object' OR jsonb_typeof(n.environ_vars) <> 'object'
-       OR jsonb_path_exists(n.data, deep) OR jsonb_path_exists(n.environ_vars, deep)
-       OR octet_length(n.data::text) > 1048576 OR octet_length(n.environ_vars::text) > 1048576
+    -- Empty objects (the default) are within bounds: the costly tests run on the others only.
+    PERFORM FROM new_rows n
+    WHERE n.state <> ALL (initial)
+       OR n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
+       OR n.changed_by IS DISTINCT FROM session_user OR n.changed_at IS DISTINCT FROM now()
+       OR (n.data <> '{}' AND (jsonb_typeof(n.data) <> 'object'
+                               OR jsonb_path_exists(n.data, deep)
+                               OR octet_length(n.data::text) > 1048576))
+       OR (n.environ_vars <> '{}' AND (jsonb_typeof(n.environ_vars) <> 'object'
+                                       OR jsonb_path_exists(n.environ_vars, deep)
+                                       OR octet_length(n.environ_vars::text) > 1048576))
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT n.state INTO bad FROM new_rows n WHERE n.state <> ALL (initial) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a task cannot be created in state %', bad.state USING ERRCODE = 'BA001';
+    END IF;
+    SELECT n.created_at, n.state_changed_at INTO bad FROM new_rows n
+    WHERE n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION '%', coalesce(balsam_json_problem(bad.data, 'data'),
-                                      balsam_json_problem(bad.environ_vars, 'environ_vars'))
-            USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'permission denied: a task is created now, not at % (created_at and '
+            'state_changed_at are set by the database)',
+            CASE WHEN bad.created_at IS DISTINCT FROM now() THEN bad.created_at
+                 ELSE bad.state_changed_at END
+            USING ERRCODE = 'insufficient_privilege';
     END IF;
-    RETURN NULL;
+    SELECT problem INTO bad FROM new_rows n,
+        LATERAL coalesce(balsam_json_problem(n.data, 'data'),
+                         balsam_json_problem(n.environ_vars, 'environ_vars')) AS problem
+    WHERE problem IS NOT NULL LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', bad.problem USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT n.changed_by, n.changed_at INTO bad FROM new_rows n
+    WHERE n.changed_by IS DISTINCT FROM session_user OR n.changed_at IS DISTINCT FROM now()
+    LIMIT 1;
+    RAISE EXCEPTION 'permission denied: %.changed_by and changed_at are set by the database '
+        '(to %, now), not by the writer (%, %)', TG_TABLE_NAME, session_user,
+        bad.changed_by, bad.changed_at USING ERRCODE = 'insufficient_privilege';
 END $$;
 
 CREATE FUNCTION public.balsam_check_stamps() RETURNS trigger
@@ -1123,17 +1120,13 @@ CREATE TRIGGER tasks_announce_insert AFTER INSERT ON public.tasks REFERENCING NE
 
 CREATE TRIGGER tasks_announce_update AFTER UPDATE ON public.tasks REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
 
-CREATE TRIGGER tasks_check_initial AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_initial();
+CREATE TRIGGER tasks_check_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_new_tasks();
 
 CREATE TRIGGER tasks_check_transition BEFORE UPDATE OF state ON public.tasks FOR EACH ROW WHEN ((new.state IS DISTINCT FROM old.state)) EXECUTE FUNCTION public.balsam_check_transition();
-
-CREATE TRIGGER tasks_created_now AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_created();
 
 CREATE TRIGGER tasks_events_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_record_insert_event();
 
 CREATE TRIGGER tasks_events_update AFTER UPDATE ON public.tasks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_record_event();
-
-CREATE TRIGGER tasks_json_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_new_json();
 
 CREATE TRIGGER tasks_json_update BEFORE UPDATE OF data, environ_vars ON public.tasks FOR EACH ROW WHEN (((old.data IS DISTINCT FROM new.data) OR (old.environ_vars IS DISTINCT FROM new.environ_vars))) EXECUTE FUNCTION public.balsam_check_json();
 
@@ -1160,8 +1153,6 @@ CREATE TRIGGER tasks_stamp_change BEFORE UPDATE OF args, environ_vars, user_work
 CREATE TRIGGER tasks_stamp_change_staging BEFORE UPDATE OF stage_in_url, stage_out_url, stage_out_files ON public.tasks FOR EACH ROW WHEN (((old.stage_in_url IS DISTINCT FROM new.stage_in_url) OR (old.stage_out_url IS DISTINCT FROM new.stage_out_url) OR (old.stage_out_files IS DISTINCT FROM new.stage_out_files))) EXECUTE FUNCTION public.balsam_stamp_change();
 
 CREATE TRIGGER tasks_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((NOT ((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files) OR (old.mpi_flags IS DISTINCT FROM new.mpi_flags))) AND ((old.changed_by IS DISTINCT FROM new.changed_by) OR (old.changed_at IS DISTINCT FROM new.changed_at)))) EXECUTE FUNCTION public.balsam_refuse_stamp();
-
-CREATE TRIGGER tasks_stamp_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_stamps();
 
 CREATE TRIGGER tasks_sync_with_parents AFTER UPDATE ON public.tasks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_sync_with_parents();
 
