@@ -189,6 +189,29 @@ BEGIN
     RETURN NULL;
 END $$;
 
+CREATE FUNCTION public.balsam_check_task_apps() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+    wanted bigint[];
+    missing bigint;
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        wanted := ARRAY[NEW.app_id];
+    ELSE
+        SELECT array_agg(DISTINCT n.app_id) INTO wanted FROM new_rows n;
+    END IF;
+    PERFORM FROM apps WHERE id = ANY (wanted) ORDER BY id FOR KEY SHARE;
+    SELECT w INTO missing FROM unnest(wanted) AS w
+    WHERE NOT EXISTS (SELECT FROM apps WHERE id = w) LIMIT 1;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'no app %: a task names an app that exists (tasks.app_id)', missing
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
 CREATE FUNCTION public.balsam_check_transition() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -458,6 +481,33 @@ CREATE FUNCTION public.balsam_refuse_stamp() RETURNS trigger
 BEGIN
     RAISE EXCEPTION 'permission denied: %.changed_by and changed_at are set by the database, '
         'not by the writer', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE FUNCTION public.balsam_refuse_used_apps() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+    used record;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'apps are removed or renumbered in READ COMMITTED transactions only (to '
+            'see every task that names them)' USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        SELECT t.app_id AS id, t.id AS task_id INTO used FROM tasks t LIMIT 1;
+    ELSIF TG_LEVEL = 'ROW' THEN
+        SELECT t.app_id AS id, t.id AS task_id INTO used FROM tasks t
+        WHERE t.app_id = OLD.id LIMIT 1;
+    ELSE
+        SELECT o.id, t.id AS task_id INTO used FROM old_rows o JOIN tasks t ON t.app_id = o.id
+        LIMIT 1;
+    END IF;
+    IF used.id IS NOT NULL THEN
+        RAISE EXCEPTION 'app % is used by task % (and maybe others): remove those tasks first',
+            used.id, used.task_id USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
 END $$;
 
 CREATE FUNCTION public.balsam_release(kids bigint[], message text) RETURNS void
@@ -1078,6 +1128,12 @@ CREATE TRIGGER apps_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON publ
 
 CREATE TRIGGER apps_stamp_insert AFTER INSERT ON public.apps REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_stamps();
 
+CREATE TRIGGER apps_used_delete AFTER DELETE ON public.apps REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_refuse_used_apps();
+
+CREATE TRIGGER apps_used_renumber AFTER UPDATE OF id ON public.apps FOR EACH ROW WHEN ((old.id IS DISTINCT FROM new.id)) EXECUTE FUNCTION public.balsam_refuse_used_apps();
+
+CREATE TRIGGER apps_used_truncate AFTER TRUNCATE ON public.apps FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_refuse_used_apps();
+
 CREATE TRIGGER batch_jobs_announce_delete AFTER DELETE ON public.batch_jobs REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
 
 CREATE TRIGGER batch_jobs_announce_insert AFTER INSERT ON public.batch_jobs REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
@@ -1119,6 +1175,10 @@ CREATE TRIGGER tasks_announce_delete AFTER DELETE ON public.tasks REFERENCING OL
 CREATE TRIGGER tasks_announce_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
 
 CREATE TRIGGER tasks_announce_update AFTER UPDATE ON public.tasks REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
+
+CREATE TRIGGER tasks_app_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_task_apps();
+
+CREATE TRIGGER tasks_app_update AFTER UPDATE OF app_id ON public.tasks FOR EACH ROW WHEN ((old.app_id IS DISTINCT FROM new.app_id)) EXECUTE FUNCTION public.balsam_check_task_apps();
 
 CREATE TRIGGER tasks_check_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_new_tasks();
 
@@ -1172,9 +1232,6 @@ ALTER TABLE ONLY public.task_transitions
 
 ALTER TABLE ONLY public.task_transitions
     ADD CONSTRAINT task_transitions_to_state_fkey FOREIGN KEY (to_state) REFERENCES public.task_states(state) ON DELETE CASCADE;
-
-ALTER TABLE ONLY public.tasks
-    ADD CONSTRAINT tasks_app_id_fkey FOREIGN KEY (app_id) REFERENCES public.apps(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_launcher_id_fkey FOREIGN KEY (launcher_id) REFERENCES public.launchers(id) ON DELETE SET NULL;
