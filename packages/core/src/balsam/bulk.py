@@ -190,13 +190,20 @@ def _copy(conn: Connection, builder: Builder, specs: Iterable[Mapping[str, Any]]
         pending = worker.submit(next, blocks, [])
         while rows := pending.result():
             pending = worker.submit(next, blocks, [])  # built while the server copies this one
-            block_ids = [r["id"] for r in conn.execute(q("new_task_ids"), {"count": len(rows)})]
+            block_ids = _new_ids(conn, len(rows))
             with conn.cursor().copy(q("copy_tasks")) as copy:
                 copy.write("".join([f"{i}\t{row}" for i, row in zip(block_ids, rows, strict=True)]))
             ids += block_ids
             if progress:
                 progress(len(ids))
     return ids
+
+
+def _new_ids(conn: Connection, count: int) -> list[int]:
+    """``count`` ids from the tasks' sequence, increasing (one array: no row per id)."""
+    row = conn.execute(q("new_task_ids"), {"count": count}).fetchone()
+    assert row is not None
+    return sorted(row["ids"])
 
 
 def _blocks(builder: Builder, specs: Iterable[Mapping[str, Any]],

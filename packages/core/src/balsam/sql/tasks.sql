@@ -43,8 +43,8 @@ VALUES (%(name)s, %(workflow)s, %(app_id)s, %(args)s, %(data)s, %(user_workdir)s
 RETURNING id;
 
 -- name: new_task_ids
--- Ids for the next block of a bulk insert, in increasing order (COPY then writes them).
-SELECT nextval('tasks_id_seq') AS id FROM generate_series(1, %(count)s::int);
+-- Ids for the next block of a bulk insert (COPY then writes them).
+SELECT array_agg(nextval('tasks_id_seq')) AS ids FROM generate_series(1, %(count)s::int);
 
 -- name: copy_tasks
 -- A bulk insert's block, ids included (COPY writes an identity column's given values); the
