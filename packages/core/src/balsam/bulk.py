@@ -187,9 +187,9 @@ def _copy(conn: Connection, builder: Builder, specs: Iterable[Mapping[str, Any]]
     ids: list[int] = []
     blocks = _blocks(builder, specs, where)
     with ThreadPoolExecutor(1, thread_name_prefix="balsam-bulk") as worker:
-        pending = worker.submit(next, blocks, [])
+        pending = worker.submit(_next_block, blocks)
         while rows := pending.result():
-            pending = worker.submit(next, blocks, [])  # built while the server copies this one
+            pending = worker.submit(_next_block, blocks)  # built while the server copies this one
             block_ids = _new_ids(conn, len(rows))
             with conn.cursor().copy(q("copy_tasks")) as copy:
                 copy.write("".join([f"{i}\t{row}" for i, row in zip(block_ids, rows, strict=True)]))
@@ -197,6 +197,10 @@ def _copy(conn: Connection, builder: Builder, specs: Iterable[Mapping[str, Any]]
             if progress:
                 progress(len(ids))
     return ids
+
+
+def _next_block(blocks: Iterator[list[str]]) -> list[str]:
+    return next(blocks, [])
 
 
 def _new_ids(conn: Connection, count: int) -> list[int]:
