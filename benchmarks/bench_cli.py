@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
-from balsam import api
+from psycopg import sql
+
+from balsam import api, bulk
 from balsam.db import Connection
 from balsam_testing.pg import throwaway_project
 
@@ -140,6 +142,30 @@ def bench_bulk(conn: Connection, count: int) -> list[dict[str, Any]]:
     seconds = _median(["job", "--app", "sim", "--workflow", "sweep", "--name", "s{i}",
                        "--args", "-n {i}", "--sweep", f"i=1:{count}"], 1)
     rows.append(_row(f"balsam job --sweep, {label} tasks", count / seconds, "tasks/s"))
+    return rows + bench_floors(conn, specs)
+
+
+def bench_floors(conn: Connection, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The server's floor under the bulk insert: the same rows (already built) copied into a
+    copy of ``tasks`` with its indexes and checks but no trigger or foreign key, and into one
+    without indexes either; each in a transaction rolled back."""
+    builder = bulk.Builder(conn)
+    builder.load_apps()
+    text = "".join(f"{i}\t{builder.row(spec)}" for i, spec in enumerate(specs, 1))
+    columns = sql.SQL(", ").join(map(sql.Identifier, ("id", *bulk.COLUMNS)))
+    rows = []
+    for what, like in (("indexes, no trigger or foreign key", "INCLUDING ALL"),
+                       ("no index, trigger or foreign key", "INCLUDING DEFAULTS")):
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql.SQL("CREATE TABLE bench_floor (LIKE tasks {})").format(
+                sql.SQL(like)))
+            start = time.perf_counter()
+            with conn.cursor().copy(sql.SQL("COPY bench_floor ({}) FROM STDIN").format(
+                    columns)) as copy:
+                copy.write(text)
+            rate = len(specs) / (time.perf_counter() - start)
+        rows.append(_row(f"floor: COPY of the same rows into a copy of tasks, {what}", rate,
+                         "tasks/s"))
     return rows
 
 

@@ -28,26 +28,6 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE FUNCTION public.balsam_check_created() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-DECLARE
-    bad record;
-BEGIN
-    SELECT n.created_at, n.state_changed_at INTO bad FROM new_rows n
-    WHERE n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
-    LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'permission denied: a task is created now, not at % (created_at and '
-            'state_changed_at are set by the database)',
-            CASE WHEN bad.created_at IS DISTINCT FROM now() THEN bad.created_at
-                 ELSE bad.state_changed_at END
-            USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    RETURN NULL;
-END $$;
-
 CREATE FUNCTION public.balsam_check_cycles() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -125,21 +105,6 @@ BEGIN
         bad.parent_id, bad.child_id, bad.child_id, bad.parent_id USING ERRCODE = 'BA002';
 END $_$;
 
-CREATE FUNCTION public.balsam_check_initial() RETURNS trigger
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
-    AS $$
-DECLARE
-    bad record;
-BEGIN
-    SELECT n.id, n.state INTO bad FROM new_rows n LEFT JOIN task_states s ON s.state = n.state
-    WHERE s.state IS NULL OR NOT s.initial LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'a task cannot be created in state %', bad.state USING ERRCODE = 'BA001';
-    END IF;
-    RETURN NULL;
-END $$;
-
 CREATE FUNCTION public.balsam_check_json() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
@@ -154,25 +119,57 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE FUNCTION public.balsam_check_new_json() RETURNS trigger
+CREATE FUNCTION public.balsam_check_new_tasks() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'public', 'pg_temp'
     AS $$
 DECLARE
+    initial constant text[] := ARRAY(SELECT state FROM task_states WHERE initial);
     deep constant jsonpath := balsam_too_deep();
     bad record;
 BEGIN
-    SELECT n.data, n.environ_vars INTO bad FROM new_rows n
-    WHERE jsonb_typeof(n.data) <> 'object' OR jsonb_typeof(n.environ_vars) <> 'object'
-       OR jsonb_path_exists(n.data, deep) OR jsonb_path_exists(n.environ_vars, deep)
-       OR octet_length(n.data::text) > 1048576 OR octet_length(n.environ_vars::text) > 1048576
+    -- Empty objects (the default) are within bounds: the costly tests run on the others only.
+    PERFORM FROM new_rows n
+    WHERE n.state <> ALL (initial)
+       OR n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
+       OR n.changed_by IS DISTINCT FROM session_user OR n.changed_at IS DISTINCT FROM now()
+       OR (n.data <> '{}' AND (jsonb_typeof(n.data) <> 'object'
+                               OR jsonb_path_exists(n.data, deep)
+                               OR octet_length(n.data::text) > 1048576))
+       OR (n.environ_vars <> '{}' AND (jsonb_typeof(n.environ_vars) <> 'object'
+                                       OR jsonb_path_exists(n.environ_vars, deep)
+                                       OR octet_length(n.environ_vars::text) > 1048576))
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT n.state INTO bad FROM new_rows n WHERE n.state <> ALL (initial) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a task cannot be created in state %', bad.state USING ERRCODE = 'BA001';
+    END IF;
+    SELECT n.created_at, n.state_changed_at INTO bad FROM new_rows n
+    WHERE n.created_at IS DISTINCT FROM now() OR n.state_changed_at IS DISTINCT FROM now()
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION '%', coalesce(balsam_json_problem(bad.data, 'data'),
-                                      balsam_json_problem(bad.environ_vars, 'environ_vars'))
-            USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'permission denied: a task is created now, not at % (created_at and '
+            'state_changed_at are set by the database)',
+            CASE WHEN bad.created_at IS DISTINCT FROM now() THEN bad.created_at
+                 ELSE bad.state_changed_at END
+            USING ERRCODE = 'insufficient_privilege';
     END IF;
-    RETURN NULL;
+    SELECT problem INTO bad FROM new_rows n,
+        LATERAL coalesce(balsam_json_problem(n.data, 'data'),
+                         balsam_json_problem(n.environ_vars, 'environ_vars')) AS problem
+    WHERE problem IS NOT NULL LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '%', bad.problem USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT n.changed_by, n.changed_at INTO bad FROM new_rows n
+    WHERE n.changed_by IS DISTINCT FROM session_user OR n.changed_at IS DISTINCT FROM now()
+    LIMIT 1;
+    RAISE EXCEPTION 'permission denied: %.changed_by and changed_at are set by the database '
+        '(to %, now), not by the writer (%, %)', TG_TABLE_NAME, session_user,
+        bad.changed_by, bad.changed_at USING ERRCODE = 'insufficient_privilege';
 END $$;
 
 CREATE FUNCTION public.balsam_check_stamps() RETURNS trigger
@@ -188,6 +185,29 @@ BEGIN
         RAISE EXCEPTION 'permission denied: %.changed_by and changed_at are set by the database '
             '(to %, now), not by the writer (%, %)', TG_TABLE_NAME, session_user,
             forged.changed_by, forged.changed_at USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION public.balsam_check_task_apps() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+    wanted bigint[];
+    missing bigint;
+BEGIN
+    IF TG_LEVEL = 'ROW' THEN
+        wanted := ARRAY[NEW.app_id];
+    ELSE
+        SELECT array_agg(DISTINCT n.app_id) INTO wanted FROM new_rows n;
+    END IF;
+    PERFORM FROM apps WHERE id = ANY (wanted) ORDER BY id FOR KEY SHARE;
+    SELECT w INTO missing FROM unnest(wanted) AS w
+    WHERE NOT EXISTS (SELECT FROM apps WHERE id = w) LIMIT 1;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'no app %: a task names an app that exists (tasks.app_id)', missing
+            USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
 END $$;
@@ -461,6 +481,33 @@ CREATE FUNCTION public.balsam_refuse_stamp() RETURNS trigger
 BEGIN
     RAISE EXCEPTION 'permission denied: %.changed_by and changed_at are set by the database, '
         'not by the writer', TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE FUNCTION public.balsam_refuse_used_apps() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'public', 'pg_temp'
+    AS $$
+DECLARE
+    used record;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'apps are removed or renumbered in READ COMMITTED transactions only (to '
+            'see every task that names them)' USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        SELECT t.app_id AS id, t.id AS task_id INTO used FROM tasks t LIMIT 1;
+    ELSIF TG_LEVEL = 'ROW' THEN
+        SELECT t.app_id AS id, t.id AS task_id INTO used FROM tasks t
+        WHERE t.app_id = OLD.id LIMIT 1;
+    ELSE
+        SELECT o.id, t.id AS task_id INTO used FROM old_rows o JOIN tasks t ON t.app_id = o.id
+        LIMIT 1;
+    END IF;
+    IF used.id IS NOT NULL THEN
+        RAISE EXCEPTION 'app % is used by task % (and maybe others): remove those tasks first',
+            used.id, used.task_id USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
 END $$;
 
 CREATE FUNCTION public.balsam_release(kids bigint[], message text) RETURNS void
@@ -1081,6 +1128,12 @@ CREATE TRIGGER apps_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON publ
 
 CREATE TRIGGER apps_stamp_insert AFTER INSERT ON public.apps REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_stamps();
 
+CREATE TRIGGER apps_used_delete AFTER DELETE ON public.apps REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_refuse_used_apps();
+
+CREATE TRIGGER apps_used_renumber AFTER UPDATE OF id ON public.apps FOR EACH ROW WHEN ((old.id IS DISTINCT FROM new.id)) EXECUTE FUNCTION public.balsam_refuse_used_apps();
+
+CREATE TRIGGER apps_used_truncate AFTER TRUNCATE ON public.apps FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_refuse_used_apps();
+
 CREATE TRIGGER batch_jobs_announce_delete AFTER DELETE ON public.batch_jobs REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
 
 CREATE TRIGGER batch_jobs_announce_insert AFTER INSERT ON public.batch_jobs REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
@@ -1123,17 +1176,17 @@ CREATE TRIGGER tasks_announce_insert AFTER INSERT ON public.tasks REFERENCING NE
 
 CREATE TRIGGER tasks_announce_update AFTER UPDATE ON public.tasks REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_notify_change();
 
-CREATE TRIGGER tasks_check_initial AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_initial();
+CREATE TRIGGER tasks_app_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_task_apps();
+
+CREATE TRIGGER tasks_app_update AFTER UPDATE OF app_id ON public.tasks FOR EACH ROW WHEN ((old.app_id IS DISTINCT FROM new.app_id)) EXECUTE FUNCTION public.balsam_check_task_apps();
+
+CREATE TRIGGER tasks_check_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_new_tasks();
 
 CREATE TRIGGER tasks_check_transition BEFORE UPDATE OF state ON public.tasks FOR EACH ROW WHEN ((new.state IS DISTINCT FROM old.state)) EXECUTE FUNCTION public.balsam_check_transition();
-
-CREATE TRIGGER tasks_created_now AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_created();
 
 CREATE TRIGGER tasks_events_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_record_insert_event();
 
 CREATE TRIGGER tasks_events_update AFTER UPDATE ON public.tasks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_record_event();
-
-CREATE TRIGGER tasks_json_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_new_json();
 
 CREATE TRIGGER tasks_json_update BEFORE UPDATE OF data, environ_vars ON public.tasks FOR EACH ROW WHEN (((old.data IS DISTINCT FROM new.data) OR (old.environ_vars IS DISTINCT FROM new.environ_vars))) EXECUTE FUNCTION public.balsam_check_json();
 
@@ -1161,8 +1214,6 @@ CREATE TRIGGER tasks_stamp_change_staging BEFORE UPDATE OF stage_in_url, stage_o
 
 CREATE TRIGGER tasks_stamp_forged BEFORE UPDATE OF changed_by, changed_at ON public.tasks FOR EACH ROW WHEN (((NOT ((old.args IS DISTINCT FROM new.args) OR (old.environ_vars IS DISTINCT FROM new.environ_vars) OR (old.user_workdir IS DISTINCT FROM new.user_workdir) OR (old.app_id IS DISTINCT FROM new.app_id) OR (old.input_files IS DISTINCT FROM new.input_files) OR (old.mpi_flags IS DISTINCT FROM new.mpi_flags))) AND ((old.changed_by IS DISTINCT FROM new.changed_by) OR (old.changed_at IS DISTINCT FROM new.changed_at)))) EXECUTE FUNCTION public.balsam_refuse_stamp();
 
-CREATE TRIGGER tasks_stamp_insert AFTER INSERT ON public.tasks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_check_stamps();
-
 CREATE TRIGGER tasks_sync_with_parents AFTER UPDATE ON public.tasks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.balsam_sync_with_parents();
 
 CREATE TRIGGER trust_record AFTER INSERT OR DELETE ON public.trust FOR EACH ROW EXECUTE FUNCTION public.balsam_record_trust();
@@ -1181,9 +1232,6 @@ ALTER TABLE ONLY public.task_transitions
 
 ALTER TABLE ONLY public.task_transitions
     ADD CONSTRAINT task_transitions_to_state_fkey FOREIGN KEY (to_state) REFERENCES public.task_states(state) ON DELETE CASCADE;
-
-ALTER TABLE ONLY public.tasks
-    ADD CONSTRAINT tasks_app_id_fkey FOREIGN KEY (app_id) REFERENCES public.apps(id) ON DELETE RESTRICT;
 
 ALTER TABLE ONLY public.tasks
     ADD CONSTRAINT tasks_launcher_id_fkey FOREIGN KEY (launcher_id) REFERENCES public.launchers(id) ON DELETE SET NULL;

@@ -220,6 +220,38 @@ def test_a_writer_dates_a_change_only_between_the_previous_one_and_now(db, login
         assert isinstance(error, PermissionDenied) and "created now" in str(error)
 
 
+def test_a_member_copying_tasks_in_bulk_forges_nothing(db, login):
+    """The bulk path is a COPY into tasks: a member's own COPY whose last row forges a field is
+    refused whole by the statement-level checks, after a block of good rows where the field has
+    a good literal value; the tasks of a good bulk insert are stamped with the member, and each
+    one's creation is in its history."""
+    bob = login("member")
+    app_id, _ = app_and_task(bob)
+    before = count(db, "tasks"), count(db, "task_events")
+    me = bob.info.user
+    for column, good, forged, error in (
+            ("changed_by", me, ADMIN_ROLE, PermissionDenied),
+            ("owner", me, ADMIN_ROLE, PermissionDenied),
+            ("state", "READY", "RUN_DONE", InvalidTransition),
+            ("data", "{}", "[1]", InvalidInput),
+            ("changed_at", None, "2001-01-01", PermissionDenied),
+            ("created_at", None, "2001-01-01", PermissionDenied)):
+        copy = sql.SQL("COPY tasks (app_id, {}) FROM STDIN").format(sql.Identifier(column))
+        with pytest.raises(error), wrap_db_errors(), bob.transaction(), \
+                bob.cursor().copy(copy) as writer:
+            writer.write(f"{app_id}\t{good}\n" * 999 if good else "")
+            writer.write(f"{app_id}\t{forged}\n")
+        assert (count(db, "tasks"), count(db, "task_events")) == before, column
+    ids = api.add_tasks([{"app": app_id, "name": f"t{i}"} for i in range(2500)], conn=bob)
+    stamps = db.execute("SELECT count(*) AS n, min(changed_by) AS first, max(changed_by) AS last "
+                        "FROM tasks WHERE id = ANY(%s)", [ids]).fetchone()
+    assert stamps == {"n": 2500, "first": me, "last": me}
+    events = db.execute("SELECT count(*) AS n, min(db_user) AS first, max(db_user) AS last "
+                        "FROM task_events WHERE task_id = ANY(%s) AND from_state IS NULL",
+                        [ids]).fetchone()
+    assert events == {"n": 2500, "first": me, "last": me}
+
+
 def test_changed_by_is_set_by_the_database_only(db, login):
     bob, carol = login("member"), login("member")
     app_id, task = app_and_task(bob)

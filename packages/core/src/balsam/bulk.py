@@ -2,8 +2,9 @@
 none. :func:`balsam.api.add_tasks` and ``balsam job --from/--sweep`` both come here.
 
 A row is built as COPY text from the precomputed text of the defaults, so a task costs only
-the fields it sets; rows are sent in blocks while they are built, the server parsing one block
-while Python builds the next.
+the fields it sets. Rows go in blocks, each copied straight into ``tasks`` with ids drawn from
+its sequence just before (so the ids are known in input order; the statement triggers fire once
+a block). A worker thread builds the next block meanwhile: Python's work overlaps the server's.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from typing import Any
 
@@ -21,7 +23,7 @@ from balsam.models import TASK_FIELDS, App, Task, coerce_task_field, task_field
 from balsam.queries import q
 from balsam.states import State
 
-#: Columns written for each new task, in COPY order (after the staging row number).
+#: Columns written for each new task, in COPY order (after its id).
 COLUMNS = ("name", "workflow", "app_id", "args", "data", "user_workdir", "description",
            "wall_time_minutes", "num_nodes", "ranks_per_node", "threads_per_rank",
            "threads_per_core", "cpu_affinity", "node_packing_count", "gpus_per_rank", "mpi_flags",
@@ -31,8 +33,8 @@ COLUMNS = ("name", "workflow", "app_id", "args", "data", "user_workdir", "descri
 _POSITION = {c: i for i, c in enumerate(COLUMNS)}
 _JSON = frozenset({"data", "environ_vars"})
 _APP_KEYS = ("app", "application", "app_id")
-#: Rows per block sent to the server.
-BLOCK = 5000
+#: Rows per block: one COPY each, while the next block is built.
+BLOCK = 10_000
 #: Most distinct (field, value) pairs whose COPY text a builder remembers.
 MEMO = 10_000
 _SCALARS = frozenset({str, int, bool})
@@ -84,7 +86,8 @@ class Builder:
         self.memo: dict[tuple[str, type, Any], tuple[int, str]] = {}
 
     def row(self, spec: Mapping[str, Any]) -> str:
-        """The COPY line of one task (validated; InvalidInput names the bad field and row)."""
+        """The COPY line of one task without its id (validated; InvalidInput names the bad field
+        and row)."""
         index = self.count
         cells = _DEFAULT_TEXT.copy()
         app: Any = None
@@ -109,7 +112,7 @@ class Builder:
             self.edges += [(p, index) for p in parent_ids]
             cells[_POSITION["state"]] = State.AWAITING_PARENTS.value
         self.count += 1
-        return f"{index}\t" + "\t".join(cells) + "\n"
+        return "\t".join(cells) + "\n"
 
     def load_apps(self) -> None:
         rows = self.conn.execute(q("app_ids")).fetchall()
@@ -148,7 +151,7 @@ def insert_tasks(conn: Connection, specs: Iterable[Mapping[str, Any]], *,
                  progress: Progress | None = None,
                  where: Callable[[int], str] | None = None) -> list[int]:
     """Create the tasks of ``specs`` in one transaction (all or none); return their ids in
-    order. ``progress(n)`` is called after each block with the number of tasks sent so far.
+    order. ``progress(n)`` is called after each block with the number of tasks inserted so far.
     A bad specification fails the whole call, its error prefixed with ``where(index)`` (by
     default ``task N``, except for the first task). One task is a plain INSERT; more go
     through COPY."""
@@ -171,7 +174,7 @@ def insert_tasks(conn: Connection, specs: Iterable[Mapping[str, Any]], *,
 
 
 def _insert_one(conn: Connection, builder: Builder, spec: Mapping[str, Any]) -> int:
-    cells = builder.row(spec).rstrip("\n").split("\t")[1:]
+    cells = builder.row(spec).rstrip("\n").split("\t")
     params = {c: None if v == "\\N" else _UNESCAPE.sub(lambda m: _UNESCAPED[m.group()], v)
               for c, v in zip(COLUMNS, cells, strict=True)}
     row = conn.execute(q("insert_task"), params).fetchone()
@@ -181,24 +184,46 @@ def _insert_one(conn: Connection, builder: Builder, spec: Mapping[str, Any]) -> 
 
 def _copy(conn: Connection, builder: Builder, specs: Iterable[Mapping[str, Any]],
           progress: Progress | None, where: Callable[[int], str] | None) -> list[int]:
-    conn.execute(q("create_new_tasks_table"))
-    with conn.cursor().copy(q("copy_new_tasks")) as copy:
-        block: list[str] = []
-        for spec in specs:
-            try:
-                block.append(builder.row(spec))
-            except BalsamError as exc:
-                raise _located(exc, builder.count, where) from None
-            if len(block) >= BLOCK:
-                copy.write("".join(block))
-                block.clear()
-                if progress:
-                    progress(builder.count)
-        if block:
-            copy.write("".join(block))
-    ids = sorted(r["id"] for r in conn.execute(q("insert_new_tasks")))
-    conn.execute(q("drop_new_tasks_table"))
+    ids: list[int] = []
+    blocks = _blocks(builder, specs, where)
+    with ThreadPoolExecutor(1, thread_name_prefix="balsam-bulk") as worker:
+        pending = worker.submit(_next_block, blocks)
+        while rows := pending.result():
+            pending = worker.submit(_next_block, blocks)  # built while the server copies this one
+            block_ids = _new_ids(conn, len(rows))
+            with conn.cursor().copy(q("copy_tasks")) as copy:
+                copy.write("".join([f"{i}\t{row}" for i, row in zip(block_ids, rows, strict=True)]))
+            ids += block_ids
+            if progress:
+                progress(len(ids))
     return ids
+
+
+def _next_block(blocks: Iterator[list[str]]) -> list[str]:
+    return next(blocks, [])
+
+
+def _new_ids(conn: Connection, count: int) -> list[int]:
+    """``count`` ids from the tasks' sequence, increasing (one array: no row per id)."""
+    row = conn.execute(q("new_task_ids"), {"count": count}).fetchone()
+    assert row is not None
+    return sorted(row["ids"])
+
+
+def _blocks(builder: Builder, specs: Iterable[Mapping[str, Any]],
+            where: Callable[[int], str] | None) -> Iterator[list[str]]:
+    """COPY lines (without ids) of ``BLOCK`` tasks at a time, the last block shorter."""
+    block: list[str] = []
+    for spec in specs:
+        try:
+            block.append(builder.row(spec))
+        except BalsamError as exc:
+            raise _located(exc, builder.count, where) from None
+        if len(block) >= BLOCK:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def _located(exc: BalsamError, index: int, where: Callable[[int], str] | None) -> BalsamError:

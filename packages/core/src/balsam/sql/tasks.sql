@@ -42,63 +42,18 @@ VALUES (%(name)s, %(workflow)s, %(app_id)s, %(args)s, %(data)s, %(user_workdir)s
     %(stage_out_files)s, %(state)s)
 RETURNING id;
 
--- name: create_new_tasks_table
--- Staging table of a bulk insert: COPY into it, then one INSERT ... SELECT fires the triggers once.
-CREATE TEMP TABLE balsam_new_tasks (
-    ord bigint NOT NULL,
-    name text NOT NULL,
-    workflow text NOT NULL,
-    app_id bigint NOT NULL,
-    args text NOT NULL,
-    data jsonb NOT NULL,
-    user_workdir text,
-    description text NOT NULL,
-    wall_time_minutes integer NOT NULL,
-    num_nodes integer NOT NULL,
-    ranks_per_node integer NOT NULL,
-    threads_per_rank integer NOT NULL,
-    threads_per_core integer NOT NULL,
-    cpu_affinity text NOT NULL,
-    node_packing_count integer NOT NULL,
-    gpus_per_rank integer NOT NULL,
-    mpi_flags text NOT NULL,
-    coschedule_num_nodes integer NOT NULL,
-    environ_vars jsonb NOT NULL,
-    input_files text NOT NULL,
-    post_error_handler boolean NOT NULL,
-    post_timeout_handler boolean NOT NULL,
-    auto_timeout_retry boolean NOT NULL,
-    allow_failed_parents boolean NOT NULL,
-    stage_in_url text NOT NULL,
-    stage_out_url text NOT NULL,
-    stage_out_files text NOT NULL,
-    state text NOT NULL
-);
+-- name: new_task_ids
+-- Ids for the next block of a bulk insert (COPY then writes them).
+SELECT array_agg(nextval('tasks_id_seq')) AS ids FROM generate_series(1, %(count)s::int);
 
--- name: copy_new_tasks
-COPY balsam_new_tasks (ord, name, workflow, app_id, args, data, user_workdir, description,
+-- name: copy_tasks
+-- A bulk insert's block, ids included (COPY writes an identity column's given values); the
+-- statement triggers fire once for the block as for an INSERT.
+COPY tasks (id, name, workflow, app_id, args, data, user_workdir, description,
     wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
     cpu_affinity, node_packing_count, gpus_per_rank, mpi_flags, coschedule_num_nodes,
     environ_vars, input_files, post_error_handler, post_timeout_handler, auto_timeout_retry,
     allow_failed_parents, stage_in_url, stage_out_url, stage_out_files, state) FROM STDIN;
-
--- name: insert_new_tasks
--- Identities are drawn in ORDER BY order, so the sorted ids match the staged rows one to one.
-INSERT INTO tasks (name, workflow, app_id, args, data, user_workdir, description,
-    wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
-    cpu_affinity, node_packing_count, gpus_per_rank, mpi_flags, coschedule_num_nodes,
-    environ_vars, input_files, post_error_handler, post_timeout_handler, auto_timeout_retry,
-    allow_failed_parents, stage_in_url, stage_out_url, stage_out_files, state)
-SELECT name, workflow, app_id, args, data, user_workdir, description,
-    wall_time_minutes, num_nodes, ranks_per_node, threads_per_rank, threads_per_core,
-    cpu_affinity, node_packing_count, gpus_per_rank, mpi_flags, coschedule_num_nodes,
-    environ_vars, input_files, post_error_handler, post_timeout_handler, auto_timeout_retry,
-    allow_failed_parents, stage_in_url, stage_out_url, stage_out_files, state
-FROM balsam_new_tasks ORDER BY ord
-RETURNING id;
-
--- name: drop_new_tasks_table
-DROP TABLE balsam_new_tasks;
 
 -- name: insert_edges
 -- Dependencies as two parallel arrays; an edge that already exists is kept as it is.
