@@ -18,7 +18,9 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
   (lock, policy, mark) until a pool of tasks is exhausted, one task or 32 tasks per claim; and
   5 processes with another user's tasks, which they do not trust, first in claim order.
 
-Quick mode shrinks every size (5 x 40 nodes running 2-second tasks, and so on).
+Quick mode shrinks every size (5 x 40 nodes running 2-second tasks, and so on). ``parts`` runs
+only some of the three (``python benchmarks/run.py --only launcher:noop``), each at the same
+size as in a whole run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -254,7 +256,14 @@ def claim_throughput(dsn: str, claimers: int, batch: int, tasks: int,
 # --- the benchmark -------------------------------------------------------------------------------
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+PARTS = ("noop", "utilisation", "claim")
+
+
+def run(quick: bool, parts: Sequence[str] = PARTS) -> list[dict[str, Any]]:
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        message = f"no part {', '.join(unknown)} in bench_launcher (parts: {', '.join(PARTS)})"
+        raise ValueError(message)
     rows: list[dict[str, Any]] = []
 
     def add(name: str, metric: str, value: float, unit: str) -> None:
@@ -264,7 +273,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     noop_tasks = 600 if quick else 5000
     spawns = 600 if quick else 3000
     with throwaway_project() as (dsn, root):
-        for launchers in (1, 5):
+        for launchers in (1, 5) if "noop" in parts else ():
             ceiling = spawn_ceiling(launchers, spawns // launchers)
             result = noop_throughput(dsn, root, launchers, noop_tasks)
             add("noop", f"{launchers} launcher(s), 16 nodes each", result["db_rate"], "tasks/s")
@@ -275,31 +284,41 @@ def run(quick: bool) -> list[dict[str, Any]]:
             add("noop", f"{launchers} launcher(s): share of the start-up ceiling",
                 100 * result["db_rate"] / ceiling, "%")
 
-        nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 60)
-        util = utilisation(dsn, root, 5, nodes, seconds, rounds)
-        label = f"5 launchers x {nodes} nodes, {seconds:g} s tasks, {rounds} rounds"
-        add("utilisation", f"{label}: whole run", util["utilisation"] * 100, "%")
-        add("utilisation", f"{label}: steady state", util["steady"] * 100, "%")
-        add("utilisation", f"{label}: idle per node while starting and draining",
-            util["idle_at_ends"], "s")
-        add("utilisation", f"{label}: ramp-up until every node busy", util["ramp"], "s")
-        add("utilisation", f"{label}: restart gap (median)", util["gap_median"], "s")
-        add("utilisation", f"{label}: restart gap (90th percentile)", util["gap_p90"], "s")
-        add("utilisation", f"{label}: drain after the last task", util["tail"], "s")
-        add("utilisation", f"{label}: span (ideal {rounds * seconds:g} s)", util["span"], "s")
-
-        for batch in (1, 32):
-            claim_tasks = (500 if quick else 5000) * (1 if batch == 1 else 8)
-            for claimers in (1, 5, 20):
-                rate = claim_throughput(dsn, claimers, batch, claim_tasks)
-                add("claim", f"{claimers} launcher(s), {batch} task(s) per claim", rate,
-                    "tasks/s")
-        ahead = 1000 if quick else 10000
-        for untrusted in (0, ahead):
-            rate = claim_throughput(dsn, 5, 32, 4000 if quick else 40000, untrusted)
-            add("claim", f"5 launcher(s), 32 task(s) per claim, {untrusted:,} untrusted ahead",
-                rate, "tasks/s")
+        if "utilisation" in parts:
+            _utilisation_rows(dsn, root, quick, add)
+        if "claim" in parts:
+            _claim_rows(dsn, quick, add)
     return rows
+
+
+def _utilisation_rows(dsn: str, root: Path, quick: bool,
+                      add: Callable[[str, str, float, str], None]) -> None:
+    nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 60)
+    util = utilisation(dsn, root, 5, nodes, seconds, rounds)
+    label = f"5 launchers x {nodes} nodes, {seconds:g} s tasks, {rounds} rounds"
+    add("utilisation", f"{label}: whole run", util["utilisation"] * 100, "%")
+    add("utilisation", f"{label}: steady state", util["steady"] * 100, "%")
+    add("utilisation", f"{label}: idle per node while starting and draining",
+        util["idle_at_ends"], "s")
+    add("utilisation", f"{label}: ramp-up until every node busy", util["ramp"], "s")
+    add("utilisation", f"{label}: restart gap (median)", util["gap_median"], "s")
+    add("utilisation", f"{label}: restart gap (90th percentile)", util["gap_p90"], "s")
+    add("utilisation", f"{label}: drain after the last task", util["tail"], "s")
+    add("utilisation", f"{label}: span (ideal {rounds * seconds:g} s)", util["span"], "s")
+
+
+def _claim_rows(dsn: str, quick: bool, add: Callable[[str, str, float, str], None]) -> None:
+    for batch in (1, 32):
+        claim_tasks = (500 if quick else 5000) * (1 if batch == 1 else 8)
+        for claimers in (1, 5, 20):
+            rate = claim_throughput(dsn, claimers, batch, claim_tasks)
+            add("claim", f"{claimers} launcher(s), {batch} task(s) per claim", rate,
+                "tasks/s")
+    ahead = 1000 if quick else 10000
+    for untrusted in (0, ahead):
+        rate = claim_throughput(dsn, 5, 32, 4000 if quick else 40000, untrusted)
+        add("claim", f"5 launcher(s), 32 task(s) per claim, {untrusted:,} untrusted ahead",
+            rate, "tasks/s")
 
 
 if __name__ == "__main__":
