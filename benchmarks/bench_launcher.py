@@ -10,7 +10,8 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
   per task of the launcher processes with their tasks, of PostgreSQL (every process of the
   cluster), and of the ceiling's processes with theirs, and how many cores each kept busy. When
   both keep every core busy, CPU time per task bounds the share of the ceiling a launcher can
-  reach: ceiling CPU / (launcher CPU + PostgreSQL CPU);
+  reach: ceiling CPU / (launcher CPU + PostgreSQL CPU); and whatever the ceiling does, no
+  launcher exceeds cores / (launcher CPU + PostgreSQL CPU) tasks per second;
 - utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``) for 60
   rounds (a 10-minute allocation), busy node-seconds (each task's RUNNING interval in
   task_events, dated by the launcher when the process started and when its exit was seen) over
@@ -363,8 +364,12 @@ def _cpu_rows(add: Callable[[str, str, float, str], None], launchers: int,
         1e3 * ceiling["cpu"], "ms")
     add("noop", f"start-up ceiling ({launchers}): cores busy", ceiling["cpu"] * ceiling["rate"],
         "cores")
+    used = result["cpu"] + result["pg_cpu"]
     add("noop", f"{launchers} launcher(s): share of the ceiling its CPU per task allows",
-        100 * ceiling["cpu"] / (result["cpu"] + result["pg_cpu"]), "%")
+        100 * ceiling["cpu"] / used, "%")
+    cores = len(os.sched_getaffinity(0))
+    add("noop", f"{launchers} launcher(s): share of the ceiling reachable with all {cores} "
+        "cores busy", 100 * cores / used / ceiling["rate"], "%")
 
 
 def _utilisation_rows(dsn: str, root: Path, quick: bool,
