@@ -11,7 +11,8 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
   cluster), and of the ceiling's processes with theirs, and how many cores each kept busy. When
   both keep every core busy, CPU time per task bounds the share of the ceiling a launcher can
   reach: ceiling CPU / (launcher CPU + PostgreSQL CPU); and whatever the ceiling does, no
-  launcher exceeds cores / (launcher CPU + PostgreSQL CPU) tasks per second;
+  launcher exceeds cores / (launcher CPU + PostgreSQL CPU) tasks per second (on a quiet
+  machine: others' work takes cores from it);
 - utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``) for 60
   rounds (a 10-minute allocation), busy node-seconds (each task's RUNNING interval in
   task_events, dated by the launcher when the process started and when its exit was seen) over
@@ -369,7 +370,7 @@ def _cpu_rows(add: Callable[[str, str, float, str], None], launchers: int,
         100 * ceiling["cpu"] / used, "%")
     cores = len(os.sched_getaffinity(0))
     add("noop", f"{launchers} launcher(s): share of the ceiling reachable with all {cores} "
-        "cores busy", 100 * cores / used / ceiling["rate"], "%")
+        "cores to itself", 100 * cores / used / ceiling["rate"], "%")
 
 
 def _utilisation_rows(dsn: str, root: Path, quick: bool,
