@@ -30,22 +30,13 @@ HERE = Path(__file__).resolve().parent
 def discover(only: list[str]) -> list[tuple[Path, list[str]]]:
     """The modules to run, each with the parts asked for (none: all of it)."""
     paths = sorted(HERE.glob("bench_*.py"))
-    if not only:
-        return [(p, []) for p in paths]
+    asked = [o.partition(":")[::2] for o in only]  # (name, "part,part" or "")
     chosen = []
     for path in paths:
-        parts: list[str] = []
-        matched = False
-        for o in only:
-            name, _, wanted = o.partition(":")
-            if name in path.stem:
-                matched = True
-                parts += [w for w in wanted.split(",") if w] if wanted else []
-                if not wanted:
-                    parts = []
-                    break
-        if matched:
-            chosen.append((path, parts))
+        wanted = [parts for name, parts in asked if name in path.stem]
+        if not only or wanted:
+            whole = not only or not all(wanted)
+            chosen.append((path, [] if whole else ",".join(wanted).split(",")))
     return chosen
 
 
