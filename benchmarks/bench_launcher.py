@@ -6,7 +6,13 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
 - no-op throughput: tasks running ``/bin/true``, through their whole life (claim, stage-in,
   preprocess, run, postprocess, finish), for 1 and for 5 concurrent launchers; next to it the
   rate at which this machine starts and reaps ``/bin/true`` at all (the process start-up
-  ceiling), measured the same way the launcher starts tasks;
+  ceiling), measured the same way the launcher starts tasks. Where the time goes: the CPU time
+  per task of the launcher processes with their tasks, of PostgreSQL (every process of the
+  cluster), and of the ceiling's processes with theirs, and how many cores each kept busy. When
+  both keep every core busy, CPU time per task bounds the share of the ceiling a launcher can
+  reach: ceiling CPU / (launcher CPU + PostgreSQL CPU); and whatever the ceiling does, no
+  launcher exceeds cores / (launcher CPU + PostgreSQL CPU) tasks per second (on a quiet
+  machine: others' work takes cores from it);
 - utilisation: 5 launchers x 800 simulated nodes running 10-second tasks (``sleep 10``) for 60
   rounds (a 10-minute allocation), busy node-seconds (each task's RUNNING interval in
   task_events, dated by the launcher when the process started and when its exit was seen) over
@@ -18,17 +24,21 @@ external-DSN mode, with real ``balsam launcher`` processes and real task process
   (lock, policy, mark) until a pool of tasks is exhausted, one task or 32 tasks per claim; and
   5 processes with another user's tasks, which they do not trust, first in claim order.
 
-Quick mode shrinks every size (5 x 40 nodes running 2-second tasks, and so on).
+Quick mode shrinks every size (5 x 40 nodes running 2-second tasks, and so on). ``parts`` runs
+only some of the three (``python benchmarks/run.py --only launcher:noop``), each at the same
+size as in a whole run.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import resource
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,6 +78,52 @@ def throwaway_project() -> Iterator[tuple[str, Path]]:
 
 def _reset(conn: Connection) -> None:
     conn.execute(SQL["reset"])
+
+
+# --- CPU time ------------------------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children waited for (and of theirs, and so on)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _proc_cpu(pid: int, *, waited: bool = False) -> float:
+    """CPU seconds of a process (with its children waited for, if ``waited``); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return sum(int(x) for x in fields[11:15 if waited else 13]) / _TICKS
+
+
+class ClusterCpu:
+    """CPU seconds of a PostgreSQL cluster (the postmaster, its live processes and those that
+    ended, counted once) since this object was made; found from a connection's backend."""
+
+    def __init__(self, conn: Connection) -> None:
+        backend = conn.execute(SQL["backend_pid"]).fetchone()["pid"]
+        with open(f"/proc/{backend}/stat") as f:
+            self.postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+        self.start = self._total()
+
+    def _live(self) -> dict[int, float]:
+        task = f"/proc/{self.postmaster}/task/{self.postmaster}/children"
+        with open(task) as f:
+            return {int(p): _proc_cpu(int(p)) for p in f.read().split()}
+
+    def _total(self) -> tuple[float, dict[int, float]]:
+        return _proc_cpu(self.postmaster, waited=True), self._live()
+
+    def used(self) -> float:
+        """Ended children are in the postmaster's waited-for time: their time before this
+        object was made is taken off once."""
+        (own0, live0), (own1, live1) = self.start, self._total()
+        return own1 - own0 + sum(live1.values()) - sum(live0.values())
 
 
 def _run_launchers(root: Path, conn: Connection, count: int, args: list[str],
@@ -112,10 +168,12 @@ def _spawner(count: int, parallel: int, go: Any, results: Any) -> None:
         results.put((start, time.perf_counter()))
 
 
-def spawn_ceiling(processes: int, count: int, parallel: int = 16) -> float:
+def spawn_ceiling(processes: int, count: int, parallel: int = 16) -> dict[str, float]:
     """Tasks per second this machine can start and reap at all: ``processes`` Python processes
     each start ``count`` ``/bin/true`` the way a launcher starts a task (a new working
-    directory, output appended to a file in it, own process group), ``parallel`` at a time."""
+    directory, output appended to a file in it, own process group), ``parallel`` at a time;
+    and their CPU seconds per task (their tasks' included)."""
+    cpu = _children_cpu()
     ctx = multiprocessing.get_context("fork")
     go, results = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_spawner, args=(count, parallel, go, results))
@@ -127,7 +185,9 @@ def spawn_ceiling(processes: int, count: int, parallel: int = 16) -> float:
     spans = [results.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    return processes * count / (max(e for _, e in spans) - min(s for s, _ in spans))
+    tasks = processes * count
+    return {"rate": tasks / (max(e for _, e in spans) - min(s for s, _ in spans)),
+            "cpu": (_children_cpu() - cpu) / tasks}
 
 
 def noop_throughput(dsn: str, root: Path, launchers: int, tasks: int) -> dict[str, float]:
@@ -136,12 +196,15 @@ def noop_throughput(dsn: str, root: Path, launchers: int, tasks: int) -> dict[st
         app = lt.add_app(conn, f"noop{launchers}", "/bin/true")
         conn.execute(SQL["insert_tasks"], {"workflow": "noop", "app": app, "args": "",
                                            "count": tasks})
+        cpu, cluster = _children_cpu(), ClusterCpu(conn)
         wall = _run_launchers(root, conn, launchers,
                               ["--job-mode", "serial", "--nodes", "16", "--consume-all"],
                               tasks, timeout=600)
+        cpu, pg = _children_cpu() - cpu, cluster.used()
         row = conn.execute(SQL["throughput"]).fetchone()
     return {"finished": row["finished"], "db_rate": row["finished"] / float(row["seconds"]),
-            "wall_rate": tasks / wall}
+            "wall_rate": tasks / wall, "cpu": cpu / tasks, "pg_cpu": pg / tasks,
+            "cores": (cpu + pg) / wall}
 
 
 # --- utilisation ---------------------------------------------------------------------------------
@@ -254,7 +317,14 @@ def claim_throughput(dsn: str, claimers: int, batch: int, tasks: int,
 # --- the benchmark -------------------------------------------------------------------------------
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
+PARTS = ("noop", "utilisation", "claim")
+
+
+def run(quick: bool, parts: Sequence[str] = PARTS) -> list[dict[str, Any]]:
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        message = f"no part {', '.join(unknown)} in bench_launcher (parts: {', '.join(PARTS)})"
+        raise ValueError(message)
     rows: list[dict[str, Any]] = []
 
     def add(name: str, metric: str, value: float, unit: str) -> None:
@@ -264,42 +334,73 @@ def run(quick: bool) -> list[dict[str, Any]]:
     noop_tasks = 600 if quick else 5000
     spawns = 600 if quick else 3000
     with throwaway_project() as (dsn, root):
-        for launchers in (1, 5):
+        for launchers in (1, 5) if "noop" in parts else ():
             ceiling = spawn_ceiling(launchers, spawns // launchers)
             result = noop_throughput(dsn, root, launchers, noop_tasks)
             add("noop", f"{launchers} launcher(s), 16 nodes each", result["db_rate"], "tasks/s")
             add("noop", f"{launchers} launcher(s), wall clock incl. launcher start-up",
                 result["wall_rate"], "tasks/s")
             add("noop", f"start-up ceiling: {launchers} process(es) only starting /bin/true",
-                ceiling, "tasks/s")
+                ceiling["rate"], "tasks/s")
             add("noop", f"{launchers} launcher(s): share of the start-up ceiling",
-                100 * result["db_rate"] / ceiling, "%")
+                100 * result["db_rate"] / ceiling["rate"], "%")
+            _cpu_rows(add, launchers, result, ceiling)
 
-        nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 60)
-        util = utilisation(dsn, root, 5, nodes, seconds, rounds)
-        label = f"5 launchers x {nodes} nodes, {seconds:g} s tasks, {rounds} rounds"
-        add("utilisation", f"{label}: whole run", util["utilisation"] * 100, "%")
-        add("utilisation", f"{label}: steady state", util["steady"] * 100, "%")
-        add("utilisation", f"{label}: idle per node while starting and draining",
-            util["idle_at_ends"], "s")
-        add("utilisation", f"{label}: ramp-up until every node busy", util["ramp"], "s")
-        add("utilisation", f"{label}: restart gap (median)", util["gap_median"], "s")
-        add("utilisation", f"{label}: restart gap (90th percentile)", util["gap_p90"], "s")
-        add("utilisation", f"{label}: drain after the last task", util["tail"], "s")
-        add("utilisation", f"{label}: span (ideal {rounds * seconds:g} s)", util["span"], "s")
-
-        for batch in (1, 32):
-            claim_tasks = (500 if quick else 5000) * (1 if batch == 1 else 8)
-            for claimers in (1, 5, 20):
-                rate = claim_throughput(dsn, claimers, batch, claim_tasks)
-                add("claim", f"{claimers} launcher(s), {batch} task(s) per claim", rate,
-                    "tasks/s")
-        ahead = 1000 if quick else 10000
-        for untrusted in (0, ahead):
-            rate = claim_throughput(dsn, 5, 32, 4000 if quick else 40000, untrusted)
-            add("claim", f"5 launcher(s), 32 task(s) per claim, {untrusted:,} untrusted ahead",
-                rate, "tasks/s")
+        if "utilisation" in parts:
+            _utilisation_rows(dsn, root, quick, add)
+        if "claim" in parts:
+            _claim_rows(dsn, quick, add)
     return rows
+
+
+def _cpu_rows(add: Callable[[str, str, float, str], None], launchers: int,
+              result: dict[str, float], ceiling: dict[str, float]) -> None:
+    """Where the CPU goes, per task, and the share of the ceiling it allows."""
+    label = f"{launchers} launcher(s): CPU per task"
+    add("noop", f"{label}, launcher processes and their tasks", 1e3 * result["cpu"], "ms")
+    add("noop", f"{label}, PostgreSQL", 1e3 * result["pg_cpu"], "ms")
+    add("noop", f"{launchers} launcher(s): cores busy (launchers, tasks, PostgreSQL)",
+        result["cores"], "cores")
+    add("noop", f"start-up ceiling ({launchers}): CPU per task, its processes and tasks",
+        1e3 * ceiling["cpu"], "ms")
+    add("noop", f"start-up ceiling ({launchers}): cores busy", ceiling["cpu"] * ceiling["rate"],
+        "cores")
+    used = result["cpu"] + result["pg_cpu"]
+    add("noop", f"{launchers} launcher(s): share of the ceiling its CPU per task allows",
+        100 * ceiling["cpu"] / used, "%")
+    cores = len(os.sched_getaffinity(0))
+    add("noop", f"{launchers} launcher(s): share of the ceiling reachable with all {cores} "
+        "cores to itself", 100 * cores / used / ceiling["rate"], "%")
+
+
+def _utilisation_rows(dsn: str, root: Path, quick: bool,
+                      add: Callable[[str, str, float, str], None]) -> None:
+    nodes, seconds, rounds = (40, 2.0, 4) if quick else (800, 10.0, 60)
+    util = utilisation(dsn, root, 5, nodes, seconds, rounds)
+    label = f"5 launchers x {nodes} nodes, {seconds:g} s tasks, {rounds} rounds"
+    add("utilisation", f"{label}: whole run", util["utilisation"] * 100, "%")
+    add("utilisation", f"{label}: steady state", util["steady"] * 100, "%")
+    add("utilisation", f"{label}: idle per node while starting and draining",
+        util["idle_at_ends"], "s")
+    add("utilisation", f"{label}: ramp-up until every node busy", util["ramp"], "s")
+    add("utilisation", f"{label}: restart gap (median)", util["gap_median"], "s")
+    add("utilisation", f"{label}: restart gap (90th percentile)", util["gap_p90"], "s")
+    add("utilisation", f"{label}: drain after the last task", util["tail"], "s")
+    add("utilisation", f"{label}: span (ideal {rounds * seconds:g} s)", util["span"], "s")
+
+
+def _claim_rows(dsn: str, quick: bool, add: Callable[[str, str, float, str], None]) -> None:
+    for batch in (1, 32):
+        claim_tasks = (500 if quick else 5000) * (1 if batch == 1 else 8)
+        for claimers in (1, 5, 20):
+            rate = claim_throughput(dsn, claimers, batch, claim_tasks)
+            add("claim", f"{claimers} launcher(s), {batch} task(s) per claim", rate,
+                "tasks/s")
+    ahead = 1000 if quick else 10000
+    for untrusted in (0, ahead):
+        rate = claim_throughput(dsn, 5, 32, 4000 if quick else 40000, untrusted)
+        add("claim", f"5 launcher(s), 32 task(s) per claim, {untrusted:,} untrusted ahead",
+            rate, "tasks/s")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ SELECT id, num_nodes, extract(epoch FROM started_at) AS started,
        extract(epoch FROM ended_at) AS ended
 FROM launchers ORDER BY id;
 
+-- name: backend_pid
+SELECT pg_backend_pid() AS pid;
+
 -- name: analyze
 VACUUM ANALYZE tasks;
 

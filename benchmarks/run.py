@@ -1,9 +1,11 @@
 """Run every benchmark (``benchmarks/bench_*.py``), print one table and write JSON.
 
-    python benchmarks/run.py [--quick] [--only NAME ...] [--json benchmarks/results/latest.json]
+    python benchmarks/run.py [--quick] [--only NAME[:PART,...] ...] [--json ...]
 
 Each module exposes ``run(quick: bool) -> list[dict]`` with rows
-``{"benchmark", "metric", "value", "unit"}``. Figures are from one run on this machine: compare
+``{"benchmark", "metric", "value", "unit"}``. A module whose ``run`` also takes ``parts`` runs
+only those of its parts named after a colon (``--only launcher:noop``), measured as in a full
+run. Figures are from one run on this machine: compare
 them as ratios, not as absolutes.
 """
 
@@ -25,11 +27,17 @@ from rich.table import Table
 HERE = Path(__file__).resolve().parent
 
 
-def discover(only: list[str]) -> list[Path]:
+def discover(only: list[str]) -> list[tuple[Path, list[str]]]:
+    """The modules to run, each with the parts asked for (none: all of it)."""
     paths = sorted(HERE.glob("bench_*.py"))
-    if only:
-        paths = [p for p in paths if any(o in p.stem for o in only)]
-    return paths
+    asked = [o.partition(":")[::2] for o in only]  # (name, "part,part" or "")
+    chosen = []
+    for path in paths:
+        wanted = [parts for name, parts in asked if name in path.stem]
+        if not only or wanted:
+            whole = not only or not all(wanted)
+            chosen.append((path, [] if whole else ",".join(wanted).split(",")))
+    return chosen
 
 
 def load(path: Path):
@@ -50,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     rows: list[dict] = []
     failed = []
-    for path in discover(args.only):
-        console.print(f"[bold]running {path.stem}[/bold]{' (quick)' if args.quick else ''}")
+    for path, parts in discover(args.only):
+        shown = f" ({', '.join(parts)})" if parts else ""
+        console.print(f"[bold]running {path.stem}[/bold]{shown}{' (quick)' if args.quick else ''}")
         start = time.perf_counter()
         try:
-            out = load(path).run(quick=args.quick)
+            out = load(path).run(quick=args.quick, **({"parts": parts} if parts else {}))
         except Exception:  # a broken benchmark must not hide the others' results
             traceback.print_exc()
             failed.append(path.stem)

@@ -66,8 +66,9 @@ def test_opens_and_creates_the_directory_with_the_umask(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.parametrize("fresh", [False, True])
 @pytest.mark.parametrize("where", ["dir", "parent", "output"])
-def test_a_planted_symlink_is_never_followed(tmp_path, where):
+def test_a_planted_symlink_is_never_followed(tmp_path, where, fresh):
     victim = tmp_path / "victim"
     victim.mkdir()
     root = tmp_path / "proj"
@@ -81,7 +82,7 @@ def test_a_planted_symlink_is_never_followed(tmp_path, where):
         (root / "data" / "wf" / "t_1").mkdir()
         (root / "data" / "wf" / "t_1" / "t.out").symlink_to(victim / "t.out")
     with pytest.raises(OSError) as info:
-        fd = workdirs.open_dir(Place(str(root), ("data", "wf", "t_1")))
+        fd = workdirs.open_dir(Place(str(root), ("data", "wf", "t_1")), fresh=fresh)
         try:
             workdirs.open_output(fd, "t.out")
         finally:
@@ -89,6 +90,21 @@ def test_a_planted_symlink_is_never_followed(tmp_path, where):
     assert info.value.errno in (errno.ELOOP, errno.ENOTDIR)
     assert "not followed" in workdirs.describe(info.value)
     assert list(victim.iterdir()) == []
+
+
+def test_a_fresh_directory_is_made_and_an_existing_one_opened(tmp_path):
+    """``fresh`` only changes the order of the calls: made if missing, opened if there."""
+    where = Place(str(tmp_path), ("data", "wf", "t_1"))
+    for _ in range(2):
+        fd = workdirs.open_dir(where, fresh=True)
+        try:
+            assert os.path.samefile(f"/proc/self/fd/{fd}", tmp_path / "data" / "wf" / "t_1")
+        finally:
+            os.close(fd)
+    (tmp_path / "data" / "wf" / "t_2").write_text("a file, not a directory")
+    with pytest.raises(OSError) as info:
+        workdirs.open_dir(Place(str(tmp_path), ("data", "wf", "t_2")), fresh=True)
+    assert info.value.errno == errno.ENOTDIR
 
 
 def test_a_planted_fifo_does_not_block(tmp_path):

@@ -631,7 +631,9 @@ class Launcher:
         hosts = ",".join(dict.fromkeys(n.name or n.host for n in nodes))
         try:
             where = self._place(task)
-            dir_fd = workdirs.open_dir(where, self.root_fd if where.base == self.root else None)
+            # a first run with no preprocess step most likely makes its directory
+            dir_fd = workdirs.open_dir(where, self.root_fd if where.base == self.root else None,
+                                       fresh=e.task.attempts == 0 and not e.app.preprocess)
         except InvalidInput as exc:
             return self.ledger.not_started(tid, str(exc))
         except OSError as exc:

@@ -81,18 +81,20 @@ def _checked(workdir: str, base: str, parts: tuple[str, ...], *, in_project: boo
     return Place(base, parts)
 
 
-def open_dir(where: Place, base_fd: int | None = None) -> int:
+def open_dir(where: Place, base_fd: int | None = None, *, fresh: bool = False) -> int:
     """Open the working directory, creating what is missing (mode 0777 less the umask), one
     component at a time from ``where.base`` (or ``base_fd``, a descriptor of it), never
-    following a symlink. Returns a new descriptor; OSError naming the full path on failure."""
+    following a symlink. ``fresh``: it most likely does not exist yet (made first, one lookup
+    less). Returns a new descriptor; OSError naming the full path on failure."""
     fd = base_fd if base_fd is not None else os.open(where.base, _DIR & ~os.O_NOFOLLOW)
     owned = base_fd is None
     path = where.base
     try:
-        for part in where.parts:
+        last = len(where.parts) - 1
+        for i, part in enumerate(where.parts):
             path = posixpath.join(path, part)
             try:
-                child = _open_child(fd, part)
+                child = _open_child(fd, part, new=fresh and i == last)
             except OSError as exc:
                 raise _named(exc, path) from None
             if owned:
@@ -105,15 +107,18 @@ def open_dir(where: Place, base_fd: int | None = None) -> int:
         raise
 
 
-def _open_child(fd: int, part: str) -> int:
-    try:
-        return os.open(part, _DIR, dir_fd=fd)
-    except FileNotFoundError:
+def _open_child(fd: int, part: str, *, new: bool = False) -> int:
+    """Open the directory ``part`` in ``fd``, made first if missing (or, if ``new``, first)."""
+    if not new:
         try:
-            os.mkdir(part, 0o777, dir_fd=fd)
-        except FileExistsError:
-            pass  # made meanwhile by someone else: open (and check) it
-        return os.open(part, _DIR, dir_fd=fd)
+            return os.open(part, _DIR, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+    try:
+        os.mkdir(part, 0o777, dir_fd=fd)  # never follows a symlink: one is there, EEXIST
+    except FileExistsError:
+        pass  # there already (or made meanwhile by someone else): open (and check) it
+    return os.open(part, _DIR, dir_fd=fd)
 
 
 def open_output(dir_fd: int, name: str) -> int:
