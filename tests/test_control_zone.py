@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from balsam_testing.launchers import kill_session
 from balsam_testing.pg import ACTIVATE, balsam_as, sh, write_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
@@ -52,7 +53,8 @@ class Listener:
                 "    open(sys.argv[1], 'a').write('connection\\n')\n"
                 "    c.close()\n")
         self.proc = subprocess.Popen(["runuser", "-u", run_as_user, "--", "/usr/bin/python3",
-                                      "-c", code, str(log)], stdout=subprocess.PIPE, text=True)
+                                      "-c", code, str(log)], stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.log = log
@@ -61,7 +63,7 @@ class Listener:
         return len(self.log.read_text().splitlines()) if self.log.exists() else 0
 
     def stop(self) -> None:
-        self.proc.kill()
+        kill_session(self.proc)  # runuser and bob's listener under it
         self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()

@@ -20,6 +20,7 @@ import pytest
 
 from balsam.project import Project
 from balsam_pgserver.server import free_port
+from balsam_testing.launchers import kill_session
 from balsam_testing.pg import ACTIVATE, balsam_as, sh, sql_as
 
 pytestmark = [pytest.mark.pg, pytest.mark.multiuser, pytest.mark.slow]
@@ -68,7 +69,8 @@ def background(user: str, code: str, *args: str, **env: str) -> Iterator[Backgro
     """Run Python ``code`` as ``user`` for the block (stdin open until the block ends)."""
     command = ["runuser", "-u", user, "--", "env", f"HOME=/home/{user}",
                *(f"{k}={v}" for k, v in env.items()), sys.executable, "-c", code, *args]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
     bg = Background(proc)
     reader = threading.Thread(target=lambda: bg.lines.extend(proc.stdout or []), daemon=True)
     reader.start()
@@ -78,9 +80,12 @@ def background(user: str, code: str, *args: str, **env: str) -> Iterator[Backgro
         try:
             proc.communicate("\n" if proc.poll() is None else None, timeout=30)
         except (subprocess.TimeoutExpired, BrokenPipeError, ValueError):
-            proc.kill()
+            kill_session(proc)  # runuser and the user's process under it
             proc.wait()
         reader.join(timeout=5)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
 
 
 def password_of(user: str, root: Path) -> str:
