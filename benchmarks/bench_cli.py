@@ -12,6 +12,7 @@ before this work and of legacy Balsam 0.5 on the same machine.
 from __future__ import annotations
 
 import compileall
+import functools
 import importlib.util
 import json
 import statistics
@@ -26,6 +27,7 @@ from psycopg import sql
 
 from balsam import api, bulk
 from balsam.db import Connection
+from balsam.plugins import installed_entry_points
 from balsam_testing.pg import throwaway_project
 
 BALSAM = str(Path(sys.executable).parent / "balsam")
@@ -49,12 +51,14 @@ def _row(metric: str, value: float, unit: str) -> dict[str, Any]:
             "target": target, "before": before, "legacy": legacy}
 
 
-def _median(args: Sequence[str], repeat: int, stdin: bytes | None = None) -> float:
-    """Median wall seconds of a whole ``balsam`` process whose output goes to a pipe."""
+def _median(args: Sequence[str], repeat: int, stdin: bytes | None = None,
+            program: str = BALSAM) -> float:
+    """Median wall seconds of a whole ``balsam`` (or ``program``) process whose output goes to
+    a pipe."""
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run([BALSAM, *args], input=stdin, capture_output=True,
+        subprocess.run([program, *args], input=stdin, capture_output=True,
                        check=True, timeout=600)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -93,34 +97,27 @@ def _specs(count: int, workflow: str) -> list[dict[str, Any]]:
 
 
 def _compile_bytecode() -> None:
-    """Write the bytecode of balsam's own modules beside their sources, as an install does (the
-    test environment's editable sources have none, and ``PYTHONDONTWRITEBYTECODE`` keeps each
-    run from writing it: every command would compile them again)."""
-    for name in ("balsam", "balsam_cli", "balsam_launcher", "balsam_pgserver", "balsam_perms"):
+    """Write the bytecode of core and of every installed plugin beside their sources, as an
+    install does (the test environment's editable sources have none, and
+    ``PYTHONDONTWRITEBYTECODE`` keeps each run from writing it: every command would compile
+    them again)."""
+    plugins = {ep.module.partition(".")[0] for ep in installed_entry_points()}
+    for name in sorted({"balsam", *plugins}):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
             for where in spec.submodule_search_locations:
                 compileall.compile_dir(where, quiet=1)
 
 
-def _floor(repeat: int, code: str) -> float:
-    """Median wall seconds of ``python -c code`` in the CLI's environment."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench_startup(repeat: int) -> list[dict[str, Any]]:
     job = ["job", "--name", "j", "--workflow", "cli", "--app", "sim"]
-    for args in (["--version"], ["ls"], job):  # the first run compiles what the command imports
+    for args in (["--version"], ["ls"], job):  # untimed: the first run fills the caches
         _median(args, 1)
+    python = functools.partial(_median, repeat=repeat, program=sys.executable)
     return [
-        _row("start-up floor: python alone", _floor(repeat, "pass") * 1000, "ms"),
+        _row("start-up floor: python alone", python(["-c", "pass"]) * 1000, "ms"),
         _row("start-up floor: python importing psycopg and click",
-             _floor(repeat, "import psycopg, click") * 1000, "ms"),
+             python(["-c", "import psycopg, click"]) * 1000, "ms"),
         _row("start-up: balsam --version", _median(["--version"], repeat) * 1000, "ms"),
         _row("start-up: balsam ls (empty project)", _median(["ls"], repeat) * 1000, "ms"),
         _row("balsam job (one task)", _median(job, repeat) * 1000, "ms"),
