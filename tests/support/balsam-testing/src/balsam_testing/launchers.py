@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import select
 import signal
 import subprocess
 import sys
@@ -183,6 +184,43 @@ def alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie does not)."""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in "ZX"
+
+
+def wait_exited(pids: Iterable[int], timeout: float, what: str) -> float:
+    """Wait until every process of ``pids`` that lives now has exited; return how long it took.
+    Each is watched through a pidfd, so a pid reused meanwhile cannot pass for a survivor. On
+    timeout, fail naming those left (state and command): which one says why."""
+    watched: dict[int, int] = {}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            watched[pid] = os.pidfd_open(pid)
+    started = time.monotonic()
+    try:
+        poller = select.poll()
+        for fd in watched.values():
+            poller.register(fd, select.POLLIN)
+        left = set(watched)
+        while left:
+            remaining = started + timeout - time.monotonic()
+            if remaining <= 0:
+                survivors = "; ".join(f"{pid} {_describe(pid)}" for pid in sorted(left))
+                raise AssertionError(f"{what}: still running after {timeout} s: {survivors}")
+            for fd, _ in poller.poll(remaining * 1000):
+                poller.unregister(fd)
+                left -= {pid for pid, f in watched.items() if f == fd}
+        return time.monotonic() - started
+    finally:
+        for fd in watched.values():
+            os.close(fd)
+
+
+def _describe(pid: int) -> str:
+    state, ppid = (_stat_fields(pid) or ["?", "?"])[:2]
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        command = "?"
+    return f"(state {state}, parent {ppid}: {command})"
 
 
 def parent(pid: int) -> int:
