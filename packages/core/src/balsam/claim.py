@@ -119,7 +119,7 @@ def _recover(conn: Connection, whys: Mapping[int, str],
 
 
 def facts(row: Mapping[str, Any]) -> liveness.Facts:
-    """A launcher's liveness facts from a row of ``unended_launchers`` or ``held_elsewhere``."""
+    """A launcher's liveness facts from a row of ``unended_launchers``."""
     return liveness.Facts(
         heartbeat_age=row["heartbeat_age"], heartbeat_timeout=row["heartbeat_timeout"],
         batch_state=row["batch_state"], batch_over=row["batch_over"],
@@ -448,5 +448,9 @@ def work_remaining(conn: Connection, launcher: int, resources: Resources, *,
     row = conn.execute(q("work_remaining"), params).fetchone()
     if row and row["remaining"]:
         return True
-    holders = [facts(r) for r in conn.execute(q("held_elsewhere"), params).fetchall()]
+    with conn.pipeline():
+        holding = conn.execute(q("held_elsewhere"), params)
+        unended = conn.execute(q("unended_launchers"))
+    held = {r["id"] for r in holding.fetchall()}
+    holders = [facts(r) for r in unended.fetchall() if r["id"] in held]
     return not liveness.out_of_work(False, holders, idle_for)

@@ -264,17 +264,10 @@ GROUP BY 1, t.node_packing_count;
 
 -- name: held_elsewhere
 -- The launchers (live by their rows) other than this one holding a task this launcher could
--- take (and trusts) once they are reaped (a RUNNING one is restarted, the others are given back as they
--- are), with what balsam.liveness judges them by. A --consume-all launcher waits for the
--- suspect ones.
-SELECT l.id,
-       date_part('epoch', now() - l.heartbeat_at)::float8 AS heartbeat_age,
-       date_part('epoch', l.heartbeat_timeout)::float8 AS heartbeat_timeout,
-       b.state AS batch_state, b.ended_at IS NOT NULL AS batch_over,
-       coalesce(b.state_message, '') AS batch_message,
-       date_part('epoch', now() - pg_postmaster_start_time())::float8 AS server_uptime
+-- take (and trusts) once they are reaped (a RUNNING one is restarted, the others are given back as
+-- they are). A --consume-all launcher waits for the suspect ones (judged by unended_launchers).
+SELECT l.id
 FROM launchers l
-LEFT JOIN batch_jobs b ON b.id = l.batch_job_id
 WHERE l.ended_at IS NULL AND l.id <> %(launcher)s
   AND EXISTS (
       SELECT 1 FROM tasks t
