@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from balsam_testing import machine
+
 NODES = 3
 
 
@@ -36,11 +38,12 @@ def cluster(unix_users: Any) -> Iterator[Any]:
     """A login node and three compute nodes (``scripts/cluster-up.sh 3``), torn down after."""
     if os.geteuid() != 0:
         pytest.skip("the namespace cluster needs root (scripts/cluster-up.sh)")
-    up = nc.Cluster.up(NODES)
-    try:
-        yield up
-    finally:
-        nc.Cluster.down()
+    with machine.slurm():  # another session's cluster is not ours to bring up or down
+        up = nc.Cluster.up(NODES)
+        try:
+            yield up
+        finally:
+            nc.Cluster.down()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from balsam_testing import machine
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
@@ -28,15 +30,16 @@ def slurm_cluster() -> Iterator[str]:
     stopped afterwards only if this session started it. Yields the partition name."""
     if os.geteuid() != 0:
         pytest.skip("starting a test Slurm cluster needs root (scripts/slurm-up.sh)")
-    started = not slurm_is_up()
-    if started:
-        proc = subprocess.run(["bash", str(SCRIPTS / "slurm-up.sh")], capture_output=True,
-                              text=True, timeout=900)
-        if proc.returncode != 0:
-            pytest.fail(f"scripts/slurm-up.sh failed:\n{proc.stdout}\n{proc.stderr}")
-    try:
-        yield "debug"
-    finally:
+    with machine.slurm():  # another session's Slurm is not ours to start or stop
+        started = not slurm_is_up()
         if started:
-            subprocess.run(["bash", str(SCRIPTS / "slurm-down.sh")], capture_output=True,
-                           timeout=120)
+            proc = subprocess.run(["bash", str(SCRIPTS / "slurm-up.sh")], capture_output=True,
+                                  text=True, timeout=900)
+            if proc.returncode != 0:
+                pytest.fail(f"scripts/slurm-up.sh failed:\n{proc.stdout}\n{proc.stderr}")
+        try:
+            yield "debug"
+        finally:
+            if started:
+                subprocess.run(["bash", str(SCRIPTS / "slurm-down.sh")], capture_output=True,
+                               timeout=120)
