@@ -101,7 +101,8 @@ def test_bulk_from_a_pipe_shows_no_progress(project):
 
 @pytest.mark.parametrize(("text", "values"), [
     ("1:5", [1, 2, 3, 4, 5]), ("0:10:5", [0, 5, 10]), ("5:1", [5, 4, 3, 2, 1]),
-    ("1-3", [1, 2, 3]), ("a,b", ["a", "b"]), ("0.5,1", [0.5, 1.0]), ("-2:-1", [-2, -1]),
+    ("1-3", [1, 2, 3]), ("1..3", [1, 2, 3]), ("-1..-3", [-1, -2, -3]), ("a,b", ["a", "b"]),
+    ("0.5,1", [0.5, 1.0]), ("-2:-1", [-2, -1]),
 ])
 def test_sweep_values(text, values):
     assert parse_values(text) == values

@@ -7,8 +7,8 @@ options for every combination of its variables::
     balsam job --app sim --workflow scan --name 'run{i:03d}' --args '-n {i} -T {t}' \\
         --sweep i=1:100 --sweep t=0.5,1.0,2.0          # 300 tasks
 
-``VALUES`` is an inclusive range ``A:B`` or ``A:B:STEP`` (also Slurm's ``A-B``), a list ``a,b,c``
-or ``@FILE`` (one value a line).
+``VALUES`` is an inclusive range ``A:B`` or ``A:B:STEP`` (also Slurm's ``A-B`` and the shell's
+``A..B``), a list ``a,b,c`` or ``@FILE`` (one value a line).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ FIELDS = ("name", "workflow", "app_name", "args", "description", "wall_time_minu
           "stage_out_url", "stage_out_files")
 #: Most values one sweep variable may take, and most tasks one sweep may make.
 MAX_VALUES = 10_000_000
-_RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$|^(\d+)-(\d+)$")
+_RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$|^(\d+)-(\d+)$|^(-?\d+)\.\.(-?\d+)$")
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -98,8 +98,8 @@ _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
               help="Add one task per line of FILE ('-': standard input): JSON objects, or CSV "
                    "with a header of field names. Options given here are the defaults.")
 @click.option("--sweep", "--range", "sweeps", multiple=True, metavar="VAR=VALUES",
-              help="Add a task per value (A:B inclusive, A:B:STEP, a,b,c or @FILE), {VAR} "
-                   "filled in the other options; several --sweep make every combination.")
+              help="Add a task per value (A:B or A..B inclusive, A:B:STEP, a,b,c or @FILE), "
+                   "{VAR} filled in the other options; several --sweep make every combination.")
 @click.option("--dry-run", is_flag=True,
               help="Print the tasks as JSON lines instead of adding them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new task(s) as JSON.")
@@ -217,8 +217,8 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
 
 
 def parse_values(text: str, var: str = "x") -> list[Any]:
-    """``1:10``, ``1:10:3``, ``1-10``, ``a,b,c`` or ``@FILE`` as a list of values (numbers
-    where every item is one)."""
+    """``1:10``, ``1:10:3``, ``1-10``, ``1..10``, ``a,b,c`` or ``@FILE`` as a list of values
+    (numbers where every item is one)."""
     if text.startswith("@"):
         try:
             items = [ln.strip() for ln in Path(text[1:]).read_text().splitlines() if ln.strip()]
@@ -228,8 +228,9 @@ def parse_values(text: str, var: str = "x") -> list[Any]:
         return _typed(items)
     match = _RANGE.fullmatch(text)
     if match:
-        a, b, step, lo, hi = match.groups()
-        first, last = (int(a), int(b)) if a is not None else (int(lo), int(hi))
+        a, b, step, *ends = match.groups()
+        lo, hi = (a, b) if a is not None else [e for e in ends if e is not None]
+        first, last = int(lo), int(hi)
         step_n = int(step) if step else (1 if last >= first else -1)
         if step_n == 0 or (last - first) * step_n < 0:
             message = f"--sweep {var}={text}: the step {step_n} never gets from {first} to {last}"
