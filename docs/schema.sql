@@ -832,6 +832,7 @@ CREATE TABLE public.launchers (
     end_reason text DEFAULT ''::text NOT NULL,
     heartbeat_timeout interval DEFAULT '00:01:00'::interval NOT NULL,
     trust text[] DEFAULT '{}'::text[] NOT NULL,
+    stops_at timestamp with time zone,
     CONSTRAINT launchers_heartbeat_timeout_check CHECK ((heartbeat_timeout > '00:00:00'::interval)),
     CONSTRAINT launchers_job_mode_check CHECK ((job_mode = ANY (ARRAY['mpi'::text, 'serial'::text]))),
     CONSTRAINT launchers_num_nodes_check CHECK (((num_nodes >= 1) AND (num_nodes <= 100000))),

@@ -167,6 +167,9 @@ def test_timeouts_restart_without_preprocessing_again(project, tmp_path):
         run_launcher(project)
         assert history(db, tid)[-6:] == ["RUN_TIMEOUT", "RESTART_READY", "RUNNING", "RUN_DONE",
                                          "POSTPROCESSED", "JOB_FINISHED"]
+        stops = [r["s"] for r in db.execute(
+            "SELECT date_part('epoch', stops_at - started_at) AS s FROM launchers ORDER BY id")]
+        assert 0 < stops[0] <= 3 and 297 < stops[1] <= 300  # when each stops (3 s, 5 min)
         cwd = workdir(project, db, tid)
         assert (cwd / "pre.txt").read_text() == "pre\n"  # preprocessed once
         assert (cwd / "slow.out").read_text().strip().endswith("second")

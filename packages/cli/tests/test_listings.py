@@ -188,6 +188,16 @@ def test_why_tasks_do_not_run(busy, db):
     assert "no live launcher serves it" in rows[6]["info"]
     assert rows[8]["info"] == "needs 8 nodes; the live launchers have at most 4"
     assert rows[11]["info"] == ""
+    # It stops in 5 minutes: task 11 needing 10 does not fit (a claim would not take it).
+    db.execute("UPDATE launchers SET stops_at = now() + interval '5 min 30 s'")
+    db.execute("UPDATE tasks SET wall_time_minutes = 10 WHERE id = 11")
+    rows = {r["id"]: r for r in json.loads(run(["ls", "--all", "-o", "json"]))}
+    assert re.fullmatch(r"needs 10 min of wall time; the live launchers that could run it stop "
+                        r"within 5\.[45] min", rows[11]["info"]), rows[11]["info"]
+    [launcher] = json.loads(run(["ls", "launchers", "-o", "json"]))
+    assert 320 < launcher["time_left"] <= 330  # seconds
+    db.execute("UPDATE tasks SET wall_time_minutes = 5 WHERE id = 11")
+    assert {r["id"]: r for r in json.loads(run(["ls", "--all", "-o", "json"]))}[11]["info"] == ""
     db.execute("UPDATE launchers SET ended_at = now()")
     rows = {r["id"]: r for r in json.loads(run(["ls", "--all", "-o", "json"]))}
     assert rows[11]["info"] == "no launcher alive"

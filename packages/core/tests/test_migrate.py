@@ -7,7 +7,9 @@ import os
 import pytest
 from psycopg import sql
 
+from balsam import monitor
 from balsam.db import connect
+from balsam.errors import BalsamError
 from balsam.migrate import migrate, migration_files, sync_states, upgrade
 from balsam.queries import query
 from balsam.states import TRANSITIONS, State
@@ -79,3 +81,15 @@ def test_upgrading_a_project_with_tasks_keeps_and_recovers_them(blank):
     events = blank.execute("SELECT count(*) AS n FROM task_events").fetchone()["n"]
     blank.execute("DELETE FROM tasks")
     assert blank.execute("SELECT count(*) AS n FROM task_events").fetchone()["n"] == events
+
+
+def test_a_project_not_yet_migrated_says_what_to_run(blank):
+    """New code over an older schema (balsam upgraded, the project not yet migrated): one line
+    that says to migrate, not a bare 'column does not exist'; once migrated, it works."""
+    migrate_until(blank, "0071")  # before launchers.stops_at
+    with pytest.raises(BalsamError, match=r"column l\.stops_at does not exist \(the project's "
+                       r"schema may be older than this balsam: its owner runs 'balsam server "
+                       r"migrate'\)"):
+        monitor.launchers(blank)
+    upgrade(blank)
+    assert monitor.launchers(blank) == []

@@ -169,6 +169,20 @@ def test_why_a_task_does_not_run():
     assert monitor.unrunnable("w", 2, 1, [_launcher()]) == ""
 
 
+def test_why_a_task_does_not_fit_in_the_time_left():
+    """A launcher claims a task only if its wall time fits in the whole minutes it has left."""
+    soon, later = _launcher(minutes_left=5.94), _launcher(minutes_left=30.0)
+    assert monitor.unrunnable("w", 1, 1, [soon], wall_time_minutes=5) == ""
+    assert monitor.unrunnable("w", 1, 1, [soon], wall_time_minutes=6) == \
+        "needs 6 min of wall time; the live launchers that could run it stop within 5.9 min"
+    assert monitor.unrunnable("w", 1, 1, [soon, later], wall_time_minutes=6) == ""
+    assert monitor.unrunnable("w", 1, 1, [_launcher()], wall_time_minutes=10**6) == ""  # no limit
+    # Only launchers that could run it otherwise count: a long-lived serial one cannot run MPI.
+    serial = _launcher(job_mode="serial", minutes_left=None)
+    assert monitor.unrunnable("w", 2, 1, [soon, serial], wall_time_minutes=6).startswith(
+        "needs 6 min of wall time")
+
+
 def test_why_no_launcher_trusts_a_task():
     alices = _launcher(owner="alice", trusted=frozenset({"alice", "balsam_admin"}))
     bobs = _launcher(owner="bob", trusted=frozenset({"bob", "balsam_admin"}))

@@ -44,10 +44,10 @@ CAUSES = Listing(_cols("count:number", "cause", "latest_at:time", "task_ids"))
 LAUNCHERS = Listing(
     _cols("id:id", "owner", "hostname", "pid:id", "batch_job_id:id", "scheduler_id:id",
           "job_mode:state", "wf_filter", "num_nodes:number", "running:number",
-          "started_at:time", "heartbeat_age:duration", "status:state", "alive:state",
-          "suspect", "ended_at:time", "end_reason"),
+          "time_left:duration", "started_at:time", "heartbeat_age:duration", "status:state",
+          "alive:state", "suspect", "ended_at:time", "end_reason"),
     ("id", "owner", "hostname", "batch_job_id", "scheduler_id", "num_nodes", "running",
-     "heartbeat_age", "status", "suspect"))
+     "time_left", "heartbeat_age", "status", "suspect"))
 #: Who last changed what a launcher would execute, once the schema records it.
 AUDITED = "changed_by" in App.__dataclass_fields__
 APPS = Listing(

@@ -110,7 +110,8 @@ def _tasks(conn: Connection, filters: dict[str, Any], out: Output, limit: int,
     shown = len(columns)
     # The shown columns first, then those the info column is worked out from.
     needed = list(dict.fromkeys([*(c.key for c in columns), "id", "state", "info", "workflow",
-                                 "num_nodes", "ranks_per_node", "launcher_id", "cause", "owner",
+                                 "num_nodes", "ranks_per_node", "wall_time_minutes",
+                                 "launcher_id", "cause", "owner",
                                  "changed_by", "app", "app_changed_by"]))
     rows = monitor.tasks(conn, needed, filters=resolved(conn, filters),
                          limit=limit + 1 if limit else None)
@@ -166,9 +167,11 @@ def _explained(conn: Connection, rows: Iterator[tuple[Any, ...]], keys: Sequence
                 if live is None:
                     live = monitor.launchers(conn, alive_only=True)
                 key = (r[i["workflow"]], r[i["num_nodes"]], r[i["ranks_per_node"]],
-                       r[i["owner"]], r[i["changed_by"]], r[i["app"]], r[i["app_changed_by"]])
+                       r[i["wall_time_minutes"]], r[i["owner"]], r[i["changed_by"]], r[i["app"]],
+                       r[i["app_changed_by"]])
                 if key not in why:
-                    why[key] = monitor.unrunnable(*key[:3], live, monitor.trust_needs(*key[3:]))
+                    why[key] = monitor.unrunnable(*key[:3], live, monitor.trust_needs(*key[4:]),
+                                                  wall_time_minutes=key[3])
                 if why[key]:
                     r[i["info"]] = f"{info}; {why[key]}" if info else why[key]
         yield from block
@@ -290,10 +293,18 @@ def _workflows(conn: Connection, out: Output) -> None:
 def _launchers(conn: Connection, out: Output, show_all: bool) -> None:
     found = monitor.launchers(conn, alive_only=not show_all)
     out.records(listings.LAUNCHERS, (
-        asdict(lc) | {"status": _status(lc), "suspect": lc.suspect or lc.end_reason}
+        asdict(lc) | {"status": _status(lc), "suspect": lc.suspect or lc.end_reason,
+                      "time_left": _time_left(lc)}
         for lc in found))
     if not found and out.interactive:
         out.note("no launcher is running" + ("" if show_all else " (--all shows ended ones)"))
+
+
+def _time_left(lc: monitor.LauncherStatus) -> float | None:
+    """Seconds until a running launcher stops (None: ended, or no limit known)."""
+    if lc.ended_at is not None or lc.minutes_left is None:
+        return None
+    return lc.minutes_left * 60
 
 
 def _status(lc: monitor.LauncherStatus) -> str:

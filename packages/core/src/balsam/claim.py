@@ -71,14 +71,16 @@ class WorkflowFilter:
 def register_launcher(conn: Connection, *, job_mode: str, num_nodes: int, wf_filter: str = "",
                       batch_job_id: int | None = None, heartbeat_timeout: float = 60.0,
                       hostname: str | None = None, pid: int | None = None,
-                      trust: Sequence[str] = ()) -> dict[str, Any]:
+                      trust: Sequence[str] = (), stops_at: float | None = None
+                      ) -> dict[str, Any]:
     """Insert this launcher's row (its heartbeat starts now) and return it. ``trust``: the
-    users its ``--trust`` option names, recorded for others to see."""
+    users its ``--trust`` option names, and ``stops_at``: when it stops (epoch seconds; None:
+    no limit known), recorded for others to see."""
     row = conn.execute(q("register_launcher"), {
         "batch_job_id": batch_job_id, "hostname": hostname or socket.gethostname(),
         "pid": pid or os.getpid(), "job_mode": job_mode, "wf_filter": wf_filter,
         "num_nodes": num_nodes, "heartbeat_timeout": heartbeat_timeout,
-        "trust": sorted(set(trust)),
+        "trust": sorted(set(trust)), "stops_at": stops_at,
     }).fetchone()
     assert row is not None
     return row

@@ -114,6 +114,9 @@ def translate(exc: psycopg.Error) -> BalsamError:
         return InvalidInput(primary)  # its detail is the whole row
     if isinstance(exc, psycopg.OperationalError):
         return ServerDown(f"database connection lost: {primary}")
+    if isinstance(exc, pgerr.UndefinedColumn | pgerr.UndefinedTable):
+        return BalsamError(f"database error: {primary} (the project's schema may be older than "
+                           "this balsam: its owner runs 'balsam server migrate')")
     if isinstance(exc, pgerr.NumericValueOutOfRange):
         return InvalidInput(f"a number is too large ({primary}): counts and sizes go up to "
                             f"2147483647, ids up to 9223372036854775807")

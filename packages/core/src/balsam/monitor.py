@@ -49,6 +49,8 @@ class LauncherStatus:
     end_reason: str = ""
     #: Whose tasks it runs: its owner, balsam_admin, whom its owner trusts, its --trust.
     trusted: frozenset[str] = frozenset()
+    #: Minutes until it stops (None: no limit known); it claims tasks of that much wall time.
+    minutes_left: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def _statuses(conn: Connection, *, running_only: bool) -> list[LauncherStatus]:
             started_at=row["started_at"], heartbeat_age=row["heartbeat_age"], alive=alive,
             suspect=suspect, running=row["running"], wf_filter=row["wf_filter"],
             ended_at=row["ended_at"], end_reason=row["end_reason"],
-            trusted=frozenset(row["trusted"])))
+            trusted=frozenset(row["trusted"]), minutes_left=row["minutes_left"]))
     return found
 
 
@@ -175,7 +177,8 @@ WAITING_FOR_NODES = (State.READY, State.STAGED_IN, State.PREPROCESSED, State.RES
 
 
 def unrunnable(workflow: str, num_nodes: int, ranks_per_node: int,
-               live: Sequence[LauncherStatus], needs: Sequence[tuple[str, str]] = ()) -> str:
+               live: Sequence[LauncherStatus], needs: Sequence[tuple[str, str]] = (), *,
+               wall_time_minutes: int = 0) -> str:
     """Why no live launcher can run a task waiting for nodes, or "" if one could. ``needs``:
     the users a launcher must trust to run it, each with why (see :func:`trust_needs`)."""
     live = [lc for lc in live if lc.alive]
@@ -193,7 +196,13 @@ def unrunnable(workflow: str, num_nodes: int, ranks_per_node: int,
     if not fit:
         return (f"needs MPI ({num_nodes} node(s) x {ranks_per_node} ranks); the live launchers "
                 f"serving it run in serial mode")
-    return distrusted(needs, fit)
+    lasting = [lc for lc in fit if lc.minutes_left is None
+               or wall_time_minutes <= int(lc.minutes_left)]  # as a claim compares them
+    if not lasting:
+        most = max(lc.minutes_left or 0.0 for lc in fit)
+        return (f"needs {wall_time_minutes} min of wall time; the live launchers that could run "
+                f"it stop within {most:.1f} min")
+    return distrusted(needs, lasting)
 
 
 def trust_needs(owner: str, changed_by: str, app: str, app_changed_by: str

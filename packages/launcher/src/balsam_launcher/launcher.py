@@ -247,7 +247,9 @@ class Launcher:
         self.id = self.claims.register(
             job_mode=self.options.job_mode, num_nodes=self.resources.num_nodes,
             wf_filter=self.options.wf_filter, batch_job_id=self.options.batch_job_id,
-            heartbeat_timeout=self.options.heartbeat_timeout)
+            heartbeat_timeout=self.options.heartbeat_timeout,
+            stops_at=None if self.deadline is None
+            else time.time() + self.deadline - time.monotonic())
         self.ledger.trusted = frozenset(self.claims.trusted)
         self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.common_env = steps.launcher_env(

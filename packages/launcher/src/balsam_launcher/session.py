@@ -397,8 +397,9 @@ class Claims:
         self._delay = 0.2
 
     def register(self, *, job_mode: str, num_nodes: int, wf_filter: str,
-                 batch_job_id: int | None, heartbeat_timeout: float) -> int:
-        """Connect and register the launcher."""
+                 batch_job_id: int | None, heartbeat_timeout: float,
+                 stops_at: float | None = None) -> int:
+        """Connect and register the launcher (``stops_at``: when it stops, epoch seconds)."""
         self.conn = _connect(self.project, listen=False)
         try:
             claim.require_users(self.conn, self.trust)
@@ -406,7 +407,7 @@ class Claims:
             row = claim.register_launcher(
                 self.conn, job_mode=job_mode, num_nodes=num_nodes, wf_filter=wf_filter,
                 batch_job_id=batch_job_id, heartbeat_timeout=heartbeat_timeout,
-                pid=fence.host_pid(), trust=self.trust)
+                pid=fence.host_pid(), trust=self.trust, stops_at=stops_at)
         except psycopg.errors.ForeignKeyViolation:
             self.close()
             message = f"no batch job {batch_job_id} in this project"

@@ -14,11 +14,13 @@ LISTEN balsam_kill;
 SET synchronous_commit TO on;
 
 -- name: register_launcher
--- %(trust)s: the users named by the launcher's --trust option (shown to others, see 0045).
+-- %(trust)s: the users named by the launcher's --trust option (shown to others, see 0045);
+-- %(stops_at)s: when it stops, epoch seconds (NULL: no limit known; see 0072).
 INSERT INTO launchers (batch_job_id, hostname, pid, job_mode, wf_filter, num_nodes,
-                       heartbeat_timeout, trust)
+                       heartbeat_timeout, trust, stops_at)
 VALUES (%(batch_job_id)s, %(hostname)s, %(pid)s, %(job_mode)s, %(wf_filter)s, %(num_nodes)s,
-        make_interval(secs => %(heartbeat_timeout)s), %(trust)s::text[])
+        make_interval(secs => %(heartbeat_timeout)s), %(trust)s::text[],
+        to_timestamp(%(stops_at)s::float8))
 RETURNING *;
 
 -- name: heartbeat

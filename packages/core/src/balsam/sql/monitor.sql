@@ -5,7 +5,8 @@
 -- Every launcher (or only those whose row says they run), newest first, with its batch job's
 -- scheduler id and state (batch_over: its end confirmed), how many of its tasks are RUNNING and
 -- whose tasks it runs (its owner, balsam_admin, whom its owner trusts now, its --trust). Ages
--- are from the server's clock (server_uptime: see balsam.liveness).
+-- and minutes_left (till it stops; NULL: no limit known) are from the server's clock
+-- (server_uptime: see balsam.liveness).
 SELECT l.id, l.owner, l.hostname, l.pid, l.batch_job_id, b.scheduler_id, b.state AS batch_state,
        b.ended_at IS NOT NULL AS batch_over, coalesce(b.state_message, '') AS batch_message,
        date_part('epoch', now() - pg_postmaster_start_time())::float8 AS server_uptime,
@@ -16,6 +17,9 @@ SELECT l.id, l.owner, l.hostname, l.pid, l.batch_job_id, b.scheduler_id, b.state
            AS trusted,
        date_part('epoch', now() - l.heartbeat_at)::float8 AS heartbeat_age,
        date_part('epoch', l.heartbeat_timeout)::float8 AS heartbeat_timeout,
+       CASE WHEN l.stops_at IS NOT NULL  -- greatest() would turn NULL into 0
+            THEN greatest(0, date_part('epoch', l.stops_at - now()))::float8 / 60
+       END AS minutes_left,
        (SELECT count(*) FROM tasks t
         WHERE t.launcher_id = l.id AND t.state = 'RUNNING')::integer AS running
 FROM launchers l
