@@ -199,9 +199,9 @@ def unrunnable(workflow: str, num_nodes: int, ranks_per_node: int,
     lasting = [lc for lc in fit if lc.minutes_left is None
                or wall_time_minutes <= int(lc.minutes_left)]  # as a claim compares them
     if not lasting:
-        most = max(lc.minutes_left or 0.0 for lc in fit)
+        left = max(lc.minutes_left or 0.0 for lc in fit)
         return (f"needs {wall_time_minutes} min of wall time; the live launchers that could run "
-                f"it stop within {most:.1f} min")
+                f"it stop within {left:.1f} min")
     return distrusted(needs, lasting)
 
 
