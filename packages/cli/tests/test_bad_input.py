@@ -147,3 +147,14 @@ def test_a_reader_gone_stops_the_command_quietly(seeded, args):
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+@pytest.mark.parametrize("args", [[], ["report"]])
+def test_a_command_group_alone_shows_its_help(args):
+    """``balsam`` or ``balsam report`` alone asked for no action: its help on stdout, status 0,
+    not an error wrapped around the help."""
+    proc = subprocess.run([BALSAM, *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert proc.stdout.startswith(f"Usage: {' '.join(['balsam', *args])} [OPTIONS] COMMAND")
+    assert "Commands:" in proc.stdout

@@ -157,6 +157,9 @@ class BalsamGroup(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
             sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
+        except click.exceptions.NoArgsIsHelpError as exc:  # `balsam`, `balsam report`: help
+            click.echo(exc.ctx.get_help())
+            code = 0
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "balsam"
             _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
