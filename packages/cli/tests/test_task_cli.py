@@ -218,6 +218,7 @@ def test_ls_filters_limit_counts_and_json(balsam):
     assert "ranks/node" in wide and "data/big/t2_3" in wide
     workflows = json.loads(ok(balsam("ls", "wf", "--json")))
     assert workflows == {"big": {"READY": 118, "USER_KILLED": 2}, "small": {"READY": 1}}
+    assert json.loads(ok(balsam("ls", "workflows", "--json"))) == workflows  # spelled out
     assert error(balsam("ls", "--limit", "-1")).startswith("Error: --limit must be 0")
 
 

@@ -26,7 +26,7 @@ from balsam_cli import listings
 
 #: ``ls`` shows this many tasks unless told otherwise (the database may hold millions).
 DEFAULT_LIMIT = 100
-WHAT = ("jobs", "tasks", "apps", "wf", "launchers")
+WHAT = ("jobs", "tasks", "apps", "wf", "workflows", "launchers")
 
 
 @click.command("ls")
@@ -67,7 +67,7 @@ def ls(what: str, workflow: str | None, states: tuple[str, ...], name: str | Non
     conn = api.connection()
     if what == "apps":
         _apps(conn, out)
-    elif what == "wf":
+    elif what in ("wf", "workflows"):
         _workflows(conn, out)
     elif what == "launchers":
         _launchers(conn, out, show_all)
