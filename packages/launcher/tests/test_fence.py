@@ -173,6 +173,48 @@ def test_sweep_stops_everything_before_it_kills(tmp_path, monkeypatch, freeze):
     assert reacted.exists() != freeze
 
 
+#: A process whose main thread has exited while another thread runs (as a launcher's does,
+#: killed, for an instant): /proc shows it as a zombie, yet its task runs, and stays its child
+#: until the last thread exits. argv: READY-FILE.
+HALF_EXITED = r"""
+import ctypes, os, subprocess, sys, threading, time
+task = subprocess.Popen(["sleep", "60"])
+threading.Thread(target=time.sleep, args=(60,)).start()
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.getpid()} {task.pid}")
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_sweep_sees_through_a_process_whose_main_thread_exited(tmp_path):
+    """Such a process's children are below it until its last thread exits; a sweep that took
+    it for a zombie left them to be given to init, unkilled (CI saw a task outlive its killed
+    launcher that way). The sweep from above finds and kills them, and the process's thread."""
+    ready = tmp_path / "ready"
+    run = "import subprocess, sys; print(subprocess.Popen(sys.argv[1:]).wait())"
+    wrapper = subprocess.Popen(  # the root, as P is L's: says how its child ended
+        [sys.executable, "-c", run, sys.executable, "-c", HALF_EXITED, str(ready)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        half, task = map(int, ready.read_text().split())
+        while lt.alive(half):  # a zombie to /proc, its other thread running
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert lt.parent(task) == half and lt.alive(task)
+        assert fence.descendants(wrapper.pid) == {half, task}
+        fence.sweep(wrapper.pid)
+        lt.wait_exited([task], 5, "the task below the half-exited process")
+        out, _ = wrapper.communicate(timeout=10)
+        assert out.strip() == str(-signal.SIGKILL)  # its last thread was killed too
+    finally:
+        wrapper.kill()
+        wrapper.wait()
+
+
 def test_an_unknown_fence_is_refused_at_the_door(monkeypatch):
     monkeypatch.setenv(fence.VARIABLE, "cgroup")
     result = CliRunner().invoke(build_cli(get_plugin_manager()), ["launcher"])

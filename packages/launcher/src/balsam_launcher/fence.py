@@ -405,8 +405,8 @@ def host_pid_for(pid: int, pidfd: int | None) -> int:
     return host_pid_of(pidfd)
 
 
-def _stat(entry: str | int, dir_fd: int | None = None) -> tuple[int, str] | None:
-    """(ppid, state) of a process from ``/proc/<pid>/stat``; None if it is gone."""
+def _stat(entry: str | int, dir_fd: int | None = None) -> tuple[int, str, int] | None:
+    """(ppid, state, threads) of a process from ``/proc/<pid>/stat``; None if it is gone."""
     try:
         if dir_fd is None:
             with open(f"/proc/{entry}/stat", "rb") as f:
@@ -420,32 +420,36 @@ def _stat(entry: str | int, dir_fd: int | None = None) -> tuple[int, str] | None
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = text.rsplit(b")", 1)[1].split()
-    return int(fields[1]), fields[0].decode()
+    return int(fields[1]), fields[0].decode(), int(fields[17])
 
 
 def _below(root: int, skip: set[int] | frozenset[int] = frozenset()
-           ) -> dict[int, tuple[int, str]]:
-    """The live processes below ``root`` (zombies excluded, and the subtrees of ``skip``):
-    host pid -> (ppid, state)."""
-    children: dict[int, list[tuple[int, int, str]]] = {}
+           ) -> dict[int, tuple[int, str, bool]]:
+    """The processes below ``root`` (but the subtrees of ``skip``): host pid -> (ppid, state,
+    whether it still runs). Zombies are looked through: a process whose main thread has
+    exited shows as a zombie while its other threads run, and its children stay its own until
+    the last thread exits (unseen then, they would go to init, unkilled: measured)."""
+    children: dict[int, list[tuple[int, int, str, bool]]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = _stat(entry)
-            if stat is not None and stat[1] not in "ZX":
-                children.setdefault(stat[0], []).append((int(entry), *stat))
-    found: dict[int, tuple[int, str]] = {}
+            if stat is not None:
+                ppid, state, threads = stat
+                runs = state not in "ZX" or threads > 1
+                children.setdefault(ppid, []).append((int(entry), ppid, state, runs))
+    found: dict[int, tuple[int, str, bool]] = {}
     todo = [root]
     while todo:
-        for pid, ppid, state in children.get(todo.pop(), ()):
+        for pid, ppid, state, runs in children.get(todo.pop(), ()):
             if pid not in found and pid not in skip:
-                found[pid] = (ppid, state)
+                found[pid] = (ppid, state, runs)
                 todo.append(pid)
     return found
 
 
 def descendants(root: int) -> set[int]:
-    """Host pids of the live processes below ``root`` (zombies excluded)."""
-    return set(_below(root))
+    """Host pids of the processes below ``root`` that still run (zombies excluded)."""
+    return {pid for pid, (_, _, runs) in _below(root).items() if runs}
 
 
 def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[int] = frozenset(),
@@ -461,8 +465,8 @@ def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[
     deadline = time.monotonic() + FREEZE_SECONDS
     while time.monotonic() < deadline:  # a process in uninterruptible sleep stops late
         below = _below(root, skip)
-        moving = [pid for pid, (_, state) in below.items()
-                  if pid not in spare and state not in "Tt"]
+        moving = [pid for pid, (_, state, _) in below.items()
+                  if pid not in spare and state not in "TtZX"]  # a zombie's threads: killed
         if not moving:
             break
         parents = set(below) | {root}
@@ -473,12 +477,23 @@ def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[
     killed: set[int] = set()
     for _ in range(1000):
         below = _below(root, skip)
-        targets = below.keys() - set(spare)
+        targets = {pid for pid, (_, _, runs) in below.items() if runs} - set(spare)
         if not targets:
             break
         parents = set(below) | {root}
-        killed.update(pid for pid in targets if _signal_checked(pid, parents, signal.SIGKILL))
+        deepest_first = sorted(targets, key=lambda pid: -_depth(pid, below))
+        killed.update(pid for pid in deepest_first
+                      if _signal_checked(pid, parents, signal.SIGKILL))
     return len(killed)
+
+
+def _depth(pid: int, below: Mapping[int, tuple[int, str, bool]]) -> int:
+    """How far below the root ``pid`` is. Children are killed before their parents: a parent
+    killed first would hand them to init (where there is no subreaper), out of the sweep's sight."""
+    depth = 0
+    while pid in below:
+        pid, depth = below[pid][0], depth + 1
+    return depth
 
 
 def _signal_checked(pid: int, parents: set[int], sig: int) -> bool:
