@@ -64,7 +64,7 @@ def freeze_until_fenced(proc, launcher: int) -> None:
     tasks = started(proc, launcher)
     assert len(tasks) >= 3 * 2 + 4  # each task and its sleep, the fork's two, the daemon
     os.kill(launcher, signal.SIGSTOP)
-    wait_for(lambda: not any(lt.alive(p) for p in tasks), 5, "the fence to kill the tasks")
+    lt.wait_exited(tasks, 5, "the tasks the fence kills")
 
 
 def end_reason(db, launcher_id: int) -> str:

@@ -77,21 +77,13 @@ def launcher(tmp_path):
     fake.close()
 
 
-def wait_gone(pids: set[int], timeout: float) -> float:
-    start = time.monotonic()
-    while any(lt.alive(p) for p in pids):
-        assert time.monotonic() - start < timeout, "processes left behind"
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
 def test_an_agent_whose_lease_lapses_kills_its_tasks(launcher):
     launcher.send(op="lease", seconds=1.0)
     pid = launcher.start_task()
     time.sleep(0.3)
     everything = launcher.everything()
     assert pid in everything and len(everything) >= 3 + 3  # P, C, agent; sh, sleep, daemon
-    wait_gone(everything, 3)
+    lt.wait_exited(everything, 3, "the agent's processes")
     assert launcher.receive() == {}  # no exit reported for what the fence killed: it hung up
     _, err = launcher.agent.communicate(timeout=10)
     assert launcher.agent.returncode == 1
@@ -115,5 +107,5 @@ def test_an_agent_whose_launcher_hangs_up_kills_its_tasks(launcher):
     time.sleep(0.3)
     everything = launcher.everything()
     launcher.sock.close()
-    assert wait_gone(everything, 3) < 1.0
+    assert lt.wait_exited(everything, 3, "the agent's processes") < 1.0
     assert launcher.agent.wait(timeout=5) == 0

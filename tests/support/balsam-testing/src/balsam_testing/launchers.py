@@ -190,16 +190,16 @@ def wait_exited(pids: Iterable[int], timeout: float, what: str) -> float:
     """Wait until every process of ``pids`` that lives now has exited; return how long it took.
     Each is watched through a pidfd, so a pid reused meanwhile cannot pass for a survivor. On
     timeout, fail naming those left (state and command): which one says why."""
-    watched: dict[int, int] = {}
+    watched: dict[int, int] = {}  # pidfd -> pid
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            watched[pid] = os.pidfd_open(pid)
+            watched[os.pidfd_open(pid)] = pid
     started = time.monotonic()
     try:
         poller = select.poll()
-        for fd in watched.values():
+        for fd in watched:
             poller.register(fd, select.POLLIN)
-        left = set(watched)
+        left = set(watched.values())
         while left:
             remaining = started + timeout - time.monotonic()
             if remaining <= 0:
@@ -207,10 +207,10 @@ def wait_exited(pids: Iterable[int], timeout: float, what: str) -> float:
                 raise AssertionError(f"{what}: still running after {timeout} s: {survivors}")
             for fd, _ in poller.poll(remaining * 1000):
                 poller.unregister(fd)
-                left -= {pid for pid, f in watched.items() if f == fd}
+                left.discard(watched[fd])
         return time.monotonic() - started
     finally:
-        for fd in watched.values():
+        for fd in watched:
             os.close(fd)
 
 
