@@ -170,8 +170,10 @@ def _explained(conn: Connection, rows: Iterator[tuple[Any, ...]], keys: Sequence
                        r[i["wall_time_minutes"]], r[i["owner"]], r[i["changed_by"]], r[i["app"]],
                        r[i["app_changed_by"]])
                 if key not in why:
-                    why[key] = monitor.unrunnable(*key[:3], live, monitor.trust_needs(*key[4:]),
-                                                  wall_time_minutes=key[3])
+                    workflow, nodes, ranks, wall, *users = key
+                    why[key] = monitor.unrunnable(workflow, nodes, ranks, live,
+                                                  monitor.trust_needs(*users),
+                                                  wall_time_minutes=wall)
                 if why[key]:
                     r[i["info"]] = f"{info}; {why[key]}" if info else why[key]
         yield from block
