@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from psycopg import sql
 
-from balsam import api, claim
+from balsam import api, claim, monitor
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import (
     BalsamError,
@@ -410,6 +410,23 @@ def test_claims_take_only_what_the_launcher_trusts(db, login):
     api.remove_trust([b], conn=alice)
     assert claims() == ({mine}, set(), False)
     assert claims([]) == (set(), set(), False)  # a launcher trusting nobody takes nothing
+
+
+def test_a_forged_stop_time_changes_no_claim(db, login):
+    """launchers.stops_at only informs 'balsam ls'. bob's role may write launcher rows: his
+    backdating alice's stop time starves none of her claims (a launcher goes by its own clock),
+    and the hint he makes ls show names what the row says, nothing more."""
+    alice, bob = login("member"), login("member")
+    _, task = app_and_task(alice)
+    alice.execute("UPDATE tasks SET wall_time_minutes = 30 WHERE id = %s", [task])
+    me = claim.register_launcher(alice, job_mode="mpi", num_nodes=4,
+                                 stops_at=time.time() + 3600)["id"]
+    bob.execute("UPDATE launchers SET stops_at = now() - interval '1 hour' WHERE id = %s", [me])
+    [lc] = monitor.launchers(alice, alive_only=True)
+    assert lc.minutes_left == 0.0  # what bob wrote, as ls will say it
+    claimed = claim.claim_for_run(alice, me, Resources.on_hosts(["n"] * 4), policy.largest_first,
+                                  max_wall_minutes=60)
+    assert [c.task.id for c in claimed] == [task]
 
 
 # --- the DAG's lock ----------------------------------------------------------------------------
