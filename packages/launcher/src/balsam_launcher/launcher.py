@@ -5,17 +5,17 @@ Decide, then do. The :class:`~balsam_launcher.ledger.Ledger` decides (pure: even
 out); around it, thin I/O: the database :class:`~balsam_launcher.session.Session` (a thread with
 its own connection, requests served first in, first out) and the loop's own
 :class:`~balsam_launcher.session.Claims`, the task :class:`~balsam_launcher.process.Processes`
-(local and on node agents), and the :class:`~balsam_launcher.steps.ScriptPool` (stage-in and
-scripts in worker threads). This loop feeds their events to the ledger and carries its intents
-out. It claims (a free node waits for nothing else), starts and reaps processes and runs the
-ledger; writes, reads and heartbeats are the session's: while they are in flight, it starts the
-next tasks.
+(local and on node agents), the :class:`~balsam_launcher.steps.ScriptPool` (stage-in and
+scripts in worker threads), and :class:`~balsam_launcher.runs.Runs`, which carries out a task's
+steps (a run started in its working directory, a script handed to the pool). This loop feeds
+their events to the ledger and carries its intents out. It claims (a free node waits for nothing
+else), starts and reaps processes and runs the ledger; writes, reads and heartbeats are the
+session's: while they are in flight, it starts the next tasks.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import resource
@@ -29,31 +29,21 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from balsam import claim, config, liveness, staging
+from balsam import claim, config
 from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
-from balsam.models import Task, validate_user_name
 from balsam.project import Project, current_user
-from balsam.resources import JOB_MODES, Node
 from balsam.states import State
-from balsam_launcher import (
-    detect,
-    endtime,
-    lease,
-    ledger,
-    mpi,
-    progress,
-    steps,
-    transfers,
-    workdirs,
-)
-from balsam_launcher.process import AgentPool, Processes, program
+from balsam_launcher import detect, endtime, lease, ledger, progress, steps, workdirs
+from balsam_launcher.options import Options
+from balsam_launcher.process import AgentPool, Processes
+from balsam_launcher.runs import Runs
 from balsam_launcher.session import (
     Claims,
     Crashed,
@@ -73,6 +63,8 @@ from balsam_launcher.session import (
     ids_text,
 )
 
+__all__ = ["Launcher", "Options"]
+
 log = logging.getLogger("balsam.launcher")
 
 #: How often the launcher compares what it holds with the database (kills without NOTIFY).
@@ -85,87 +77,6 @@ WRITE_DELAY, WRITE_BATCH = 0.1, 256
 DRAIN_SECONDS = 30.0
 #: ``always``: run serial-mode tasks through node agents even on this host (tests).
 AGENTS_VARIABLE = "BALSAM_LAUNCHER_AGENTS"
-#: The largest ``--nodes`` (more is a typo, not a machine).
-MAX_NODES = 100_000
-
-
-@dataclass
-class Options:
-    """What ``balsam launcher`` was asked to do."""
-
-    job_mode: str = "mpi"
-    wf_filter: str = ""
-    wf_substring: bool = False
-    consume_all: bool = False
-    time_limit_minutes: float | None = None
-    nodes: int | None = None
-    batch_job_id: int | None = None
-    #: Others presume this launcher dead after this long without a heartbeat.
-    heartbeat_timeout: float = 60.0
-    #: Look for work this often even when no NOTIFY arrives.
-    poll_interval: float = 5.0
-    #: Extra runs of a task that exits non-zero and has no error handler.
-    max_retries: int = 0
-    #: Seconds between SIGTERM and SIGKILL when stopping a task.
-    kill_grace: float = 3.0
-    #: Threads for stage-in and pre- and post-processing scripts.
-    workers: int = 4
-    script_timeout: float = steps.SCRIPT_TIMEOUT
-    #: Absolute directories outside the project where tasks may work.
-    allow_workdir: tuple[str, ...] = ()
-    #: Users whose tasks it runs besides its user's and those its user trusts (``balsam trust``).
-    trust: tuple[str, ...] = ()
-    #: GPUs on each node, shared out to tasks by their gpus_per_rank.
-    gpus_per_node: int = 0
-    #: Use the allocation's nodes from this one on, at most this many (legacy: several launchers
-    #: in one batch job).
-    offset_nodes: int = 0
-    limit_nodes: int | None = None
-    #: Keep running until killed or out of time, even with no work (the default; refuses
-    #: consume_all).
-    persistent: bool = False
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return liveness.heartbeat_interval(self.heartbeat_timeout)
-
-    def check(self) -> None:
-        """InvalidInput (one line) for a value no launcher should start with."""
-        bounds: list[tuple[str, float | None, float, float]] = [
-            ("--nodes", self.nodes, 1, MAX_NODES),
-            ("--heartbeat-timeout", self.heartbeat_timeout, 0.1, 86_400),
-            ("--poll-interval", self.poll_interval, 0.01, 3_600),
-            ("--time-limit-minutes", self.time_limit_minutes, 0.001, 525_600),
-            ("--kill-grace", self.kill_grace, 0, 3_600),
-            ("--workers", self.workers, 1, 256),
-            ("--max-retries", self.max_retries, 0, 1_000),
-            ("--gpus-per-node", self.gpus_per_node, 0, 1_024),
-            ("--offset-nodes", self.offset_nodes, 0, MAX_NODES),
-            ("--limit-nodes", self.limit_nodes, 1, MAX_NODES),
-            ("script timeout", self.script_timeout, 0.1, 86_400),
-        ]
-        for name, value, low, high in bounds:
-            if value is not None and not (math.isfinite(value) and low <= value <= high):
-                message = f"{name} must be between {low:g} and {high:,g}, got {value}"
-                raise InvalidInput(message)
-        if self.persistent and self.consume_all:
-            message = "--persistent keeps the launcher running with no work: not with --consume-all"
-            raise InvalidInput(message)
-        if self.job_mode not in JOB_MODES:
-            message = f"invalid job mode {self.job_mode!r}; expected one of: {', '.join(JOB_MODES)}"
-            raise InvalidInput(message)
-        for prefix in self.allow_workdir:
-            if not os.path.isabs(prefix):
-                message = f"--allow-workdir needs an absolute directory, got {prefix!r}"
-                raise InvalidInput(message)
-        for name in self.trust:
-            try:
-                validate_user_name(name)
-            except InvalidInput as exc:
-                message = f"--trust: {exc}"
-                raise InvalidInput(message) from None
-
-
 class Launcher:
     """``Launcher(project, options, pm).run()`` returns the exit status."""
 
@@ -189,21 +100,21 @@ class Launcher:
         self.pool = steps.ScriptPool(options.workers, self._post)
         self.session = Session(project, self._post, wf_filter=self.wf_filter,
                                heartbeat_interval=options.heartbeat_interval)
+        # Private scratch space on the launcher's host, removed at exit (per-task MPI session
+        # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
+        self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
+        self.runs = Runs(options=options, pm=pm, root=os.path.normpath(str(project.root)),
+                         book=self.ledger, resources=self.resources, processes=self.processes,
+                         pool=self.pool, ask=self.session.send, info=self.info,
+                         scratch=self.scratch)
         self.claims = Claims(project, pm, wf_filter=self.wf_filter, trust=options.trust)
         self.todo: deque[ledger.Intent] = deque()
         self.signals: list[int] = []
         self.wake_r = self.wake_w = self.old_wakeup_fd = -1
         self.old_handlers: dict[int, Any] = {}
-        self.root = os.path.normpath(str(project.root))
-        self.root_fd = -1
-        self.transfers: dict[str, Any] | None = None
-        self.common_env: dict[str, str] = {}
         self.static_info: LauncherInfo | None = None
         #: The site's MPI command line (balsam config mpi_command), read once.
         self.mpi_template: str = config.load_settings(project.root).get("mpi_command")
-        # Private scratch space on the launcher's host, removed at exit (per-task MPI session
-        # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
-        self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
         # What is asked of the session and not yet answered (one of each at a time).
         self.reconciling = self.checking = False
         self.want_claim = self.want_post = True
@@ -251,10 +162,9 @@ class Launcher:
             stops_at=None if self.deadline is None
             else time.time() + self.deadline - time.monotonic())
         self.ledger.trusted = frozenset(self.claims.trusted)
-        self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.common_env = steps.launcher_env(
+        self.runs.open(steps.launcher_env(
             project_root=self.project.root, launcher=self.id, job_mode=self.options.job_mode,
-            num_nodes=self.resources.num_nodes)
+            num_nodes=self.resources.num_nodes))
         self._open_log()
         log.info("launcher %s started: %s mode, %d node(s) on %s (%s%s), filter %r", self.id,
                  self.options.job_mode, self.resources.num_nodes, socket.gethostname(),
@@ -317,7 +227,8 @@ class Launcher:
         self.session.close()
         self.claims.close()
         self.selector.close()
-        for fd in (self.wake_r, self.wake_w, self.root_fd):
+        self.runs.close()
+        for fd in (self.wake_r, self.wake_w):
             if fd >= 0:
                 os.close(fd)
         for handler in list(log.handlers):
@@ -527,7 +438,7 @@ class Launcher:
         if isinstance(event, Notified):
             return self._notified(event)
         if isinstance(event, Parents):
-            return self._stage_in(event)
+            return self.runs.stage_in(event)
         if isinstance(event, WorkLeft):
             self.checking = False
             if not event.error and not event.remaining and not self.ledger.tasks \
@@ -598,7 +509,7 @@ class Launcher:
         while self.todo:
             intent = self.todo[0]
             if isinstance(intent, ledger.Start):
-                more = self._start(intent.task_id)
+                more = self.runs.start(intent.task_id)
                 if not self.inbox.empty():
                     self._read_inbox()
                 self._send_writes()
@@ -610,7 +521,7 @@ class Launcher:
                 self.resources.release(intent.task_id)
                 self.want_claim = True
             elif isinstance(intent, ledger.Work):
-                more = self._work(intent.task_id, intent.kind)
+                more = self.runs.work(intent.task_id, intent.kind)
             elif isinstance(intent, ledger.Read):
                 more = []
                 self.session.send(ReadStates(intent.ids))
@@ -624,162 +535,6 @@ class Launcher:
                         "%s", intent.text)
             self.todo.popleft()
             self.todo.extend(more)
-
-    def _start(self, tid: int) -> list[ledger.Intent]:
-        """Start a task's run in its working directory, opened without following symlinks."""
-        e = self.ledger.tasks[tid]
-        task = e.task
-        nodes = self.resources.nodes_of(tid)
-        hosts = ",".join(dict.fromkeys(n.name or n.host for n in nodes))
-        try:
-            where = self._place(task)
-            # a first run with no preprocess step most likely makes its directory
-            dir_fd = workdirs.open_dir(where, self.root_fd if where.base == self.root else None,
-                                       fresh=e.task.attempts == 0 and not e.app.preprocess)
-        except InvalidInput as exc:
-            return self.ledger.not_started(tid, str(exc))
-        except OSError as exc:
-            return self.ledger.not_started(
-                tid, f"cannot create its working directory: {workdirs.describe(exc)}")
-        try:
-            name = steps.output_name(task)
-            try:
-                out_fd = workdirs.open_output(dir_fd, name)
-            except OSError as exc:
-                return self.ledger.not_started(
-                    tid, f"cannot create its output file: {workdirs.describe(exc)}")
-            try:
-                env = steps.task_env(task, e.parent_ids, self.common_env)
-                env.update(self._device_env(task, nodes))
-                argv = self._command(e, env, nodes)
-                serial = self.options.job_mode == "serial"
-                at = time.time()
-                where_run = self.processes.start(
-                    tid, argv, dir_fd=dir_fd, directory=where.path, env=env, output_fd=out_fd,
-                    output=where.path / name, node=nodes[0] if nodes else None,
-                    cpus=nodes[0].cpus_of(tid) if nodes and serial else ())
-            except (OSError, InvalidInput) as exc:
-                os.close(out_fd)
-                reason = workdirs.describe(exc) if isinstance(exc, OSError) else str(exc)
-                return self.ledger.start_failed(tid, time.time(), f"starting on {hosts}", reason)
-        finally:
-            os.close(dir_fd)
-        return self.ledger.started(tid, at, f"{where_run} on {hosts}")
-
-    def _command(self, e: ledger.Entry, env: dict[str, str], nodes: list[Node]) -> list[str]:
-        """The argv of a run: the app's command, through the MPI launcher in mpi mode, through the
-        envscript if the app has one; every program found on the launcher's own PATH."""
-        argv = steps.resolved(steps.app_command(e.app, e.task), envscript=e.app.envscript)
-        if self.options.job_mode == "mpi":
-            command = argv
-            argv = self.pm.hook.mpi_command(task=e.task, command=command,
-                                            nodes=nodes[:e.task.num_nodes], env=env,
-                                            launcher=self.info())
-            if not argv:
-                message = "the mpi_command hook returned no command"
-                raise InvalidInput(message)
-            argv = mpi.with_flags(argv, command, e.task.mpi_flags)
-            argv = [program(argv[0]), *argv[1:]]
-        if e.app.envscript:
-            argv = steps.with_envscript(e.app.envscript, argv)
-        return argv
-
-    def _device_env(self, task: Task, nodes: list[Node]) -> dict[str, str]:
-        """The variables naming what the task holds beside its cores: its GPUs (through the
-        ``gpu_environment`` hook, on a launcher with GPUs) and its co-scheduled nodes."""
-        env: dict[str, str] = {}
-        if self.options.gpus_per_node and nodes:
-            assert task.id is not None
-            env.update(self.pm.hook.gpu_environment(
-                devices=list(nodes[0].gpus_of(task.id)), task=task, launcher=self.info()) or {})
-        if self.options.job_mode == "mpi" and len(nodes) > task.num_nodes:
-            env["BALSAM_COSCHEDULED_NODES"] = ",".join(
-                n.name or n.host for n in nodes[task.num_nodes:])
-        return env
-
-    def _place(self, task: Task) -> workdirs.Place:
-        return workdirs.place(task.workdir, self.root, self.options.allow_workdir)
-
-    def _work(self, tid: int, kind: str) -> list[ledger.Intent]:
-        """Stage-in (its parents first, from the database) or a script, in the pool."""
-        e = self.ledger.tasks[tid]
-        try:
-            self._place(e.task)
-        except InvalidInput as exc:
-            return self.ledger.work_done(tid, kind, False, str(exc))
-        if kind == "stage_in":
-            self.session.send(Parents(tid))
-            return []
-        if kind == "stage_out":
-            task, where, methods = e.task, self._place(e.task).path, self._transfer_methods()
-            self._submit(task, kind, lambda dir_fd, cancel: transfers.stage_out(
-                task, dir_fd, where, methods=methods, scratch=self.scratch,
-                forbidden=self._control_zone()))
-            return []
-        command = e.app.preprocess if kind == "preprocess" else e.app.postprocess
-        env = {**self.processes.base_env,
-               **steps.task_env(e.task, e.parent_ids, self.common_env),
-               **steps.HANDLER_ENV.get(kind, {})}
-        header = steps.SCRIPTS[kind]
-        logname = "preprocess.log" if kind == "preprocess" else "postprocess.log"
-        timeout = self.options.script_timeout
-
-        def script(dir_fd: int, cancel: Any) -> steps.ScriptResult:
-            return steps.run_script(command, dir_fd=dir_fd, env=env, header=header,
-                                    log=logname, cancel=cancel, timeout=timeout)
-
-        self._submit(e.task, kind, script)
-        return []
-
-    def _stage_in(self, event: Parents) -> list[ledger.Intent]:
-        e = self.ledger.tasks.get(event.task_id)
-        if e is None or e.phase is not ledger.Phase.WORKING:
-            return []
-        if event.error:
-            self.session.send(Parents(event.task_id))  # the session backs off if it must
-            return []
-        try:
-            parents = [steps.Parent(p.id or 0, self._place(p).path) for p in event.parents]
-        except InvalidInput as exc:
-            return self.ledger.work_done(e.id, "stage_in", False, f"a parent's {exc}")
-        task, where, methods = e.task, self._place(e.task).path, self._transfer_methods()
-
-        def stage_in(dir_fd: int, cancel: Any) -> str:
-            done = []
-            if task.stage_in_url:
-                done.append(transfers.stage_in_url(task, dir_fd, where, methods=methods,
-                                                   scratch=self.scratch))
-            if task.input_files.strip() and parents:
-                done.append(steps.stage_in(task, dir_fd, parents))
-            return "; ".join(done) or "nothing to stage in"
-
-        self._submit(task, "stage_in", stage_in)
-        return []
-
-    def _transfer_methods(self) -> dict[str, Any]:
-        """The installed transfer methods (asked of the plugins once, on first use, by the
-        loop's thread)."""
-        if self.transfers is None:
-            self.transfers = staging.transfer_methods(self.pm)
-        return self.transfers
-
-    def _control_zone(self) -> list[str]:
-        return [os.path.join(self.root, name) for name in sorted(workdirs.CONTROL_ZONE)]
-
-    def _submit(self, task: Task, kind: str, step: Any) -> None:
-        """Run ``step(dir_fd, cancel)`` in the pool, in the task's directory."""
-        where = self._place(task)
-        base = self.root_fd if where.base == self.root else None
-
-        def run(cancel: Any) -> Any:
-            dir_fd = workdirs.open_dir(where, base)
-            try:
-                return step(dir_fd, cancel)
-            finally:
-                os.close(dir_fd)
-
-        assert task.id is not None
-        self.pool.submit(task.id, kind, run)
 
     # --- claims --------------------------------------------------------------------------------
 
@@ -863,7 +618,7 @@ class Launcher:
         refusal = None
         if with_nodes:
             try:
-                self._place(task)
+                self.runs.place(task)
             except InvalidInput as exc:
                 refusal = str(exc)
         return self.ledger.claimed(task, app, c.parent_ids, has_nodes=has_nodes,
