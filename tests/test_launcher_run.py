@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,58 @@ def test_concurrent_mpiruns_get_private_session_dirs(project, tmp_path):
         states = lt.states(db)
         assert {states[t]["state"] for t in tids} == {"JOB_FINISHED"}
     assert not launcher.scratch.exists()  # removed at exit
+
+
+def test_a_killed_launchers_scratch_is_removed_by_the_next(project, tmp_path, monkeypatch):
+    """A launcher killed cannot remove its scratch directory: the next one of its user on that
+    host does, and leaves a live launcher's alone."""
+    import signal
+    import tempfile
+
+    base = tmp_path / "tmp"
+    base.mkdir()
+    killed = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
+                               env={"TMPDIR": str(base)})
+    live = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
+                             env={"TMPDIR": str(base)})
+    try:
+        deadline = time.monotonic() + 30
+        while len(list(base.glob("balsam-launcher-*/.alive"))) < 2:
+            assert time.monotonic() < deadline and killed.poll() is None and live.poll() is None
+            time.sleep(0.05)
+        before = set(base.glob("balsam-launcher-*"))
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        while not any(_lock_free(d / ".alive") for d in before):  # its fence ends it too
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        monkeypatch.setattr(tempfile, "tempdir", str(base))
+        launcher = run_launcher(project)
+        assert not launcher.scratch.exists()
+        assert len(set(base.glob("balsam-launcher-*"))) == 1
+        [kept] = set(base.glob("balsam-launcher-*")) & before  # the live launcher's
+        assert (kept / ".alive").exists()
+    finally:
+        for proc in (killed, live):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+
+
+def _lock_free(path: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # already removed (by the live launcher, as it started)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def test_output_tail_and_log_command(project, tmp_path):

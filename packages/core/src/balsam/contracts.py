@@ -39,8 +39,8 @@ class LauncherInfo:
     simulated: bool
     #: The batch scheduler of its allocation (``"local"`` outside one, ``"slurm"``, ``"pbs"``...).
     scheduler: str
-    #: Its private scratch directory on this host (removed when it ends), for per-run files such
-    #: as an MPI session directory.
+    #: Its private scratch directory on this host (removed when it ends, or by the next launcher
+    #: of its user there if it was killed), for per-run files such as an MPI session directory.
     scratch: str
     #: Minutes left before its allocation ends, or None if it has no deadline.
     remaining_minutes: float | None = None

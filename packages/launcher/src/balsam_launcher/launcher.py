@@ -25,7 +25,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from balsam.contracts import LauncherInfo
 from balsam.errors import BalsamError, ClaimLost, InvalidInput
 from balsam.project import Project, current_user
 from balsam.states import State
-from balsam_launcher import detect, endtime, lease, ledger, progress, steps, workdirs
+from balsam_launcher import detect, endtime, lease, ledger, progress, scratch, steps, workdirs
 from balsam_launcher.options import Options
 from balsam_launcher.process import AgentPool, Processes
 from balsam_launcher.runs import Runs
@@ -102,7 +101,7 @@ class Launcher:
                                heartbeat_interval=options.heartbeat_interval)
         # Private scratch space on the launcher's host, removed at exit (per-task MPI session
         # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
-        self.scratch = Path(tempfile.mkdtemp(prefix="balsam-launcher-"))
+        self.scratch, self.scratch_lock = scratch.make()
         self.runs = Runs(options=options, pm=pm, root=os.path.normpath(str(project.root)),
                          book=self.ledger, resources=self.resources, processes=self.processes,
                          pool=self.pool, ask=self.session.send, info=self.info,
@@ -171,6 +170,10 @@ class Launcher:
                  self.allocation.scheduler, ", simulated" if self.resources.simulated else "",
                  self.options.wf_filter)
         log.info("runs the tasks of: %s", ", ".join(self.claims.trusted))
+        stale = scratch.remove_stale()
+        if stale:
+            log.info("removed the scratch directories of %d launcher(s) of yours that died here",
+                     stale)
         if self.limit_note:
             log.info("%s", self.limit_note)
         try:
@@ -236,6 +239,7 @@ class Launcher:
                 log.removeHandler(handler)
                 handler.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
+        os.close(self.scratch_lock)
 
     def _end(self) -> None:
         """Give back every claim and mark the launcher ended (waiting a while for a database
