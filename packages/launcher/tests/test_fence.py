@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -186,15 +187,25 @@ ctypes.CDLL(None).pthread_exit(None)
 """
 
 
+def _thread_states(pid: int) -> set[str]:
+    states = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            states.add(f.read().rsplit(b")", 1)[1].split()[0].decode())
+    return states
+
+
 def test_sweep_sees_through_a_process_whose_main_thread_exited(tmp_path):
     """Such a process's children are below it until its last thread exits; a sweep that took
     it for a zombie left them to be given to init, unkilled (CI saw a task outlive its killed
-    launcher that way). The sweep from above finds and kills them, and the process's thread."""
+    launcher that way). The sweep from above stops its live thread with the rest (no Slurm
+    step may start meanwhile), then kills its children and it."""
     ready = tmp_path / "ready"
     run = "import subprocess, sys; print(subprocess.Popen(sys.argv[1:]).wait())"
     wrapper = subprocess.Popen(  # the root, as P is L's: says how its child ended
         [sys.executable, "-c", run, sys.executable, "-c", HALF_EXITED, str(ready)],
         stdout=subprocess.PIPE, text=True)
+    half = task = 0
     try:
         deadline = time.monotonic() + 10
         while not ready.exists():
@@ -206,13 +217,46 @@ def test_sweep_sees_through_a_process_whose_main_thread_exited(tmp_path):
             time.sleep(0.02)
         assert lt.parent(task) == half and lt.alive(task)
         assert fence.descendants(wrapper.pid) == {half, task}
-        fence.sweep(wrapper.pid)
+        while_stopped: list[set[str]] = []
+        fence.sweep(wrapper.pid, between=lambda: while_stopped.append(_thread_states(half)))
+        assert while_stopped == [{"Z", "T"}]  # its leader a zombie, its live thread stopped
         lt.wait_exited([task], 5, "the task below the half-exited process")
         out, _ = wrapper.communicate(timeout=10)
         assert out.strip() == str(-signal.SIGKILL)  # its last thread was killed too
     finally:
+        for pid in (task, half):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         wrapper.kill()
-        wrapper.wait()
+        wrapper.communicate()
+
+
+def test_sweep_kills_children_before_their_parents(monkeypatch):
+    """A parent killed first would hand its children to init where no subreaper catches them,
+    out of the sweep's sight."""
+    root = subprocess.Popen(["sh", "-c", 'sh -c "sleep 60; true"; true'])
+    try:
+        deadline = time.monotonic() + 10
+        while len(fence.descendants(root.pid)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        [inner] = [p for p in fence.descendants(root.pid) if lt.parent(p) == root.pid]
+        [sleeper] = fence.descendants(root.pid) - {inner}
+        killed: list[int] = []
+        checked = fence._signal_checked
+
+        def recording(pid: int, parents: set[int], sig: int) -> bool:
+            if sig == signal.SIGKILL:
+                killed.append(pid)
+            return checked(pid, parents, sig)
+
+        monkeypatch.setattr(fence, "_signal_checked", recording)
+        assert fence.sweep(root.pid) == 2
+        assert killed == [sleeper, inner]
+    finally:
+        root.kill()
+        root.wait()
 
 
 def test_an_unknown_fence_is_refused_at_the_door(monkeypatch):

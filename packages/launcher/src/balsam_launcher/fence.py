@@ -465,8 +465,8 @@ def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[
     deadline = time.monotonic() + FREEZE_SECONDS
     while time.monotonic() < deadline:  # a process in uninterruptible sleep stops late
         below = _below(root, skip)
-        moving = [pid for pid, (_, state, _) in below.items()
-                  if pid not in spare and state not in "TtZX"]  # a zombie's threads: killed
+        moving = [pid for pid, (_, state, runs) in below.items()
+                  if pid not in spare and not _stopped(pid, state, runs)]
         if not moving:
             break
         parents = set(below) | {root}
@@ -485,6 +485,23 @@ def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[
         killed.update(pid for pid in deepest_first
                       if _signal_checked(pid, parents, signal.SIGKILL))
     return len(killed)
+
+
+def _stopped(pid: int, state: str, runs: bool) -> bool:
+    """Whether nothing of the process runs: stopped, or a zombie. A process whose main thread
+    has exited shows as a zombie; its other threads are judged one by one (SIGSTOP stops them
+    all: a live one could start a Slurm step while the steps are being cancelled)."""
+    if state in "Tt" or not runs:
+        return True
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True  # gone
+    for tid in threads:
+        stat = _stat(f"{pid}/task/{tid}")
+        if stat is not None and stat[1] not in "TtZX":
+            return False
+    return True
 
 
 def _depth(pid: int, below: Mapping[int, tuple[int, str, bool]]) -> int:
