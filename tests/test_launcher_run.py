@@ -234,43 +234,39 @@ def test_a_killed_launchers_scratch_is_removed_by_the_next(project, tmp_path, mo
     import signal
     import tempfile
 
+    from balsam_launcher import scratch
+
     base = tmp_path / "tmp"
     base.mkdir()
     killed = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
                                env={"TMPDIR": str(base)})
-    live = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
-                             env={"TMPDIR": str(base)})
     try:
         deadline = time.monotonic() + 30
-        while len(list(base.glob("balsam-launcher-*/.alive"))) < 2:
-            assert time.monotonic() < deadline and killed.poll() is None and live.poll() is None
+        while not list(base.glob("balsam-launcher-*/.alive")):
+            assert time.monotonic() < deadline and killed.poll() is None
             time.sleep(0.05)
-        before = set(base.glob("balsam-launcher-*"))
+    finally:
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
-        while not any(_lock_free(d / ".alive") for d in before):  # its fence ends it too
+    [dead] = base.glob("balsam-launcher-*")
+    live, lock = scratch.make(str(base))  # a live launcher's (this process holds its lock)
+    try:
+        while not _lock_free(dead / ".alive"):  # its fence ends the launcher with P
             assert time.monotonic() < deadline
             time.sleep(0.05)
         monkeypatch.setattr(tempfile, "tempdir", str(base))
         launcher = run_launcher(project)
-        assert not launcher.scratch.exists()
-        assert len(set(base.glob("balsam-launcher-*"))) == 1
-        [kept] = set(base.glob("balsam-launcher-*")) & before  # the live launcher's
-        assert (kept / ".alive").exists()
+        assert launcher.stale_scratch == 1
+        assert not dead.exists() and not launcher.scratch.exists()
+        assert list(base.iterdir()) == [live]
     finally:
-        for proc in (killed, live):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
+        os.close(lock)
 
 
 def _lock_free(path: Path) -> bool:
     import fcntl
 
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:  # already removed (by the live launcher, as it started)
-        return True
+    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from balsam_launcher import scratch
@@ -77,3 +78,24 @@ def test_what_is_not_a_dead_launchers_scratch_is_left(tmp_path):
     (not_ours / scratch.ALIVE).touch()
     assert scratch.remove_stale(str(tmp_path)) == 0
     assert unlocked.is_dir() and other.is_dir() and target.is_dir() and not_ours.is_dir()
+    assert scratch.remove_stale(str(tmp_path / "missing")) == 0
+
+
+def test_a_planted_lock_that_is_no_regular_file_never_blocks_nor_counts(tmp_path):
+    fifo = tmp_path / f"{scratch.PREFIX}fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / scratch.ALIVE)  # opened for reading, it would block a launcher forever
+    assert scratch.remove_stale(str(tmp_path)) == 0
+    assert fifo.is_dir()
+
+
+def test_a_lock_that_never_got_its_name_is_dead_once_old(tmp_path):
+    """Its launcher died between making the lock and naming it; a young one may be mid-way."""
+    young, old = (tmp_path / f"{scratch.PREFIX}{n}" for n in ("young", "old"))
+    for d in (young, old):
+        d.mkdir()
+        (d / f"{scratch.ALIVE}.new").touch()
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    assert scratch.remove_stale(str(tmp_path)) == 1
+    assert young.is_dir() and not old.exists()

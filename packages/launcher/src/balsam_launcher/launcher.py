@@ -99,13 +99,6 @@ class Launcher:
         self.pool = steps.ScriptPool(options.workers, self._post)
         self.session = Session(project, self._post, wf_filter=self.wf_filter,
                                heartbeat_interval=options.heartbeat_interval)
-        # Private scratch space on the launcher's host, removed at exit (per-task MPI session
-        # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*).
-        self.scratch, self.scratch_lock = scratch.make()
-        self.runs = Runs(options=options, pm=pm, root=os.path.normpath(str(project.root)),
-                         book=self.ledger, resources=self.resources, processes=self.processes,
-                         pool=self.pool, ask=self.session.send, info=self.info,
-                         scratch=self.scratch)
         self.claims = Claims(project, pm, wf_filter=self.wf_filter, trust=options.trust)
         self.todo: deque[ledger.Intent] = deque()
         self.signals: list[int] = []
@@ -129,6 +122,16 @@ class Launcher:
         self.records_since: float | None = None  # records waiting for a batch since then
         self.trust_due = False  # read the trusted users again before the next claim
         self.ticker = progress.Ticker(terminal=sys.stderr.isatty(), start=now)
+        # Private scratch space on the launcher's host, removed at exit (per-task MPI session
+        # directories: Open MPI races when several mpiruns of one user share /tmp/ompi.*), and
+        # those of this user's launchers that were killed here, removed now (before the first
+        # heartbeat is due). Made last: nothing after it can fail.
+        self.stale_scratch = scratch.remove_stale()
+        self.scratch, self.scratch_lock = scratch.make()
+        self.runs = Runs(options=options, pm=pm, root=os.path.normpath(str(project.root)),
+                         book=self.ledger, resources=self.resources, processes=self.processes,
+                         pool=self.pool, ask=self.session.send, info=self.info,
+                         scratch=self.scratch)
 
     def _deadline(self, now: float) -> float | None:
         """When to stop (monotonic): after --time-limit-minutes, else before the scheduler ends
@@ -170,10 +173,9 @@ class Launcher:
                  self.allocation.scheduler, ", simulated" if self.resources.simulated else "",
                  self.options.wf_filter)
         log.info("runs the tasks of: %s", ", ".join(self.claims.trusted))
-        stale = scratch.remove_stale()
-        if stale:
+        if self.stale_scratch:
             log.info("removed the scratch directories of %d launcher(s) of yours that died here",
-                     stale)
+                     self.stale_scratch)
         if self.limit_note:
             log.info("%s", self.limit_note)
         try:
