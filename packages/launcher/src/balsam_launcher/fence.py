@@ -58,6 +58,9 @@ RESWEEP_SECONDS = 0.05
 #: How long :func:`sweep` tries to stop every process before it kills them (some may not stop
 #: at once: in uninterruptible sleep, or forking faster than it looks).
 FREEZE_SECONDS = 0.5
+#: Between two passes of a sweep (seconds): a process in uninterruptible sleep stops or dies
+#: late, and scanning /proc again at once would only spin.
+PASS_PAUSE = 0.001
 
 _CLONE_NEWUSER, _CLONE_NEWPID = 0x10000000, 0x20000000
 _CLONE_SYSCALL = {"x86_64": 56, "aarch64": 220, "ppc64le": 120, "ppc64": 120}
@@ -472,6 +475,7 @@ def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[
         parents = set(below) | {root}
         for pid in moving:
             _signal_checked(pid, parents, signal.SIGSTOP)
+        time.sleep(PASS_PAUSE)
     if between is not None:
         between()
     killed: set[int] = set()
@@ -484,6 +488,7 @@ def sweep(root: int, *, spare: tuple[int, ...] = (), skip: set[int] | frozenset[
         deepest_first = sorted(targets, key=lambda pid: -_depth(pid, below))
         killed.update(pid for pid in deepest_first
                       if _signal_checked(pid, parents, signal.SIGKILL))
+        time.sleep(PASS_PAUSE)
     return len(killed)
 
 
