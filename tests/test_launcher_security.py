@@ -213,6 +213,33 @@ def test_symlinks_a_member_plants_are_never_followed(shared_dir, run_as, db_dsn)
         shutil.rmtree(victim)
 
 
+def test_scratch_look_alikes_a_member_plants_are_never_removed(shared_dir, run_as, project,
+                                                              monkeypatch):
+    """bob shares the launcher host's temporary directory (sticky and world-writable, as /tmp).
+    He plants look-alikes of a dead launcher's scratch directory, with free locks: one of his own,
+    and a symlink to a directory of the launcher user's that holds such a lock. A launcher that
+    followed the symlink or trusted the name would delete that directory. The next launcher
+    removes neither, and removes nothing of the launcher user's."""
+    import tempfile
+
+    base = shared_dir / "tmp"
+    base.mkdir()
+    os.chmod(base, 0o1777)
+    victim = base / "victim-data"  # the launcher user's own, shaped as a dead scratch directory
+    victim.mkdir()
+    (victim / ".alive").touch()
+    (victim / "results").write_text("precious")
+    run_as("bob", ["mkdir", str(base / "balsam-launcher-bob")])
+    run_as("bob", ["touch", str(base / "balsam-launcher-bob" / ".alive")])
+    run_as("bob", ["ln", "-s", str(victim), str(base / "balsam-launcher-link")])
+    monkeypatch.setattr(tempfile, "tempdir", str(base))
+    launcher = run_launcher(project)
+    assert launcher.stale_scratch == 0
+    assert (victim / "results").read_text() == "precious"
+    assert sorted(p.name for p in base.iterdir()) == [
+        "balsam-launcher-bob", "balsam-launcher-link", "victim-data"]
+
+
 @pytest.fixture
 def full_data_dir(project):
     """The project's data/ on a tmpfs whose inodes are all used (as root)."""
