@@ -76,7 +76,7 @@ class Runs:
         try:
             where = self.place(task)
             # a first run with no preprocess step most likely makes its directory
-            dir_fd = workdirs.open_dir(where, self.root_fd if where.base == self.root else None,
+            dir_fd = workdirs.open_dir(where, self._base_fd(where),
                                        fresh=e.task.attempts == 0 and not e.app.preprocess)
         except InvalidInput as exc:
             return self.ledger.not_started(tid, str(exc))
@@ -145,7 +145,7 @@ class Runs:
         """Stage-in (its parents first, from the database) or a script, in the pool."""
         e = self.ledger.tasks[tid]
         try:
-            where = self.place(e.task).path
+            place = self.place(e.task)
         except InvalidInput as exc:
             return self.ledger.work_done(tid, kind, False, str(exc))
         if kind == "stage_in":
@@ -154,8 +154,8 @@ class Runs:
         if kind == "stage_out":
             task, methods = e.task, self._transfer_methods()
             zone = [os.path.join(self.root, name) for name in sorted(workdirs.CONTROL_ZONE)]
-            self._submit(task, kind, lambda dir_fd, cancel: transfers.stage_out(
-                task, dir_fd, where, methods=methods, scratch=self.scratch, forbidden=zone))
+            self._submit(tid, kind, place, lambda dir_fd, cancel: transfers.stage_out(
+                task, dir_fd, place.path, methods=methods, scratch=self.scratch, forbidden=zone))
             return []
         command = e.app.preprocess if kind == "preprocess" else e.app.postprocess
         env = {**self.processes.base_env,
@@ -169,7 +169,7 @@ class Runs:
             return steps.run_script(command, dir_fd=dir_fd, env=env, header=header,
                                     log=logname, cancel=cancel, timeout=timeout)
 
-        self._submit(e.task, kind, script)
+        self._submit(tid, kind, place, script)
         return []
 
     def stage_in(self, event: Parents) -> list[ledger.Intent]:
@@ -184,18 +184,18 @@ class Runs:
             parents = [steps.Parent(p.id or 0, self.place(p).path) for p in event.parents]
         except InvalidInput as exc:
             return self.ledger.work_done(e.id, "stage_in", False, f"a parent's {exc}")
-        task, where, methods = e.task, self.place(e.task).path, self._transfer_methods()
+        task, place, methods = e.task, self.place(e.task), self._transfer_methods()
 
         def stage_in(dir_fd: int, cancel: Any) -> str:
             done = []
             if task.stage_in_url:
-                done.append(transfers.stage_in_url(task, dir_fd, where, methods=methods,
+                done.append(transfers.stage_in_url(task, dir_fd, place.path, methods=methods,
                                                    scratch=self.scratch))
             if task.input_files.strip() and parents:
                 done.append(steps.stage_in(task, dir_fd, parents))
             return "; ".join(done) or "nothing to stage in"
 
-        self._submit(task, "stage_in", stage_in)
+        self._submit(e.id, "stage_in", place, stage_in)
         return []
 
     def _transfer_methods(self) -> dict[str, Any]:
@@ -205,17 +205,20 @@ class Runs:
             self.transfers = staging.transfer_methods(self.pm)
         return self.transfers
 
-    def _submit(self, task: Task, kind: str, step: Any) -> None:
-        """Run ``step(dir_fd, cancel)`` in the pool, in the task's directory."""
-        where = self.place(task)
-        base = self.root_fd if where.base == self.root else None
+    def _submit(self, tid: int, kind: str, place: workdirs.Place, step: Any) -> None:
+        """Run ``step(dir_fd, cancel)`` in the pool, in the task's directory ``place``."""
+        base = self._base_fd(place)
 
         def run(cancel: Any) -> Any:
-            dir_fd = workdirs.open_dir(where, base)
+            dir_fd = workdirs.open_dir(place, base)
             try:
                 return step(dir_fd, cancel)
             finally:
                 os.close(dir_fd)
 
-        assert task.id is not None
-        self.pool.submit(task.id, kind, run)
+        self.pool.submit(tid, kind, run)
+
+    def _base_fd(self, place: workdirs.Place) -> int | None:
+        """The project directory's descriptor for a place inside it (None: an allowed prefix,
+        opened from its path)."""
+        return self.root_fd if place.base == self.root else None
