@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from balsam_testing.servers import stop_servers_under
+
 pytest_plugins = ["balsam_testing.pg"]
 
 GROUP = "balsamtest"
@@ -111,18 +113,7 @@ def shared_dir(unix_users: Users) -> Iterator[Path]:
     try:
         yield path
     finally:
-        stop_servers_under(path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def stop_servers_under(path: Path) -> None:
-    """Stop every embedded cluster below ``path`` as its owner (test clean-up)."""
-    from balsam_pgserver import server
-
-    for pidfile in path.glob("**/balsamdb/postmaster.pid"):
-        datadir = pidfile.parent
-        owner = pwd.getpwuid(datadir.stat().st_uid).pw_name
         try:
-            server.stop(datadir, run_as=owner, mode="immediate")
-        except Exception:  # noqa: BLE001 - best-effort clean-up
-            pass
+            stop_servers_under(path)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)

@@ -205,12 +205,14 @@ def start(datadir: Path, *, port: int, socket_dir: Path, logfile: Path,
 
 
 def _as_user(run_as: str | None) -> dict[str, Any]:
-    """Popen arguments that run a child as ``run_as`` (when we are root), with its own HOME."""
+    """Popen arguments that run a child as ``run_as`` (when we are root), with its own HOME and
+    groups: a cluster in a directory shared through a group is reached through that group."""
     if not run_as or os.geteuid() != 0:
         return {}
     pw = pwd.getpwnam(run_as)
     env = dict(os.environ, HOME=pw.pw_dir, USER=run_as, LOGNAME=run_as)
-    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "env": env}
+    groups = os.getgrouplist(run_as, pw.pw_gid)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups, "env": env}
 
 
 def _ready(datadir: Path, pid: int) -> bool:
