@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from balsam import api
 from balsam.output import HEADERS
 from balsam.plugins import get_plugin_manager
+from balsam_cli import listings
 from balsam_cli.main import build_cli
 
 pytestmark = pytest.mark.pg
@@ -170,6 +171,19 @@ def test_no_header_and_fields(busy):
     assert run(["ls", "--fields", "id", "-o", "json"]).count('"id"') == 12
     result = CliRunner().invoke(build_cli(get_plugin_manager()), ["ls", "--fields", "colour"])
     assert result.exit_code == 1 and "unknown field 'colour'" in result.output
+
+
+def test_every_task_field_is_read(busy):
+    keys = [c.key for c in listings.TASK_COLUMNS]
+    records = json.loads(run(["ls", "--all", "--fields", ",".join(keys), "-o", "json"]))
+    assert [list(r) for r in records] == [keys] * 12
+    first, failed = records[4], records[0]
+    assert (first["id"], first["app"], first["workflow"], first["num_nodes"]) == \
+        (5, "simulation-ünïcode", "wf-1-ünï", 5)
+    assert first["workdir"] == f"data/wf-1-ünï/task-4-{LONG}_5"
+    assert (first["data"], first["environ_vars"], first["state"]) == ({}, {}, "READY")
+    assert (failed["state"], failed["launcher_id"]) == ("FAILED", None)
+    assert failed["state_message"] == "the run failed and the task has no handler"
 
 
 def test_legacy_ls_fields_and_output_variable(busy, monkeypatch):

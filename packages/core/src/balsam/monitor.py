@@ -229,46 +229,13 @@ def distrusted(needs: Sequence[tuple[str, str]], launchers: Sequence[LauncherSta
 
 # --- the rows of balsam ls ------------------------------------------------------------------------
 
-_LAST_RUN_MESSAGE = ("(SELECT e.message FROM task_events e WHERE e.task_id = t.id "
-                     "AND e.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT') ORDER BY e.id DESC LIMIT 1)")
-#: What :func:`tasks` can read, by key: constant SQL expressions over ``tasks t`` and
-#: ``apps a`` (JSON columns as text: a listing that does not show them does not parse them).
-#: ``cause`` is a failed or errored run's cause (that of its last run, else its own message).
-TASK_EXPRESSIONS: dict[str, str] = {
-    "id": "t.id", "name": "t.name", "workflow": "t.workflow", "app": "a.name",
-    "state": "t.state", "info": "t.state_message", "state_message": "t.state_message",
-    "num_nodes": "t.num_nodes", "ranks_per_node": "t.ranks_per_node",
-    "threads_per_rank": "t.threads_per_rank", "threads_per_core": "t.threads_per_core",
-    "cpu_affinity": "t.cpu_affinity", "node_packing_count": "t.node_packing_count",
-    "gpus_per_rank": "t.gpus_per_rank", "mpi_flags": "t.mpi_flags",
-    "coschedule_num_nodes": "t.coschedule_num_nodes",
-    "wall_time_minutes": "t.wall_time_minutes", "args": "t.args",
-    "environ_vars": "t.environ_vars::text", "data": "t.data::text",
-    "input_files": "t.input_files", "post_error_handler": "t.post_error_handler",
-    "post_timeout_handler": "t.post_timeout_handler",
-    "auto_timeout_retry": "t.auto_timeout_retry", "user_workdir": "t.user_workdir",
-    "stage_in_url": "t.stage_in_url", "stage_out_url": "t.stage_out_url",
-    "stage_out_files": "t.stage_out_files",
-    "workdir": "coalesce(t.user_workdir, 'data/' || coalesce(nullif(t.workflow, ''), '_') "
-               "|| '/' || coalesce(nullif(t.name, ''), 'task') || '_' || t.id)",
-    "description": "t.description", "owner": "t.owner", "launcher_id": "t.launcher_id",
-    "changed_by": "t.changed_by", "app_changed_by": "a.changed_by",
-    "attempts": "t.attempts", "created_at": "t.created_at",
-    "state_changed_at": "t.state_changed_at",
-    "cause": "CASE WHEN t.state IN ('FAILED', 'RUN_ERROR', 'RUN_TIMEOUT') THEN "
-             f"balsam_failure_cause(coalesce({_LAST_RUN_MESSAGE}, t.state_message)) END",
-}
-
-
 def tasks(conn: Connection, columns: Sequence[str], *, filters: dict[str, Any],
           limit: int | None = None, chunk: int = 2000) -> Generator[tuple[Any, ...]]:
-    """The rows of ``balsam ls`` (the given keys of :data:`TASK_EXPRESSIONS`, in order), in id
+    """The rows of ``balsam ls`` (the given columns of its query ``monitor_tasks``), in id
     order, streamed through a server-side cursor: the first row comes at once and memory holds
     one chunk. ``filters`` are resolved ones (ids, workflow, states, name, app_id). Close the
     generator (``contextlib.closing``) when stopping early: that ends the cursor."""
-    select = sql.SQL(", ").join(
-        sql.SQL("{} AS {}").format(sql.SQL(TASK_EXPRESSIONS[c]), sql.Identifier(c))
-        for c in columns)
+    select = sql.SQL(", ").join(map(sql.Identifier, columns))
     stmt = sql.SQL(q("monitor_tasks")).format(columns=select)
     params = {"ids": None, "workflow": None, "states": None, "name": None, "app_id": None,
               **filters, "limit": limit}

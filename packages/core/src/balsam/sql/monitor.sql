@@ -72,13 +72,34 @@ GROUP BY f.workflow;
 
 -- name: monitor_tasks
 -- The rows of 'balsam ls', in id order, read through a server-side cursor (a NULL limit: all).
--- {columns} is composed by balsam.monitor from its constant TASK_EXPRESSIONS.
+-- {columns} names columns of `listing` (balsam.monitor.tasks): the planner flattens it and
+-- computes only the columns named. JSON columns come as text: a listing that does not show
+-- them does not parse them. `cause` is a failed or errored task's cause: that of its last run,
+-- else its own message.
 SELECT {columns}
-FROM tasks t JOIN apps a ON a.id = t.app_id
-WHERE (%(ids)s::bigint[] IS NULL OR t.id = ANY(%(ids)s::bigint[]))
-  AND (%(workflow)s::text IS NULL OR t.workflow = %(workflow)s::text)
-  AND (%(states)s::text[] IS NULL OR t.state = ANY(%(states)s::text[]))
-  AND (%(name)s::text IS NULL OR strpos(t.name, %(name)s::text) > 0)
-  AND (%(app_id)s::bigint IS NULL OR t.app_id = %(app_id)s::bigint)
-ORDER BY t.id
+FROM (SELECT t.id, t.name, t.workflow, a.name AS app, t.state, t.state_message AS info,
+             t.state_message, t.num_nodes, t.ranks_per_node, t.threads_per_rank,
+             t.threads_per_core, t.cpu_affinity, t.node_packing_count, t.gpus_per_rank,
+             t.mpi_flags, t.coschedule_num_nodes, t.wall_time_minutes, t.args,
+             t.environ_vars::text AS environ_vars, t.data::text AS data, t.input_files,
+             t.post_error_handler, t.post_timeout_handler, t.auto_timeout_retry,
+             t.user_workdir, t.stage_in_url, t.stage_out_url, t.stage_out_files,
+             coalesce(t.user_workdir, 'data/' || coalesce(nullif(t.workflow, ''), '_') || '/'
+                      || coalesce(nullif(t.name, ''), 'task') || '_' || t.id) AS workdir,
+             t.description, t.owner, t.launcher_id, t.changed_by,
+             a.changed_by AS app_changed_by, t.attempts, t.created_at, t.state_changed_at,
+             CASE WHEN t.state IN ('FAILED', 'RUN_ERROR', 'RUN_TIMEOUT') THEN
+                 balsam_failure_cause(coalesce(
+                     (SELECT e.message FROM task_events e
+                      WHERE e.task_id = t.id AND e.to_state IN ('RUN_ERROR', 'RUN_TIMEOUT')
+                      ORDER BY e.id DESC LIMIT 1),
+                     t.state_message)) END AS cause,
+             t.app_id
+      FROM tasks t JOIN apps a ON a.id = t.app_id) AS listing
+WHERE (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+  AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s::text)
+  AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s::text[]))
+  AND (%(name)s::text IS NULL OR strpos(name, %(name)s::text) > 0)
+  AND (%(app_id)s::bigint IS NULL OR app_id = %(app_id)s::bigint)
+ORDER BY id
 LIMIT %(limit)s;
