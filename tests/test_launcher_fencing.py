@@ -61,9 +61,8 @@ def started(proc, launcher: int) -> set[int]:
 
 def freeze_until_fenced(proc, launcher: int) -> None:
     """SIGSTOP the launcher; its fence kills what it started within its heartbeat timeout."""
-    time.sleep(0.5)  # the forks and daemons are under way
-    tasks = started(proc, launcher)
-    assert len(tasks) >= 3 * 2 + 4  # each task and its sleep, the fork's two, the daemon
+    # each task and its sleep, the fork's two, the daemon
+    tasks = lt.wait_for_processes(lambda: started(proc, launcher), 3 * 2 + 4, "the tasks")
     os.kill(launcher, signal.SIGSTOP)
     lt.wait_exited(tasks, 5, "the tasks the fence kills")
 
@@ -134,9 +133,9 @@ def test_sigkill_leaves_no_process_and_every_task_runs_once(project, tree_app, t
             wait_for(lambda: running(db, ids), 30, "the tasks to run")
             launcher = row["pid"]
             assert lt.parent(lt.parent(launcher)) == proc.pid  # P -> C -> L
-            time.sleep(0.5)  # the forks and daemons are under way
-            everything = fence.descendants(proc.pid) | {proc.pid}
-            assert len(everything) >= 2 + 3 * ranks + 4  # C, L, the tasks, forks and daemons
+            everything = lt.wait_for_processes(  # C, L, the tasks, forks and daemons
+                lambda: fence.descendants(proc.pid) | {proc.pid}, 2 + 3 * ranks + 4,
+                "the launcher's processes")
             target = {"P": proc.pid, "L": launcher, "C": lt.parent(launcher)}[victim]
             os.kill(target, signal.SIGKILL)
             lt.wait_exited(everything, PROMPTLY, "every process of the launcher")
@@ -209,6 +208,15 @@ def test_a_lapsed_lease_gives_the_tasks_back_at_once(project, tree_app, tmp_path
         recover_and_count(project, db, ids, counts, tmp_path, ranks=1, job_mode="serial")
 
 
+def _agent(pid: int) -> bool:
+    """Whether ``pid`` runs ``python -m balsam_launcher.agent`` (the fence's P and C too)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:3] == [b"-m", b"balsam_launcher.agent"]
+
+
 def test_agents_tasks_die_with_their_launcher(project, tree_app, tmp_path, monkeypatch):
     """Serial mode through node agents (each fenced on its own): SIGKILL of the launcher's
     command kills the agents' tasks too, and each task then runs once."""
@@ -221,13 +229,13 @@ def test_agents_tasks_die_with_their_launcher(project, tree_app, tmp_path, monke
         try:
             launcher_row(db, proc)
             wait_for(lambda: running(db, ids), 60, "the tasks to run")
-            time.sleep(0.5)
             messages = {e["message"] for e in lt.events(db) if e["to_state"] == "RUNNING"}
             assert all("through its node agent" in m for m in messages)
-            everything = fence.descendants(proc.pid) | {proc.pid}
-            agents = [p for p in everything if Path(f"/proc/{p}/cmdline").read_bytes().split(
-                b"\0")[1:3] == [b"-m", b"balsam_launcher.agent"]]
-            assert len(agents) == 3 * 3  # each agent's P, C and agent
+            # P, C and L; each agent's P, C and agent; the tasks, forks and daemons
+            everything = lt.wait_for_processes(
+                lambda: fence.descendants(proc.pid) | {proc.pid}, 3 + 3 * 3 + 3 + 4,
+                "the launcher's processes")
+            assert len([p for p in everything if _agent(p)]) == 3 * 3
             os.kill(proc.pid, signal.SIGKILL)
             lt.wait_exited(everything, PROMPTLY, "every process of the launcher")
             proc.wait(timeout=5)

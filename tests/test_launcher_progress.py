@@ -49,7 +49,7 @@ def test_a_terminal_sees_running_finished_failed_and_busy_nodes(project):
     assert all(line.startswith("running ") for line in drawn)
 
 
-def test_without_a_terminal_progress_goes_to_the_log_only(project, tmp_path):
+def test_without_a_terminal_no_progress_line_is_drawn(project, tmp_path):
     _tasks(project)
     proc = lt.start_launcher(project.root, "--consume-all", "--job-mode", "serial",
                              output=tmp_path / "out")

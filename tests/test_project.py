@@ -90,9 +90,9 @@ def test_activate_by_unique_substring(run_as, shared_dir):
 def test_second_activation_reuses_running_server(run_as, shared_dir):
     root = _init(run_as, shared_dir)
     run_as("alice", ["bash", "-c", '. balsamactivate "$P"'], env={"P": str(root)})
-    port = Project.load(root).info.port
+    pid = (root / "balsamdb" / "postmaster.pid").read_text().split()[0]
     run_as("alice", ["bash", "-c", '. balsamactivate "$P"'], env={"P": str(root)})
-    assert Project.load(root).info.port == port
+    assert (root / "balsamdb" / "postmaster.pid").read_text().split()[0] == pid
 
 
 def test_killed_server_is_restarted_by_owner_activation(run_as, shared_dir):

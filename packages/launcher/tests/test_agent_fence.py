@@ -80,9 +80,9 @@ def launcher(tmp_path):
 def test_an_agent_whose_lease_lapses_kills_its_tasks(launcher):
     launcher.send(op="lease", seconds=1.0)
     pid = launcher.start_task()
-    time.sleep(0.3)
-    everything = launcher.everything()
-    assert pid in everything and len(everything) >= 3 + 3  # P, C, agent; sh, sleep, daemon
+    # P, C, agent; sh, sleep, daemon
+    everything = lt.wait_for_processes(launcher.everything, 3 + 3, "the agent's processes")
+    assert pid in everything
     lt.wait_exited(everything, 3, "the agent's processes")
     assert launcher.receive() == {}  # no exit reported for what the fence killed: it hung up
     _, err = launcher.agent.communicate(timeout=10)
@@ -104,8 +104,7 @@ def test_a_renewed_lease_keeps_the_tasks_running(launcher):
 def test_an_agent_whose_launcher_hangs_up_kills_its_tasks(launcher):
     launcher.send(op="lease", seconds=60.0)
     launcher.start_task()
-    time.sleep(0.3)
-    everything = launcher.everything()
+    everything = lt.wait_for_processes(launcher.everything, 3 + 3, "the agent's processes")
     launcher.sock.close()
-    assert lt.wait_exited(everything, 3, "the agent's processes") < 1.0
+    lt.wait_exited(everything, 3, "the agent's processes")  # its lease had 60 s to run
     assert launcher.agent.wait(timeout=5) == 0

@@ -162,7 +162,9 @@ def test_sweep_stops_everything_before_it_kills(tmp_path, monkeypatch, freeze):
         while len(below := fence.descendants(holder.pid)) < 20:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(0.3)  # every shell is reading
+        while not all(map(_reading, below)):  # every shell waits in read(2) on its fifo
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         assert fence.sweep(holder.pid) == 20
         assert holder.poll() is None  # the root is spared
     finally:
@@ -172,6 +174,14 @@ def test_sweep_stops_everything_before_it_kills(tmp_path, monkeypatch, freeze):
     assert not any(lt.alive(p) for p in below)
     reacted = tmp_path / "reacted"
     assert reacted.exists() != freeze
+
+
+def _reading(pid: int) -> bool:
+    """Whether the process is blocked in read(2) (system call 0 on x86-64 Linux)."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[0] == "0"
+    except (OSError, IndexError):
+        return False
 
 
 #: A process whose main thread has exited while another thread runs (as a launcher's does,

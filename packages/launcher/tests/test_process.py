@@ -100,7 +100,9 @@ def test_stop_then_kill_after_the_grace(tmp_path):
     finally:
         os.close(fd)
     assert where.startswith("pid ")
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10  # its trap is set once it has spoken
+    while b"stubborn" not in (tmp_path / "t.out").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
     procs.stop(7)
     exits = []
     deadline = time.monotonic() + 10

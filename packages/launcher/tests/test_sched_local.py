@@ -16,6 +16,7 @@ from balsam.project import Project
 from balsam_launcher import submitted
 from balsam_launcher.schedulers import local_runner as runner
 from balsam_launcher.schedulers.local import LocalScheduler
+from balsam_testing import launchers as lt
 
 
 @pytest.fixture
@@ -86,12 +87,19 @@ def test_cancel_sends_sigterm_to_the_script(sched):
 
 
 def test_force_cancel_kills_everything(sched):
-    path = script(sched, "stubborn", "trap '' TERM\nsleep 30 &\nwait\n")
+    child = sched.project.qsubmit_dir / "stubborn.child"
+    path = script(sched, "stubborn", f"trap '' TERM\nsleep 30 &\necho $! > {child}.new\n"
+                                     f"mv {child}.new {child}\nwait\n")
     sid = submit(sched, path, 5)
     wait_for(sched, sid, {"running"})
+    deadline = time.monotonic() + 10
+    while not child.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(child.read_text())
     sched.cancel(sid, force=True)
     status = wait_for(sched, sid, {"failed"})
     assert "died" in status.message
+    lt.wait_exited([pid], 10, "the job's background child")
     sched.cancel(sid)  # cancelling an ended job is a no-op
 
 

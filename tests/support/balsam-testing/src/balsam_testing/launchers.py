@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +212,19 @@ def wait_exited(pids: Iterable[int], timeout: float, what: str) -> float:
     finally:
         for fd in watched:
             os.close(fd)
+
+
+def wait_for_processes(find: Callable[[], set[int]], at_least: int, what: str,
+                       timeout: float = 10) -> set[int]:
+    """Poll ``find()`` (a set of pids) until it holds ``at_least``; return it: a test waits
+    for the forks and daemons of its tasks, not for a guessed time."""
+    deadline = time.monotonic() + timeout
+    while len(found := find()) < at_least:
+        if time.monotonic() >= deadline:
+            message = f"{what}: {len(found)} of {at_least} processes after {timeout} s"
+            raise AssertionError(message)
+        time.sleep(0.02)
+    return found
 
 
 def _describe(pid: int) -> str:
