@@ -153,7 +153,9 @@ def test_frozen_launcher_presumed_dead_cannot_overwrite(project, record, tmp_pat
             wait_for(lambda: lt.states(db)[tid]["state"] == "RUNNING", 30, "the task to run")
             os.kill(frozen.pid, signal.SIGSTOP)
             first = db.execute("SELECT id FROM launchers").fetchone()["id"]
-            time.sleep(1.5)  # its heartbeat goes stale
+            wait_for(lambda: db.execute("SELECT heartbeat_at + heartbeat_timeout < now() AS s "
+                                        "FROM launchers WHERE id = %s", [first]).fetchone()["s"],
+                     10, "its heartbeat to go stale")
             other = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
                                       "--consume-all", output=tmp_path / "other")
             final = lt.wait_until_final(db, [tid], 60, [other])

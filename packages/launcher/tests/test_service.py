@@ -47,6 +47,27 @@ def wait_until(predicate, timeout=20.0, what="condition"):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def services(db):
+    """Backends holding a service's session lock: {pid: the start of their latest query}."""
+    return {r["pid"]: r["query_start"] for r in db.execute(
+        "SELECT l.pid, a.query_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()")}
+
+
+def rounds_pass(db, interval=0.3, timeout=20.0):
+    """Return once the one running service has run a whole round after this call: it has begun
+    two rounds since (their queries an interval apart), so the first of them has ended."""
+    since = db.execute("SELECT clock_timestamp() AS t").fetchone()["t"]
+    starts = []
+    deadline = time.monotonic() + timeout
+    while len(starts) < 2:
+        assert time.monotonic() < deadline, "the service ran no round"
+        [latest] = wait_until(lambda: services(db), what="a running service").values()
+        if latest > since and (not starts or (latest - starts[-1]).total_seconds() > interval / 2):
+            starts.append(latest)
+        time.sleep(0.02)
+
+
 @dataclass
 class Service:
     proc: subprocess.Popen[str]
@@ -91,18 +112,18 @@ def held(project):
 def test_service_submits_for_work_within_policy_and_stops_on_sigterm(db, held):
     with service("--max-queued", "2", "--max-nodes", "4", "--wall-time", "10",
                  "--job-mode", "serial", "-q", "local") as svc:
-        time.sleep(1.5)
+        rounds_pass(db)
         assert jobs(db) == [], "no runnable work: nothing to submit"
         add_tasks(db, 3)
         first = wait_until(lambda: jobs(db), what="a first job")
         assert [(j["num_nodes"], j["wall_time_minutes"], j["queue"], j["job_mode"])
                 for j in first] == [(3, 10, "local", "serial")]
-        time.sleep(1.5)
+        rounds_pass(db)
         assert len(jobs(db)) == 1, "the waiting job already covers the work"
         add_tasks(db, 5)
         both = wait_until(lambda: len(jobs(db)) == 2 and jobs(db), what="a second job")
         assert both[1]["num_nodes"] == 4  # 8 tasks - 3 covered, capped at --max-nodes
-        time.sleep(1.5)
+        rounds_pass(db)
         assert len(jobs(db)) == 2, "--max-queued 2 reached"
         assert all((held.root / j["script_path"]).exists() for j in both)
     assert svc.returncode == 0, svc.out
@@ -112,13 +133,13 @@ def test_service_submits_for_work_within_policy_and_stops_on_sigterm(db, held):
 
 def test_one_service_per_queue_and_filter(db, held):
     with service("-q", "x") as first:
-        time.sleep(1.5)
+        wait_until(lambda: services(db), what="the first service's lock")
         second = subprocess.run([BALSAM, "service", "-q", "x", "--interval", "0.3"],
                                 capture_output=True, text=True, timeout=30)
         assert second.returncode == 1
         assert "a balsam service already runs for queue 'x'" in second.stderr
         with service("-q", "y") as other:  # another queue is fine
-            time.sleep(1.0)
+            wait_until(lambda: len(services(db)) == 2, what="both services' locks")
             assert other.proc.poll() is None
         assert other.returncode == 0, other.out
     assert first.returncode == 0, first.out
@@ -156,7 +177,7 @@ def test_service_with_real_launchers_until_the_work_is_done(db, project, tmp_pat
         submitted = len(jobs(db))
         assert 1 <= submitted <= 6
         assert all(j["num_nodes"] <= 2 for j in jobs(db))
-        time.sleep(1.5)
+        rounds_pass(db)
         assert len(jobs(db)) == submitted, "no work left: nothing more submitted"
     assert svc.returncode == 0, svc.out
 
