@@ -366,3 +366,31 @@ def test_trust_and_the_audit_between_real_users(run_as, shared_dir):
     assert changes == [[{"entity": "trust", "field": "bob", "changed_by": "bob"},
                         {"entity": "app", "field": "executable", "changed_by": "bob"},
                         {"entity": "task", "field": "deleted", "changed_by": "alice"}]]
+
+
+#: What bob writes for alice's terminal: a new window title, a cleared screen, a line hidden
+#: from her (conceal), a C1 control sequence and reordered text (SQL escape-string syntax).
+PLANTED = r"E'ok\x1b]0;pwned\x07\x1b[2J\x1b[8mhidden\x1b[0m' || chr(155) || '31m' || chr(8238)"
+
+
+def test_a_members_text_never_acts_on_the_owners_terminal(run_as, shared_dir):
+    """bob, a member, writes terminal control sequences into a task and an app with his own
+    role (no CLI check in the way); every listing alice reads shows them as escapes."""
+    root = init(run_as, shared_dir)
+    sh(run_as, "alice", root, f"{ACTIVATE} && balsam server --add-user bob "
+                              "&& balsam app --name sim --executable /bin/echo "
+                              "&& balsam job --name t --workflow w --app sim --args hi")
+    assert sql_as(run_as, "bob", root,
+                  f"UPDATE tasks SET args = {PLANTED}, description = {PLANTED} WHERE id = 1",
+                  f"UPDATE apps SET description = {PLANTED} WHERE name = 'sim'") == ["ok", "ok"]
+    raw = sql_as(run_as, "alice", root, "SELECT args FROM tasks")[0][0]["args"]
+    assert raw.startswith("ok\x1b]0;pwned\x07") and raw.endswith("\x9b31m\u202e")
+    shown = {" ".join(args): balsam(run_as, "alice", root, *args).stdout for args in (
+        ("ls", "--wide"), ("ls", "--wide", "-o", "table"), ("ls", "--fields", "+description"),
+        ("ls", "--changes", "1"), ("ls", "--tree"), ("ls", "--json"), ("ls", "--tree", "--json"),
+        ("app", "ls", "--fields", "+description"), ("ls", "-o", "tsv", "--fields", "id,args"))}
+    for listing, out in shown.items():
+        assert "pwned" in out or "hidden" in out or listing.startswith("ls --tree"), listing
+        c1 = "" if "tsv" in listing else "\x9b\u202e"  # COPY's format has no escape for them
+        assert not any(c in out for c in "\x1b\x07" + c1), (listing, out)
+    assert "ok\\x1b]0;pwned\\x07\\x1b[2J\\x1b[8mhidden" in shown["ls --wide"]

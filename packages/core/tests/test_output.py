@@ -43,6 +43,31 @@ def test_table_wraps_text_only():
     assert all(ln[:14].strip() == "" for ln in lines[4:])
 
 
+#: What another user may have written into a task: a new window title, a cleared screen, text
+#: hidden from the reader (conceal), a C1 control sequence, and reordered text.
+HOSTILE = "run\x1b]0;pwned\x07\x1b[2J\x1b[8mhidden\x1b[0m\x9b31m\u202eevil\x7f"
+
+
+@pytest.mark.parametrize("mode", ["table", "plain", "tsv", "json"])
+def test_nothing_a_terminal_acts_on_reaches_it(mode):
+    shown = render(mode, [(1, "READY" + HOSTILE, HOSTILE, 2)], width=80)
+    # COPY's text format (tsv) has escapes for the C0 controls and DEL only: other text as is
+    passed = "\x9b\u202e" if mode == "tsv" else ""
+    active = [c for c in shown if (ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c == "\u202e")
+              and c not in "\n\t" + passed]
+    assert active == []
+    if mode == "json":
+        assert json.loads(shown)[0]["note"] == HOSTILE
+    assert "hidden" in shown and "evil" in shown
+    if mode in ("table", "plain"):
+        assert "\\x1b[8mhidden" in shown and "\\x9b31m\\u202eevil\\x7f" in shown
+
+
+def test_tsv_escapes_controls_as_copy_reads_them():
+    assert render("tsv", [(1, "READY", "a\x1bb\x7f", 2)]).splitlines()[1] == \
+        "1\tREADY\ta\\x1bb\\x7f"
+
+
 def test_fit_shrinks_the_widest_text_column_first():
     cols = [Column("id", "id"), Column("a"), Column("b")]
     assert fit(cols, [5, 60, 30], 80) == [5, 41, 30]

@@ -19,7 +19,7 @@ from balsam import api, dag, monitor
 from balsam.db import Connection
 from balsam.errors import InvalidInput
 from balsam.models import Change, Event
-from balsam.output import Output, options
+from balsam.output import Output, json_text, options, visible
 from balsam.states import State, parse_state
 from balsam.triage import ERROR_STATES
 from balsam_cli import listings
@@ -227,7 +227,7 @@ def _tree(conn: Connection, filters: dict[str, Any], out: Output, limit: int) ->
     def label(task_id: int) -> str:
         t = by_id[task_id]
         info = reasons.get(task_id, t.state_message)
-        return f"{t.id} {t.name} [{t.state}]" + (f"  {info}" if info else "")
+        return visible(f"{t.id} {t.name} [{t.state}]" + (f"  {info}" if info else ""))
 
     def grow(task_id: int, prefix: str, seen: set[int]) -> None:
         kids = children.get(task_id, [])
@@ -235,7 +235,7 @@ def _tree(conn: Connection, filters: dict[str, Any], out: Output, limit: int) ->
             last = n == len(kids) - 1
             branch = ("└── " if last else "├── ") if fancy else "  "
             if child in seen:
-                lines.append(f"{prefix}{branch}{child} {by_id[child].name} (shown above)")
+                lines.append(f"{prefix}{branch}{child} {visible(by_id[child].name)} (shown above)")
                 continue
             seen.add(child)
             lines.append(f"{prefix}{branch}{label(child)}")
@@ -259,11 +259,7 @@ def plain_task(task: Any) -> dict[str, Any]:
 
 
 def _dump(out: Output, data: Any) -> None:
-    import json
-
-    from balsam.output import plain
-
-    out.stream.write(json.dumps(plain(data), indent=2, ensure_ascii=False) + "\n")
+    out.stream.write(json_text(data) + "\n")
 
 
 # --- other listings --------------------------------------------------------------------------

@@ -182,8 +182,30 @@ def plain(value: Any) -> Any:
     return value
 
 
-_TSV = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_ONE_LINE = str.maketrans({"\t": "\\t", "\n": "\\n", "\r": "\\r"})
+#: Characters a terminal acts on rather than shows: C0 controls and DEL (ESC starts the
+#: sequences that recolour, hide text, retitle windows or clear the screen), C1 controls, and
+#: the bidirectional overrides that reorder what is shown. A listing shows other users' text;
+#: each comes out escaped (``\\x1b``, ``\\u202e``), never acting on the reader's terminal.
+_ACTIVE = [*range(0x20), 0x7F, *range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
+           *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_SHOWN = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _ACTIVE}
+_ONE_LINE = str.maketrans({**_SHOWN, "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+#: JSON escapes the C0 controls itself; the others as ``\\u`` escapes JSON readers decode.
+_JSON = str.maketrans({c: f"\\u{c:04x}" for c in _ACTIVE if c >= 0x7F})
+#: COPY text format: its own escapes for the C0 controls and DEL (``\\xNN``); other text as is
+#: (COPY has no escape for a character).
+_TSV = str.maketrans({**{c: e for c, e in _SHOWN.items() if c < 0x80},
+                      "\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON (a document rather than a listing), escaped as listings are."""
+    return json.dumps(plain(value), indent=2, ensure_ascii=False).translate(_JSON)
+
+
+def visible(value: str) -> str:
+    """``value`` on one line, with nothing a terminal would act on (see :data:`_ACTIVE`)."""
+    return value.translate(_ONE_LINE)
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -284,7 +306,8 @@ def _write_json(out: Output, columns: list[Column], rows: Iterator[Sequence[Any]
         for i in parsed:
             if type(values[i]) is str:
                 values[i] = json.loads(values[i])
-        write(("[\n" if count == 0 else ",\n") + encode(dict(zip(keys, values, strict=True))))
+        record = encode(dict(zip(keys, values, strict=True))).translate(_JSON)
+        write(("[\n" if count == 0 else ",\n") + record)
         count += 1
     write("[]\n" if count == 0 else "\n]\n")
     return count
@@ -306,12 +329,11 @@ def _write_tsv(out: Output, columns: list[Column], rows: Iterator[Sequence[Any]]
 
 def formatter(kind: str, empty: str = "") -> Callable[[Any], str]:
     """The cell text of a column's values (fast paths for the common types)."""
-    one_line = kind in ("text", "json")
 
     def cell(value: Any) -> str:
         kind_of = type(value)
         if kind_of is str:
-            shown = value.translate(_ONE_LINE) if one_line else value
+            shown = value.translate(_ONE_LINE)
         elif value is None:
             return empty
         elif kind_of is int and kind != "duration":
