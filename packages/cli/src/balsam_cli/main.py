@@ -7,6 +7,7 @@ for nothing else. Every error ends as one line on stderr and a non-zero exit sta
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -144,6 +145,10 @@ class BalsamGroup(click.Group):
             raise
         except BrokenPipeError:
             _quiet_pipe()
+        except OSError as exc:
+            if exc.filename is None and exc.errno in _WRITE_ERRORS:
+                _cannot_write(exc)  # no file named: the output (a file's name is in its errors)
+            raise click.ClickException(one_line(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - the one place every error becomes a line
             raise click.ClickException(one_line(exc)) from exc
         finally:
@@ -156,7 +161,7 @@ class BalsamGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
-            sys.stdout.flush()  # here, not at exit: a reader that went away is seen below
+            _flush_output()
         except click.exceptions.NoArgsIsHelpError as exc:  # `balsam`, `balsam report`: help
             click.echo(exc.ctx.get_help())
             code = 0
@@ -169,18 +174,52 @@ class BalsamGroup(click.Group):
             _fail("aborted", 1)
         except BrokenPipeError:
             _quiet_pipe()
+        except OSError as exc:  # printing --help or --version, as the options are read
+            _cannot_write(exc)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+#: What writing to a full or failing device says.
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
+    try:  # what the command printed before it failed, if it can be
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError:
+        _discard_output()
     sys.exit(code)
+
+
+def _flush_output() -> None:
+    """Flush standard output now, not at exit: a reader that went away ends quietly, and
+    output that cannot be written (a full disk, ``>/dev/full``) is an error in one line, not
+    Python's "Exception ignored" as it exits."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_pipe()
+    except OSError as exc:
+        _cannot_write(exc)
+
+
+def _cannot_write(exc: OSError) -> NoReturn:
+    _discard_output()
+    _fail(f"cannot write the output: {exc.strerror or exc}", 1)
+
+
+def _discard_output() -> None:
+    """Point standard output at /dev/null: what could not be written is dropped at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _quiet_pipe() -> NoReturn:
     """The reader went away (``balsam ls | head``): stop without a word, as ``cat`` does."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    _discard_output()
     sys.exit(141)
 
 
@@ -193,13 +232,14 @@ def one_line(exc: BaseException) -> str:
         from balsam.db import translate
 
         return str(translate(exc))
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {exc.filename or exc} (check the path's owner and mode)"
-    if isinstance(exc, FileNotFoundError):
-        return f"no such file or directory: {exc.filename or exc}"
     if isinstance(exc, OSError):
-        where = f": {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror or exc}{where}"
+        name = str(exc.filename or "")
+        name = name if len(name) <= 200 else f"{name[:100]}...{name[-100:]}"
+        if isinstance(exc, PermissionError):
+            return f"permission denied: {name or exc} (check the path's owner and mode)"
+        if isinstance(exc, FileNotFoundError):
+            return f"no such file or directory: {name or exc}"
+        return f"{exc.strerror or exc}{': ' + name if name else ''}"
     if os.environ.get("BALSAM_DEBUG"):
         raise exc
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -309,6 +349,8 @@ def _claim(owners: dict[str, str], name: str, plugin: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    if sys.stdout is None:  # started with it closed (>&-): what it prints would be lost
+        _fail("standard output is closed (send it to a file or to /dev/null)", 1)
     try:
         cli = build_cli(get_plugin_manager())
     except BalsamError as exc:

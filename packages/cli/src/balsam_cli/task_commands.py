@@ -31,7 +31,16 @@ def _confirm(action: str, ids: list[int], yes: bool) -> None:
     if yes or len(ids) <= CONFIRM_ABOVE:
         return
     shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
-    click.confirm(f"{action} {len(ids)} tasks ({shown})?", abort=True)
+    _ask(f"{action} {len(ids)} tasks ({shown})?")
+
+
+def _ask(question: str) -> None:
+    """Ask, and stop (click.Abort) unless the answer is yes; with standard input closed there
+    is no one to answer: say how to answer up front."""
+    if sys.stdin is None or sys.stdin.closed:
+        message = f"{question} needs an answer and standard input is closed: add -y/--yes"
+        raise click.UsageError(message)
+    click.confirm(question, abort=True)
 
 
 def _ids_text(ids: list[int], shown: int = 10) -> str:
@@ -227,8 +236,7 @@ def _rm_apps(words: list[str], name: str | None, all_apps: bool, with_tasks: boo
         raise click.UsageError(message)
     apps = [api.get_app(n) for n in names]
     if not yes and len(apps) > CONFIRM_ABOVE:
-        click.confirm(f"Remove {len(apps)} apps ({', '.join(a.name for a in apps)})?",
-                      abort=True)
+        _ask(f"Remove {len(apps)} apps ({', '.join(a.name for a in apps)})?")
     for found in apps:
         removed = api.remove_app(found.name, force=with_tasks)
         extra = f" and its {len(removed)} task(s)" if removed else ""

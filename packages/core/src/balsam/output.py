@@ -106,6 +106,9 @@ class Listing:
 
 def _names(text: str, known: list[str], what: str) -> list[str]:
     names = [n.strip().lower().replace("-", "_") for n in text.split(",") if n.strip()]
+    if not names:
+        message = f"{what} names no field; choose from: {', '.join(known)}"
+        raise InvalidInput(message)
     unknown = [n for n in names if n not in known]
     if unknown:
         message = f"{what}: unknown field {unknown[0]!r}; choose from: {', '.join(known)}"

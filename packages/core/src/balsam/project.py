@@ -54,6 +54,12 @@ def balsam_home() -> Path:
     return Path(os.environ.get("BALSAM_HOME") or user_home() / ".balsam")
 
 
+def _shown(path: Path, most: int = 200) -> str:
+    """A path in a message: shortened in the middle past ``most`` characters."""
+    text = str(path)
+    return text if len(text) <= most else f"{text[:most // 2]}...{text[-most // 2:]}"
+
+
 @dataclass
 class Project:
     root: Path
@@ -70,13 +76,16 @@ class Project:
         info_path = root / SERVER_INFO
         try:
             text = _read_info(root) if check else info_path.read_text()
-        except FileNotFoundError:
-            message = (f"{root} is not a Balsam project (no {SERVER_INFO}); "
+        except (FileNotFoundError, NotADirectoryError):
+            message = (f"{_shown(root)} is not a Balsam project (no {SERVER_INFO}); "
                        "create one with balsam init")
             raise ProjectNotFound(message) from None
         except PermissionError:
             message = (f"cannot read {info_path}: permission denied "
                        "(are you in the project's group?)")
+            raise ProjectNotFound(message) from None
+        except OSError as exc:  # a name too long, a loop of symlinks...
+            message = f"cannot read {_shown(info_path)}: {exc.strerror or exc}"
             raise ProjectNotFound(message) from None
         try:
             info = ServerInfo.from_json(text)
