@@ -69,3 +69,17 @@ def test_a_project_path_that_is_no_directory(seeded, tmp_path):
         code, err = run(["ls"], stdout=subprocess.PIPE,
                         env={**os.environ, "BALSAM_DB_PATH": str(path)})
         assert code == 1 and len(err) == 1 and said in err[0] and len(err[0]) < 400, err
+
+
+@pytest.mark.parametrize("name", ["ctl\x1b[31mred", "two\nlines", "tab\there"])
+def test_a_project_path_with_control_characters_is_refused(tmp_path, name):
+    code, err = run(["init", str(tmp_path / name)], stdout=subprocess.PIPE)
+    assert code == 1 and len(err) == 1 and "cannot hold control characters" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_project_under_a_file_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    code, err = run(["init", str(tmp_path / "file" / "p")], stdout=subprocess.PIPE)
+    assert (code, err) == (1, [f"Error: parent directory {tmp_path / 'file'} is not a "
+                               "directory"])

@@ -106,6 +106,10 @@ def translate(exc: psycopg.Error) -> BalsamError:
     if exc.sqlstate == "BA002":
         return CycleError(primary)
     if isinstance(exc, pgerr.InsufficientPrivilege):
+        if primary.startswith("permission denied for "):  # the server's own: a role's grants
+            return PermissionDenied(f"{primary} (your role in this project may not do this: a "
+                                    "viewer only reads; the project's owner grants more with "
+                                    "'balsam server --add-user NAME')")
         said = primary.startswith("permission denied")
         return PermissionDenied(primary if said else f"permission denied: {primary}")
     if isinstance(exc, pgerr.LockNotAvailable):

@@ -24,6 +24,10 @@ def init_project(root: Path, options: InitOptions, pm: pluggy.PluginManager) -> 
     are the layout's (``balsam.zones``); perms then gives everything the project's group.
     """
     root = root.expanduser().absolute()
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in str(root)):
+        message = (f"a project's path cannot hold control characters (got {str(root)!r}): "
+                   "its path goes into shell commands, job scripts and the list of projects")
+        raise InvalidInput(message)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         message = f"{root} already exists and is not empty"
         raise AlreadyExists(message)
@@ -32,7 +36,8 @@ def init_project(root: Path, options: InitOptions, pm: pluggy.PluginManager) -> 
                    f"be yours, since its owner alone writes the project's control files")
         raise InvalidInput(message)
     if not root.parent.is_dir():
-        message = f"parent directory {root.parent} does not exist"
+        message = (f"parent directory {root.parent} is not a directory" if root.parent.exists()
+                   else f"parent directory {root.parent} does not exist")
         raise InvalidInput(message)
     from balsam.migrate import plugin_packages  # here: it brings the database driver
 
