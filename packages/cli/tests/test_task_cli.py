@@ -281,6 +281,26 @@ def test_kill(balsam):
     assert balsam("kill").exit_code == 2
 
 
+def test_retry_says_why_a_task_does_not_run_again(balsam):
+    ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
+    top = api.add_task("sim", workflow="w")
+    below = api.add_task("sim", workflow="w", parents=[top])
+    lone = api.add_task("sim", workflow="x")
+    api.kill([top.id])
+    api.set_state([lone.id], "FAILED", message="exit 1")
+    assert api.get_task(below).state == State.FAILED  # its parent was killed
+    assert error(balsam("retry", str(top.id), "-y")) == (
+        f"Error: nothing to retry: {top.id} (USER_KILLED); retry resets FAILED, RUN_ERROR, "
+        "RUN_TIMEOUT tasks that no launcher holds")
+    assert error(balsam("retry", str(below.id), "-y")) == (
+        "Error: 1 task(s) failed again at once, since a parent failed or was killed (retry the "
+        f"parents first): {below.id}")
+    both = balsam("retry", str(lone.id), str(below.id), "-y")
+    assert both.exit_code == 0 and both.stdout == f"Retried 1 task(s): {lone.id}\n"
+    assert "1 task(s) failed again at once" in both.stderr
+    assert (api.get_task(lone).state, api.get_task(below).state) == (State.READY, State.FAILED)
+
+
 def test_the_installed_command_in_a_subprocess(project):
     env = {**os.environ, "COLUMNS": "200"}
 

@@ -17,7 +17,7 @@ import click
 from balsam import api, triage
 from balsam.errors import InvalidInput, NotFound
 from balsam.output import Output, options
-from balsam.states import FINAL, parse_state
+from balsam.states import FINAL, State, parse_state
 from balsam_cli.ls_commands import write_apps
 
 #: rm, kill and retry ask before touching more than this many tasks (unless --yes).
@@ -298,9 +298,27 @@ def retry(task_ids: tuple[int, ...], workflow: str | None, states: tuple[str, ..
                               conn=conn) if task_ids or workflow or name or app_name else None
     ids = triage.retryable(conn, ids=candidates, states=wanted or triage.ERROR_STATES,
                            cause=cause)
+    if not ids and task_ids:  # asked by id: say why not, as kill and rm do
+        found = api.get_tasks(ids=task_ids, conn=conn)
+        shown = ", ".join(f"{t.id} ({t.state})" for t in found[:5])
+        text = (f"nothing to retry: {shown}{', ...' if len(found) > 5 else ''}; retry resets "
+                f"{', '.join(triage.ERROR_STATES)} tasks that no launcher holds")
+        raise InvalidInput(text)
     if not ids:
         click.echo("No failed, errored or timed-out task matches.")
         return
     _confirm("Retry", ids, yes)
     done = triage.retry(conn, ids, message=message)
-    click.echo(f"Retried {len(done)} task(s): {_ids_text(done)}")
+    # A task whose parent failed or was killed fails again at once (unless it allows that).
+    again = [t.id for t in api.get_tasks(ids=done, state=State.FAILED, conn=conn)
+             if t.id is not None]
+    ready = sorted(set(done) - set(again))
+    if ready or not again:
+        click.echo(f"Retried {len(ready)} task(s): {_ids_text(ready)}")
+    if again:
+        text = (f"{len(again)} task(s) failed again at once, since a parent failed or was "
+                f"killed (retry the parents first): {_ids_text(again)}")
+        if ready:
+            click.echo(text, err=True)
+        else:
+            raise InvalidInput(text)
