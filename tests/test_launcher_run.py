@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from balsam_launcher.launcher import Launcher, Options
 from balsam_testing import launchers as lt
 
 pytestmark = pytest.mark.pg
+
+BALSAM = str(Path(sys.executable).parent / "balsam")
 
 
 def run_launcher(project, **options) -> Launcher:
@@ -290,6 +293,8 @@ def test_output_tail_and_log_command(project, tmp_path):
     assert (result.exit_code, result.output) == (0, "5\n")
     result = runner.invoke(cli, ["log"])
     assert f"launcher {launcher.id} started" in result.output
+    result = runner.invoke(cli, ["log", "--follow", "-n", "1"])  # it has ended: returns
+    assert result.exit_code == 0 and result.output.count("\n") == 1, result.output
     result = runner.invoke(cli, ["log", "--list"])
     assert result.output.startswith(f"{launcher.id}\t")
     result = runner.invoke(cli, ["log", "--launcher", "999"])
@@ -328,3 +333,30 @@ def test_output_path_is_safe():
     from balsam.models import Task
     assert steps.output_path(Path("/w"), Task(id=3, name="")).name == "task3.out"
     assert steps.output_path(Path("/w"), Task(id=3, name="a/b")).name == "a_b.out"
+
+
+def test_following_a_launchers_log_ends_with_the_launcher(project, tmp_path):
+    live = lt.start_launcher(project.root, "--job-mode", "serial", "--nodes", "1",
+                             output=tmp_path / "launcher")
+    try:
+        deadline = time.monotonic() + 30
+        while not list((project.root / "log").glob("launcher_*.log")):
+            assert time.monotonic() < deadline and live.poll() is None
+            time.sleep(0.05)
+        follower = subprocess.Popen([BALSAM, "log", "--follow"], stdout=subprocess.PIPE,
+                                    text=True, env={**os.environ, "BALSAM_DB_PATH": str(
+                                        project.root)})
+        assert follower.stdout is not None
+        assert "started" in follower.stdout.readline()  # following, while the launcher runs
+        assert follower.poll() is None
+        live.terminate()
+        assert live.wait(timeout=30) == 0
+        follower.stdout.read()
+        assert follower.wait(timeout=10) == 0
+    finally:
+        for proc in (live, locals().get("follower")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc is not None and proc.stdout is not None:
+                proc.stdout.close()

@@ -7,7 +7,7 @@ import sys
 import click
 import pluggy
 
-from balsam import api, claim
+from balsam import api, claim, monitor
 from balsam.db import connect
 from balsam.errors import InvalidInput, NotFound
 from balsam.plugins import pass_plugin_manager
@@ -140,7 +140,8 @@ def log(task_id: int | None, launcher_id: int | None, lines: int | None, follow:
     """Show a task's output (TASK_ID) or a launcher's log.
 
     A task's stdout and stderr are in <name>.out in its working directory; with --follow the
-    output is followed until the task reaches a final state.
+    output is followed until the task reaches a final state, a launcher's log until the
+    launcher has ended.
     """
     project = Project.from_env()
     if list_logs:
@@ -151,8 +152,11 @@ def log(task_id: int | None, launcher_id: int | None, lines: int | None, follow:
         message = "give a TASK_ID or --launcher, not both"
         raise click.UsageError(message)
     if task_id is None:
-        path = logs.launcher_log(project, launcher_id)
-        done = None  # a launcher log is followed until Ctrl-C
+        lid, path = logs.launcher_log(project, launcher_id)
+
+        def done() -> bool:  # the launcher has ended, or may be presumed dead
+            with connect(project) as conn:
+                return lid not in {lc.id for lc in monitor.launchers(conn, alive_only=True)}
     else:
         with connect(project) as conn:
             task = api.get_task(task_id, conn=conn)

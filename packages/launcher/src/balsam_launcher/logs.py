@@ -25,18 +25,18 @@ def launcher_logs(project: Project) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def launcher_log(project: Project, launcher: int | None = None) -> Path:
-    """The log of launcher ``launcher``, or of the most recent one."""
+def launcher_log(project: Project, launcher: int | None = None) -> tuple[int, Path]:
+    """``(id, log)`` of launcher ``launcher``, or of the most recent one."""
     logs = launcher_logs(project)
     if not logs:
         message = f"no launcher has run in {project.root} yet (no log/launcher_*.log)"
         raise NotFound(message)
     if launcher is None:
-        return logs[max(logs)]
+        launcher = max(logs)
     if launcher not in logs:
         message = f"no log for launcher {launcher} in {project.log_dir}"
         raise NotFound(message)
-    return logs[launcher]
+    return launcher, logs[launcher]
 
 
 def last_lines(path: Path, count: int | None) -> list[str]:
