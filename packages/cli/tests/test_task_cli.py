@@ -265,6 +265,20 @@ def test_rm_keeps_waiting_children_unless_recursive(balsam):
     assert "Removed 2 task(s)" in ok(balsam("rm", str(parent.id), "--recursive", "--yes"))
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["ls", "--tree", "--by-states"], "--by-states and --tree are two different listings"),
+    (["ls", "--by-cause", "--by-states"], "--by-states and --by-cause are two different"),
+    (["ls", "apps", "--state", "READY"], "--state is an option of the task listing, not of "
+                                         "'ls apps'"),
+    (["ls", "launchers", "--tree"], "--tree is an option of the task listing"),
+    (["ls", "wf", "--by-cause"], "--by-cause is an option of the task listing"),
+    (["ls", "--json", "-o", "tsv"], "--json and --output tsv ask for two formats: give one"),
+])
+def test_options_that_contradict_each_other_are_refused(balsam, args, said):
+    result = balsam(*args)
+    assert result.exit_code == 2 and said in error(result), result.output
+
+
 def test_kill(balsam):
     ok(balsam("app", "--name", "sim", "--executable", "/bin/echo"))
     top = api.add_task("sim", workflow="w")

@@ -64,6 +64,18 @@ def ls(what: str, workflow: str | None, states: tuple[str, ...], name: str | Non
     if limit < 0:
         message = f"--limit must be 0 (all) or more, got {limit}"
         raise InvalidInput(message)
+    views = [flag for flag, given in (("--by-states", by_states), ("--by-cause", by_cause),
+                                      ("--tree", tree), ("--history", history is not None),
+                                      ("--changes", changes is not None)) if given]
+    if len(views) > 1:
+        message = f"{views[0]} and {views[1]} are two different listings: choose one"
+        raise click.UsageError(message)
+    task_options = [flag for flag, given in (
+        ("--workflow", workflow), ("--state", states), ("--name", name), ("--id", ids),
+        ("--app", app_name), *((v, True) for v in views)) if given]
+    if what in ("apps", "wf", "workflows", "launchers") and task_options:
+        message = f"{task_options[0]} is an option of the task listing, not of 'ls {what}'"
+        raise click.UsageError(message)
     conn = api.connection()
     if what == "apps":
         _apps(conn, out)

@@ -483,6 +483,9 @@ def options(f: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(f)
     def wrapper(*args: Any, output: str | None, as_json: bool, no_header: bool,
                 fields: str | None, **kwargs: Any) -> Any:
+        if as_json and output and output.lower() != "json":
+            message = f"--json and --output {output} ask for two formats: give one"
+            raise click.UsageError(message)
         out = Output.resolve("json" if as_json else output, header=not no_header, fields=fields)
         return f(*args, out=out, **kwargs)
 
