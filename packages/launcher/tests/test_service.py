@@ -159,6 +159,11 @@ def test_once_and_bad_policy(db, held):
                          text=True, timeout=30)
     assert bad.returncode == 1
     assert bad.stderr.strip() == "Error: need 1 <= --min-nodes <= --max-nodes (got 1 and 0)"
+    for interval in ("nan", "inf", "-inf"):  # "interval=nans" ran a service that never waited
+        bad = subprocess.run([BALSAM, "service", "--interval", interval], env=env,
+                             capture_output=True, text=True, timeout=30)
+        expected = f"--interval must be positive and at most 86,400 seconds (got {interval})"
+        assert (bad.returncode, bad.stderr.strip()) == (1, f"Error: {expected}")
 
 
 def test_service_with_real_launchers_until_the_work_is_done(db, project, tmp_path):

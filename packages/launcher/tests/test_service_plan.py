@@ -45,6 +45,10 @@ def test_tasks_larger_than_max_nodes_are_not_submitted_for():
     ({"max_queued": 0}, "--max-queued must be at least 1"),
     ({"min_nodes": 3, "max_nodes": 2}, "--min-nodes <= --max-nodes"),
     ({"interval": 0}, "--interval must be positive"),
+    ({"interval": -1}, "--interval must be positive"),
+    ({"interval": float("nan")}, "--interval must be positive and at most 86,400 seconds"),
+    ({"interval": float("inf")}, "--interval must be positive and at most 86,400 seconds"),
+    ({"interval": 1e300}, "--interval must be positive and at most 86,400 seconds"),
     ({"wall_time_minutes": 0}, "--wall-time must be at least 1 minute"),
     ({"queue": "a b"}, "--queue 'a b'"),
 ])

@@ -29,6 +29,9 @@ from balsam_launcher.submit import JobRequest, submit
 
 log = logging.getLogger(__name__)
 
+#: The longest --interval (seconds): a day; more is a typo, and waits cannot be endless.
+MAX_INTERVAL = 86_400
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -55,8 +58,9 @@ class Policy:
         if self.wall_time_minutes < 1:
             message = f"--wall-time must be at least 1 minute (got {self.wall_time_minutes})"
             raise InvalidInput(message)
-        if self.interval <= 0:
-            message = f"--interval must be positive (got {self.interval:g})"
+        if not (math.isfinite(self.interval) and 0 < self.interval <= MAX_INTERVAL):  # not NaN
+            message = (f"--interval must be positive and at most {MAX_INTERVAL:,} seconds "
+                       f"(got {self.interval:g})")
             raise InvalidInput(message)
         self.request(self.min_nodes).validate()
 
