@@ -54,6 +54,13 @@ CASES = [
     ["app", "modify", "ghost", "executable", "x"],
     ["report", "utilization", "--bin", "0"],
     ["report", "errors", "--since", "yesterday-ish"],
+    ["report", "summary", "--since", "100000000000000000000000h"],
+    ["report", "throughput", "--bin", "100000000000000000000h"],
+    ["report", "html", "{tmp}/r.html", "--since", "100000000000000000000000h"],
+    ["report", "html", "{tmp}/bad.jsonl"],
+    ["report", "html", "{tmp}/fifo"],  # as /dev/full, which a bug as root would replace
+    ["web", "--host", "a" * 300],
+    ["web", "--host", "192.0.2.1"],
     ["submit-launch", "-t", "forever", "-n", "1"],
     ["submit-launch", "-t", "10", "-n", "1", "-q", "bad\nqueue"],
     ["submit-launch", "-t", "10", "-n", "1", "-q", "debug\n"],
@@ -77,6 +84,7 @@ def seeded(project, tmp_path):
     api.add_task("sim", name="a", workflow="w")
     (tmp_path / "bad.jsonl").write_text('{"name": "ok"}\n{"name": "x", "num_nodes": 0}\n')
     (tmp_path / "binary.csv").write_bytes(b"name,args\nx,\xff\xfe\n")
+    os.mkfifo(tmp_path / "fifo")
     return tmp_path
 
 
@@ -106,6 +114,15 @@ def test_messages_say_what_to_do(seeded, monkeypatch):
                            str(seeded / "bad.jsonl")]).endswith(
         "task 2: num_nodes must be between 1 and 100,000, got 0")
     assert "(see 'balsam ls --help')" in one_line_error(["ls", "--limit", "x"])
+    assert "it exists and is not a Balsam report: choose another path" in one_line_error(
+        ["report", "html", str(seeded / "bad.jsonl")])
+    assert "fifo: it is not a regular file" in one_line_error(
+        ["report", "html", str(seeded / "fifo")])
+    assert "must be within 100 years of now" in one_line_error(
+        ["report", "summary", "--since", "100000000000000000000000h"])
+    assert "not a valid host name; choose another --host" in one_line_error(
+        ["web", "--host", "a" * 300])
+    assert "port" not in one_line_error(["web", "--host", "192.0.2.1"])
     monkeypatch.delenv("BALSAM_DB_PATH")
     assert "no active project: run 'source balsamactivate PROJECT'" in one_line_error(["ls"])
 

@@ -176,6 +176,11 @@ def test_plot_with_json_keeps_stdout_parseable(history, project, tmp_path):
     (["errors", "--since", "2024-03-02", "--until", "2024-03-01"], "the window is empty"),
     (["utilization", "--bin", "1s", "--since", "30d"], "use a wider bin"),
     (["summary", "--plot", "/nonexistent/dir/x.png"], "no directory /nonexistent/dir"),
+    (["summary", "--since", "100000000000000000000000h"], "must be within 100 years of now"),
+    (["errors", "--until", "9999-12-31"], "must be within 100 years of now"),
+    (["utilization", "--since", "0001-01-01"], "must be within 100 years of now"),
+    (["throughput", "--bin", "100000000000000000000h"], "must be at most 100 years"),
+    (["utilization", "--bin", "1000000000h"], "must be at most 100 years"),
 ])
 def test_bad_input_is_one_clear_line(history, run_cli, args, message):
     result = run_cli(*args)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from balsam import analytics
+from balsam import analytics, durations
 from balsam.errors import InvalidInput
 
 pytestmark = pytest.mark.pg
@@ -511,6 +511,26 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_refuses(text):
     with pytest.raises(InvalidInput, match="invalid duration"):
         analytics.parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["100000000000000000000000h", "9" * 400 + "s", "36526d",
+                                  "5300w", "100000000000000000000h"])
+def test_durations_are_at_most_a_century(text):
+    """Beyond that no date arithmetic is safe (timedelta and datetime overflow)."""
+    with pytest.raises(InvalidInput, match=r"invalid duration .*: it must be at most 100 years"):
+        analytics.parse_duration(text)
+    assert analytics.parse_duration("36525d") == durations.MAX_SPAN
+
+
+@pytest.mark.parametrize("text", ["100000000000000000000000h", "36526d ago", "-5300w",
+                                  "0001-01-01", "1900-01-01T00:00:00+00:00", "9999-12-31",
+                                  "9999-12-31T23:59:59-12:00"])
+def test_times_are_within_a_century_of_now(text):
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    with pytest.raises(InvalidInput, match=r"invalid time .*: it must be within 100 years of now"):
+        analytics.parse_time(text, now)
+    assert analytics.parse_time("36525d", now) == now - durations.MAX_SPAN
+    assert analytics.parse_time("2124-04-30", now).year == 2124
 
 
 def test_parse_time():

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from balsam import analytics, plots
+from balsam import analytics, durations, plots
 from balsam.analytics import Errors, Summary, Throughput, Utilization
 from balsam.db import connect
 from balsam.output import Column, Listing, Output, iso_time
@@ -61,11 +61,11 @@ def _window_args(since: str | None, until: str | None,
     """The parsed --since, --until and --bin (InvalidInput names a bad one)."""
     now = datetime.now().astimezone()
     args: dict[str, Any] = {
-        "since": analytics.parse_time(since, now) if since else None,
-        "until": analytics.parse_time(until, now) if until else None,
+        "since": durations.parse_time(since, now) if since else None,
+        "until": durations.parse_time(until, now) if until else None,
     }
     if bin_width:
-        args["bin_width"] = analytics.parse_duration(bin_width)
+        args["bin_width"] = durations.parse_duration(bin_width)
     return args
 
 

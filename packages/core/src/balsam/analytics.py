@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from balsam import durations
 from balsam.db import Connection, connect, wrap_db_errors
 from balsam.errors import InvalidInput
 from balsam.output import iso_time
@@ -362,45 +362,12 @@ def duration_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-# --- parsing ----------------------------------------------------------------------------------
+# --- parsing ---------------------------------------------------------------------------------
 
-_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|min|m|h|d|w)?", re.IGNORECASE)
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90``, ``90s``, ``5m``, ``1.5h``, ``2d``, ``1w`` or ``1h30m`` as a positive timedelta."""
-    spec = text.strip().lower()
-    pos, seconds = 0, 0.0
-    for match in _DURATION.finditer(spec):
-        bare = match.group(2) is None and (pos > 0 or match.end() != len(spec))
-        if match.start() != pos or bare:  # a bare number is only allowed alone: "90"
-            break
-        seconds += float(match.group(1)) * _UNITS[match.group(2) or "s"]
-        pos = match.end()
-    if not spec or pos != len(spec) or seconds <= 0:
-        message = f"invalid duration {text!r}: use a positive number with a unit, e.g. 30s, 5m, 2h"
-        raise InvalidInput(message)
-    return timedelta(seconds=seconds)
-
-
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """``now``, a duration ago (``2h``, ``-2h``, ``7d``) or an ISO 8601 date or time (local time
-    unless it names its zone)."""
-    spec = text.strip()
-    now = now or datetime.now(UTC)
-    if spec.lower() == "now":
-        return now
-    try:
-        return datetime.fromisoformat(spec).astimezone()
-    except ValueError:
-        pass
-    try:
-        return now - parse_duration(spec.removeprefix("-").removesuffix(" ago"))
-    except InvalidInput:
-        message = (f"invalid time {text!r}: use an ISO date or time (2024-05-01, "
-                   f"2024-05-01T12:30), 'now', or a duration ago such as 2h or 7d")
-        raise InvalidInput(message) from None
+#: Kept here for callers of ``analytics.parse_*``; the parsers and their bounds are in
+#: :mod:`balsam.durations`.
+parse_duration = durations.parse_duration
+parse_time = durations.parse_time
 
 
 def check_by(by: str | None) -> str | None:

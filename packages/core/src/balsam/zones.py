@@ -30,6 +30,8 @@ TEMPLATES_DIR = "job-templates"
 DB_DIR = "balsamdb"
 SOCKET_DIR = ".pgsocket"
 WORK_DIRS = ("data", "log", "qsubmit")
+#: Entries of the project directory that belong to its owner's tools: the control zone.
+CONTROL_ZONE = frozenset({SERVER_INFO, SERVER_CA, TEMPLATES_DIR, DB_DIR, SOCKET_DIR})
 #: The project CA's certificate inside ``balsamdb/`` (published as ``server-ca.pem``).
 CA_CERT = "ca.crt"
 

@@ -28,10 +28,8 @@ from typing import NamedTuple
 from balsam import zones
 from balsam.errors import InvalidInput
 
-#: Entries of the project directory that belong to its owner's tools (the control zone): no
-#: task works there.
-CONTROL_ZONE = frozenset({zones.SERVER_INFO, zones.SERVER_CA, zones.TEMPLATES_DIR, zones.DB_DIR,
-                          zones.SOCKET_DIR})
+#: Entries of the project directory that belong to its owner's tools: no task works there.
+CONTROL_ZONE = zones.CONTROL_ZONE
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 #: A planted FIFO must not block the launcher (O_NONBLOCK), and reading the last line of the

@@ -16,6 +16,9 @@ from balsam_web.charts import state_colour
 
 #: The block of every page that live updates replace.
 LIVE_BLOCK = "live"
+#: The second line of every report: ``balsam report html`` replaces a file only if it begins
+#: with this (an earlier report), never anything else that happens to be at the path.
+REPORT_MARKER = "<!-- balsam report html: the next report may replace this file -->"
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
@@ -82,4 +85,4 @@ def stylesheet() -> str:
 def report(context: dict[str, Any]) -> str:
     """The overview and charts as one file to mail: styles inline, nothing fetched."""
     return environment().get_template("report.html").render(
-        {**context, "inline_css": stylesheet()})
+        {**context, "inline_css": stylesheet(), "marker": REPORT_MARKER})
