@@ -36,6 +36,18 @@ CASES = [
     ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=1:10:0"],
     ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=1:20000000"],
     ["job", "--app", "sim", "--workflow", "w", "--name", "t{j}", "--sweep", "i=1:3"],
+    ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=1.5:3"],
+    ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=@/dev/zero"],
+    ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=@{tmp}/binary.csv"],
+    ["job", "--app", "sim", "--workflow", "w", "--from", "/dev/zero"],
+    ["job", "--app", "sim", "--workflow", "w", "--from", "{tmp}/scalar.json"],
+    ["job", "--app", "sim", "--workflow", "w", "--from", "{tmp}/array.json"],
+    ["job", "--name", "a/b", "--workflow", "w", "--app", "sim", "--dry-run"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "nosuchapp", "--dry-run"],
+    ["job", "--name", "a", "--workflow", "w", "--app", "sim", "--num-nodes", "2147483647",
+     "--dry-run"],
+    ["make_dummies", "100000000"],
+    ["make_dummies", HUGE],
     ["ls", "--limit", "x"],
     ["ls", "--limit", HUGE],
     ["ls", "--id", HUGE],
@@ -85,6 +97,8 @@ def seeded(project, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"name": "ok"}\n{"name": "x", "num_nodes": 0}\n')
     (tmp_path / "binary.csv").write_bytes(b"name,args\nx,\xff\xfe\n")
     os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "scalar.json").write_text("42\n")
+    (tmp_path / "array.json").write_text("[1, 2]\n")
     return tmp_path
 
 
@@ -95,6 +109,7 @@ def one_line_error(args: list[str], env: dict[str, str] | None = None) -> str:
     assert proc.returncode != 0, (args, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr
+    assert "internal error" not in lines[0], lines[0]
     assert proc.stdout == "", proc.stdout
     return lines[0]
 
@@ -123,6 +138,10 @@ def test_messages_say_what_to_do(seeded, monkeypatch):
     assert "not a valid host name; choose another --host" in one_line_error(
         ["web", "--host", "a" * 300])
     assert "port" not in one_line_error(["web", "--host", "192.0.2.1"])
+    assert "line 1 is longer than 8,388,608 characters" in one_line_error(
+        ["job", "--app", "sim", "--workflow", "w", "--from", "/dev/zero"])
+    assert "/dev/zero is larger than 64 MiB" in one_line_error(
+        ["job", "--app", "sim", "--workflow", "w", "--sweep", "i=@/dev/zero"])
     monkeypatch.delenv("BALSAM_DB_PATH")
     assert "no active project: run 'source balsamactivate PROJECT'" in one_line_error(["ls"])
 

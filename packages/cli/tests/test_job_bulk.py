@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -14,7 +15,8 @@ from click.testing import CliRunner
 from balsam import api
 from balsam.errors import InvalidInput
 from balsam.plugins import get_plugin_manager
-from balsam_cli.job_commands import expand, parse_sweep, parse_values
+from balsam_cli import job_commands
+from balsam_cli.job_commands import expand, from_lines, parse_sweep, parse_values
 from balsam_cli.main import build_cli
 
 BALSAM = str(Path(sys.executable).parent / "balsam")
@@ -102,7 +104,7 @@ def test_bulk_from_a_pipe_shows_no_progress(project):
 @pytest.mark.parametrize(("text", "values"), [
     ("1:5", [1, 2, 3, 4, 5]), ("0:10:5", [0, 5, 10]), ("5:1", [5, 4, 3, 2, 1]),
     ("1-3", [1, 2, 3]), ("1..3", [1, 2, 3]), ("-1..-3", [-1, -2, -3]), ("a,b", ["a", "b"]),
-    ("0.5,1", [0.5, 1.0]), ("-2:-1", [-2, -1]),
+    ("0.5,1", [0.5, 1.0]), ("-2:-1", [-2, -1]), ("1:30,2:00", ["1:30", "2:00"]),
 ])
 def test_sweep_values(text, values):
     assert parse_values(text) == values
@@ -112,6 +114,102 @@ def test_sweep_values(text, values):
 def test_bad_sweeps_are_refused(text):
     with pytest.raises(InvalidInput):
         parse_sweep(text)
+
+
+@pytest.mark.parametrize("text", ["i=1.5:3", "i=a:b", "i=1:3:0.5", "i=1:2:nan", "i=1:", "i=:3"])
+def test_a_value_with_a_colon_alone_is_an_integer_range(text):
+    """Each was one literal value (one task), silently."""
+    with pytest.raises(InvalidInput, match="must be a range of integers A:B or A:B:STEP"):
+        parse_sweep(text)
+
+
+def test_sweep_files_are_utf8_and_bounded(tmp_path, monkeypatch):
+    path = tmp_path / "values"
+    path.write_bytes(b"\xef\xbb\xbfa\r\n\n b \nc:1\n")
+    assert parse_values(f"@{path}") == ["a", "b", "c:1"]  # the byte order mark skipped
+    path.write_bytes(b"1\n2\xff\n")
+    with pytest.raises(InvalidInput, match=r"values is not UTF-8 text \(.* on line 2\)"):
+        parse_values(f"@{path}")
+    monkeypatch.setattr(job_commands, "MAX_SWEEP_FILE", 8)
+    path.write_text("1\n2\n3\n4\n")
+    assert parse_values(f"@{path}") == [1, 2, 3, 4]
+    path.write_text("1\n2\n3\n4\n5")
+    with pytest.raises(InvalidInput, match="is larger than"):
+        parse_values(f"@{path}")
+    monkeypatch.setattr(job_commands, "MAX_VALUES", 3)
+    path.write_text("1\n2\n\n3\n")
+    assert parse_values(f"@{path}") == [1, 2, 3]
+    path.write_text("1\n2\n3\n4")
+    with pytest.raises(InvalidInput, match="has more than 3 values"):
+        parse_values(f"@{path}")
+
+
+@pytest.mark.parametrize("text", ["42\n", '"str"\n', "[1, 2]\n", "true\n", "\nname,colour\n"])
+def test_input_that_is_neither_json_objects_nor_a_csv_of_fields_is_refused(text):
+    """Each was taken as a CSV header with no rows: "No task to add.", status 0."""
+    with pytest.raises(InvalidInput, match="^line [12]: (expected a JSON object|CSV header)"):
+        list(from_lines(io.StringIO(text), {}))
+
+
+def test_lines_of_from_are_bounded(monkeypatch):
+    monkeypatch.setattr(job_commands, "MAX_LINE", 20)
+    ok = '{"name": "x"}\n'
+    assert list(from_lines(io.StringIO(ok * 3), {})) == [{"name": "x"}] * 3
+    endless = ok + "\n" + "\0" * 50
+    with pytest.raises(InvalidInput, match="^line 3 is longer than 20 characters"):
+        list(from_lines(io.StringIO(endless), {}))
+    with pytest.raises(InvalidInput, match="^line 2 is longer than 20 characters"):
+        list(from_lines(io.StringIO("name,args\nx," + "y" * 30 + "\n"), {}))
+    monkeypatch.setattr(job_commands, "MAX_LINE", 200_000)
+    huge = "name,args\nx,\"" + "y" * 150_000 + '"\n'
+    with pytest.raises(InvalidInput, match="^line 2: field larger than field limit"):
+        list(from_lines(io.StringIO(huge), {}))
+
+
+@pytest.mark.pg
+def test_from_reads_utf8_with_a_byte_order_mark(balsam, tmp_path):
+    path = tmp_path / "tasks.csv"
+    path.write_bytes("\ufeffname,args\nü,-x\n".encode())
+    assert balsam("job", "--from", str(path), "--app", "sim", "--workflow", "w").startswith(
+        "Added 1 task")
+    assert [(t.name, t.args) for t in api.get_tasks()] == [("ü", "-x")]
+    out = balsam("job", "--from", "-", "--app", "sim", "--workflow", "w", "--dry-run",
+                 input="\ufeffname\nv\n")
+    assert json.loads(out)["name"] == "v"
+    path.write_bytes(b"name\n\xffx\n")
+    assert balsam("job", "--from", str(path), "--app", "sim", "--workflow", "w",
+                  code=1).startswith("Error: the input is not UTF-8 text")
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize(("args", "error"), [
+    (["--name", "a/b"], "name 'a/b' may not contain '/'"),
+    (["--name", "a\x1bb"], "may not contain control characters"),
+    (["--app", "nosuchapp"], "unknown app 'nosuchapp'"),
+    (["--num-nodes", "2147483647"], "num_nodes must be between 1 and 100,000"),
+    (["--parent", "999"], "no parent task 999"),
+])
+def test_a_dry_run_refuses_what_adding_refuses(balsam, args, error):
+    """The dry run printed these as JSON, status 0; adding them failed."""
+    task = ["job", "--name", "a", "--workflow", "w", "--app", "sim", *args]
+    added = balsam(*task, code=1)
+    assert balsam(*task, "--dry-run", code=1) == added
+    assert added.startswith("Error: ") and error in added and added.count("\n") == 1
+    swept = balsam(*task, "--sweep", "i=1:3", "--dry-run", code=1)
+    assert swept == balsam(*task, "--sweep", "i=1:3", code=1)
+    assert swept.startswith("Error: ") and error in swept
+    assert api.get_tasks() == []
+
+
+@pytest.mark.pg
+def test_a_dry_run_prints_nothing_unless_every_task_passes(balsam):
+    sweep = ["job", "--app", "sim", "--workflow", "w", "--sweep", "d=x,y,..", "--name", "{d}",
+             "--dry-run"]
+    out = balsam(*sweep, code=1)
+    assert out.startswith("Error: task 3: name '..' may not contain '/' or be '.' or '..'")
+    sweep[6] = "d=x,y"
+    assert [json.loads(ln)["name"] for ln in balsam(*sweep).splitlines()] == ["x", "y"]
+    assert api.get_tasks() == []
 
 
 def test_sweep_order_and_literal_braces():

@@ -4,12 +4,16 @@ task failed with its parent."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from click.testing import CliRunner
 
 from balsam import api
 from balsam.models import Event
 from balsam.plugins import get_plugin_manager
+from balsam_cli.job_commands import MAX_VALUES
+from balsam_cli.legacy_commands import make_dummies
 from balsam_cli.main import build_cli
 from balsam_testing.launchers import give_back, hold
 
@@ -110,3 +114,20 @@ def test_modify_state_created_or_ready_resets_a_task(balsam):
     api.set_state([task], "STAGED_IN")
     error = balsam("modify", str(task), "state", "CREATED", ok=False)
     assert "STAGED_IN -> CREATED is not an allowed transition" in error
+
+
+def test_make_dummies_is_bounded_and_streamed(balsam):
+    """At most as many tasks as one sweep makes (it ran unbounded, filling memory); the tasks
+    are streamed to the database, never all in memory."""
+    assert make_dummies.params[0].type.max == MAX_VALUES
+    for num in ("100000000", "9" * 30):
+        assert "is not in the range 1<=x<=10000000" in balsam("make_dummies", num, ok=False)
+    assert api.get_tasks() == []
+    tracemalloc.start()
+    try:
+        balsam("make_dummies", "40000")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert api.count_by_state(workflow="dummy") == {"READY": 40_000}
+    assert peak < 15_000_000  # a list of their 40,000 specifications alone took 22 MB

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from balsam import api
+from balsam import api, bulk
 from balsam.db import connect
 from balsam.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound, ServerDown
 from balsam.models import Change
@@ -397,3 +397,36 @@ def test_bulk_rows_validate_each_value_by_its_type(db, sim):
     ids = api.add_tasks(({"app": "sim", "workflow": "w", "num_nodes": 2} for _ in range(3)),
                         conn=db)
     assert [t.num_nodes for t in api.get_tasks(ids=ids, conn=db)] == [2, 2, 2]
+
+
+def test_checking_tasks_is_adding_them_rolled_back(db, sim):
+    """``balsam job --dry-run``: the same checks and errors as adding, and nothing added."""
+    parent = api.add_task("sim", name="p", conn=db)
+    before = counts(db)
+    specs = [{"app": "sim", "name": f"t{i}", "parents": [parent.id]} for i in range(3)]
+    assert bulk.check_tasks(db, specs) == 3
+    assert bulk.check_tasks(db, specs[:1]) == 1
+    assert counts(db) == before
+    for bad, error in (({"app": "nope"}, "task 2: unknown app 'nope'"),
+                       ({"app": "sim", "name": "a/b"}, "task 2: name 'a/b' may not contain"),
+                       ({"app": "sim", "parents": [parent.id + 99]}, "no parent task")):
+        with pytest.raises((InvalidInput, NotFound), match=error) as caught:
+            bulk.check_tasks(db, [specs[0], bad])
+        with pytest.raises(type(caught.value), match=error):
+            api.add_tasks([specs[0], bad], conn=db)
+    assert counts(db) == before
+
+
+def test_blocks_are_bounded_in_characters(monkeypatch):
+    """Rows with large values end a block sooner: memory holds a few blocks of bounded size."""
+
+    class Rows:
+        count = 0
+
+        def row(self, spec):
+            return spec
+
+    monkeypatch.setattr(bulk, "BLOCK", 4)
+    monkeypatch.setattr(bulk, "BLOCK_CHARS", 10)
+    rows = ["ab", "c", "d", "e", "f", "x" * 12, "g", "h" * 9, "i"]
+    assert [len(b) for b in bulk._blocks(Rows(), rows, None)] == [4, 2, 2, 1]

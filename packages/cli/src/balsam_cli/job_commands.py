@@ -7,21 +7,25 @@ options for every combination of its variables::
     balsam job --app sim --workflow scan --name 'run{i:03d}' --args '-n {i} -T {t}' \\
         --sweep i=1:100 --sweep t=0.5,1.0,2.0          # 300 tasks
 
-``VALUES`` is an inclusive range ``A:B`` or ``A:B:STEP`` (also Slurm's ``A-B`` and the shell's
-``A..B``), a list ``a,b,c`` or ``@FILE`` (one value a line).
+``VALUES`` is an inclusive range of integers ``A:B`` or ``A:B:STEP`` (also Slurm's ``A-B`` and
+the shell's ``A..B``), a list ``a,b,c`` or ``@FILE`` (one value a line). Values alone with a
+``:`` must be such a range (``1.5:3`` is refused, not taken as one value); list items and lines
+of a file are taken as they are (``t=1:30,2:00`` is two values).
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
+import io
 import itertools
 import json
 import re
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 import click
@@ -39,8 +43,12 @@ FIELDS = ("name", "workflow", "app_name", "args", "description", "wall_time_minu
           "data", "input_files", "post_error_handler", "post_timeout_handler",
           "auto_timeout_retry", "allow_failed_parents", "workdir", "parents", "stage_in_url",
           "stage_out_url", "stage_out_files")
-#: Most values one sweep variable may take, and most tasks one sweep may make.
+#: Most values one sweep variable may take, and most tasks one sweep (or make_dummies) may make.
 MAX_VALUES = 10_000_000
+#: Largest ``--sweep VAR=@FILE``, in bytes (read whole: its values are combined in memory).
+MAX_SWEEP_FILE = 64 << 20
+#: Longest line of ``--from``, in characters (a task's data alone may take 1 MiB as JSON).
+MAX_LINE = 8 << 20
 _RANGE = re.compile(r"^(-?\d+):(-?\d+)(?::(-?\d+))?$|^(\d+)-(\d+)$|^(-?\d+)\.\.(-?\d+)$")
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -98,10 +106,13 @@ _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
               help="Add one task per line of FILE ('-': standard input): JSON objects, or CSV "
                    "with a header of field names. Options given here are the defaults.")
 @click.option("--sweep", "--range", "sweeps", multiple=True, metavar="VAR=VALUES",
-              help="Add a task per value (A:B or A..B inclusive, A:B:STEP, a,b,c or @FILE), "
-                   "{VAR} filled in the other options; several --sweep make every combination.")
+              help="Add a task per value, {VAR} filled in the other options: integers A:B or "
+                   "A..B (inclusive), A:B:STEP, a list a,b,c (items as they are: t=1:30,2:00 "
+                   "is two values) or @FILE (one value a line). Alone, VALUES with ':' must be "
+                   "an integer range. Several --sweep make every combination.")
 @click.option("--dry-run", is_flag=True,
-              help="Print the tasks as JSON lines instead of adding them.")
+              help="Check the tasks as adding them would, then print them as JSON lines "
+                   "instead of adding them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new task(s) as JSON.")
 @click.option("--yes", "-y", is_flag=True, hidden=True, help="Accepted for legacy scripts.")
 @click.pass_context
@@ -116,7 +127,7 @@ def job(ctx: click.Context, from_file: str | None, sweeps: tuple[str, ...], dry_
         raise click.UsageError(message)
     if from_file:
         with _open(from_file) as stream:
-            run_bulk(from_lines(stream, _spec(given)), dry_run, as_json)
+            run_bulk(from_lines(stream, _spec(given)), dry_run, as_json, _task_number)
         return
     specs: Iterable[dict[str, Any]]
     if sweeps:
@@ -129,8 +140,8 @@ def job(ctx: click.Context, from_file: str | None, sweeps: tuple[str, ...], dry_
             raise click.UsageError(message)
         specs = [_spec(options)]
         check_urls(options, ctx.find_object(pluggy.PluginManager))
-    if sweeps or dry_run:
-        run_bulk(specs, dry_run, as_json)
+    if sweeps or dry_run:  # one task's errors are not prefixed, as api.add_tasks gives them
+        run_bulk(specs, dry_run, as_json, _task_number if sweeps else None)
         return
     (task_id,) = api.add_tasks(specs)
     task = api.get_task(task_id)
@@ -167,15 +178,24 @@ def _spec(options: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def run_bulk(specs: Iterable[dict[str, Any]], dry_run: bool, as_json: bool) -> None:
-    """Print the tasks (dry run) or add them, all or none."""
+def _task_number(index: int) -> str:
+    return f"task {index + 1}"
+
+
+def run_bulk(specs: Iterable[dict[str, Any]], dry_run: bool, as_json: bool,
+             where: Callable[[int], str] | None) -> None:
+    """Add the tasks, all or none; or (dry run) check them as adding them would, then print
+    them: nothing is printed unless all pass (kept in a temporary file meanwhile)."""
     if dry_run:
-        for spec in specs:
-            click.echo(json.dumps(plain(spec), ensure_ascii=False))
+        with tempfile.SpooledTemporaryFile(1 << 24, "w+", encoding="utf-8",
+                                           errors="backslashreplace") as out:
+            bulk.check_tasks(api.connection(), _copied(specs, out), where=where)
+            out.seek(0)
+            for line in out:
+                click.echo(line, nl=False)
         return
     progress = Progress() if sys.stderr.isatty() else None
-    ids = bulk.insert_tasks(api.connection(), specs, progress=progress,
-                            where=lambda i: f"task {i + 1}")
+    ids = bulk.insert_tasks(api.connection(), specs, progress=progress, where=where)
     if progress:
         progress.done()
     if as_json:
@@ -184,6 +204,13 @@ def run_bulk(specs: Iterable[dict[str, Any]], dry_run: bool, as_json: bool) -> N
         click.echo(f"Added {len(ids):,} tasks (ids {ids[0]} to {ids[-1]})")
     else:
         click.echo("No task to add.")
+
+
+def _copied(specs: Iterable[dict[str, Any]], out: IO[str]) -> Iterator[dict[str, Any]]:
+    """``specs``, each also written to ``out`` as a JSON line."""
+    for spec in specs:
+        out.write(json.dumps(plain(spec), ensure_ascii=False) + "\n")
+        yield spec
 
 
 class Progress:
@@ -220,12 +247,7 @@ def parse_values(text: str, var: str = "x") -> list[Any]:
     """``1:10``, ``1:10:3``, ``1-10``, ``1..10``, ``a,b,c`` or ``@FILE`` as a list of values
     (numbers where every item is one)."""
     if text.startswith("@"):
-        try:
-            items = [ln.strip() for ln in Path(text[1:]).read_text().splitlines() if ln.strip()]
-        except OSError as exc:
-            message = f"--sweep {var}: cannot read {text[1:]}: {exc.strerror}"
-            raise InvalidInput(message) from None
-        return _typed(items)
+        return _typed(read_values(text[1:], var))
     match = _RANGE.fullmatch(text)
     if match:
         a, b, step, *ends = match.groups()
@@ -240,11 +262,52 @@ def parse_values(text: str, var: str = "x") -> list[Any]:
             message = f"--sweep {var}={text}: {count:,} values, more than {MAX_VALUES:,}"
             raise InvalidInput(message)
         return list(range(first, last + (1 if step_n > 0 else -1), step_n))
+    if ":" in text and "," not in text:
+        message = (f"--sweep {var}={text}: alone, a value with ':' must be a range of integers "
+                   f"A:B or A:B:STEP (e.g. 1:100:10); list other values with commas (a,b) or one "
+                   f"a line in @FILE")
+        raise InvalidInput(message)
     items = [v.strip() for v in text.split(",")]
     if not text or any(not v for v in items):
         message = f"--sweep {var}={text!r}: expected A:B, A:B:STEP, a,b,c or @FILE"
         raise InvalidInput(message)
     return _typed(items)
+
+
+def read_values(path: str, var: str = "x") -> list[str]:
+    """The values of ``--sweep VAR=@FILE``: its non-blank lines, stripped (UTF-8, with or without
+    a byte order mark; at most ``MAX_SWEEP_FILE`` bytes and ``MAX_VALUES`` values)."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_SWEEP_FILE + 1)
+    except OSError as exc:
+        message = f"--sweep {var}: cannot read {path}: {exc.strerror}"
+        raise InvalidInput(message) from None
+    return values_of(data, path, var)
+
+
+def values_of(data: bytes, path: str, var: str = "x") -> list[str]:
+    """The values in the bytes of a sweep file (see :func:`read_values`)."""
+    if len(data) > MAX_SWEEP_FILE:
+        message = (f"--sweep {var}: {path} is larger than {MAX_SWEEP_FILE >> 20} MiB: split the "
+                   f"sweep, or give one task a line with --from")
+        raise InvalidInput(message)
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        number = data.count(b"\n", 0, exc.start) + 1
+        message = (f"--sweep {var}: {path} is not UTF-8 text ({exc.reason} on line {number}): "
+                   f"save it as UTF-8")
+        raise InvalidInput(message) from None
+    items: list[str] = []
+    for line in io.StringIO(text):
+        if line.strip():
+            if len(items) == MAX_VALUES:
+                message = f"--sweep {var}: {path} has more than {MAX_VALUES:,} values"
+                raise InvalidInput(message)
+            items.append(line.strip())
+    return items
 
 
 def _typed(items: list[str]) -> list[Any]:
@@ -295,37 +358,77 @@ def _fill(value: Any, env: dict[str, Any], field: str) -> Any:
 
 
 def _open(path: str) -> contextlib.AbstractContextManager[IO[str]]:
-    """The file to read tasks from (``-``: standard input, left open)."""
+    """The file to read tasks from as UTF-8, a byte order mark skipped (``-``: standard input,
+    whatever the locale, left open)."""
     if path == "-":
-        return contextlib.nullcontext(sys.stdin)
+        return _stdin()
     try:
-        return open(path, encoding="utf-8", newline="")
+        return open(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         message = f"cannot read {path}: {exc.strerror}"
         raise InvalidInput(message) from None
 
 
-def from_lines(stream: IO[str], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    """Task specifications from JSON lines or CSV (told apart by the first character), each
-    over ``defaults``; InvalidInput names the line of a bad one."""
+@contextlib.contextmanager
+def _stdin() -> Iterator[IO[str]]:
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        yield sys.stdin
+        return
+    text = io.TextIOWrapper(buffer, encoding="utf-8-sig", newline="")
     try:
-        first = stream.readline()
-        while first and not first.strip():
-            first = stream.readline()
+        yield text
+    finally:
+        text.detach()  # standard input stays open
+
+
+def from_lines(stream: IO[str], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Task specifications from JSON lines or CSV (told apart by the first line, see
+    :func:`is_json`), each over ``defaults``; InvalidInput names the line of a bad one."""
+    try:
+        numbered = enumerate(bounded_lines(stream), 1)
+        start, first = next(((n, line) for n, line in numbered if line.strip()), (0, ""))
         if not first:
             return
-        rest = itertools.chain([first], stream)
-        if first.lstrip().startswith("{"):
+        rest = itertools.chain([(start, first)], numbered)
+        if is_json(first):
             yield from _json_lines(rest, defaults)
         else:
-            yield from _csv_rows(rest, defaults)
+            yield from _csv_rows((line for _, line in rest), start, defaults)
     except UnicodeDecodeError as exc:
-        message = f"the input is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        message = f"the input is not UTF-8 text ({exc.reason}): save it as UTF-8"
         raise InvalidInput(message) from None
 
 
-def _json_lines(lines: Iterable[str], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(lines, 1):
+def bounded_lines(stream: IO[str], limit: int | None = None) -> Iterator[str]:
+    """The lines of ``stream``, refusing one longer than ``limit`` characters (default
+    ``MAX_LINE``), which could be endless (``--from /dev/zero``)."""
+    limit = limit or MAX_LINE
+    for number in itertools.count(1):
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and line[-1] not in "\r\n":
+            message = (f"line {number} is longer than {limit:,} characters: give one task a "
+                       f"line")
+            raise InvalidInput(message)
+        yield line
+
+
+def is_json(first: str) -> bool:
+    """Whether input whose first line is ``first`` is JSON lines (else CSV): any JSON but a
+    string (``"name"`` may be a quoted CSV header), so that ``42`` or ``[1, 2]`` is refused as
+    not an object rather than read as a header."""
+    try:
+        value = json.loads(first)
+    except ValueError:
+        return first.lstrip().startswith(("{", "["))
+    return not isinstance(value, str)
+
+
+def _json_lines(lines: Iterable[tuple[int, str]], defaults: Mapping[str, Any]) -> Iterator[
+        dict[str, Any]]:
+    for number, line in lines:
         if not line.strip():
             continue
         try:
@@ -334,29 +437,57 @@ def _json_lines(lines: Iterable[str], defaults: Mapping[str, Any]) -> Iterator[d
             message = f"line {number}: not a JSON object ({exc.msg} at column {exc.colno})"
             raise InvalidInput(message) from None
         if not isinstance(spec, dict):
-            message = f"line {number}: expected a JSON object, got {type(spec).__name__}"
+            message = (f"line {number}: expected a JSON object (one task a line), got "
+                       f"{type(spec).__name__}")
             raise InvalidInput(message)
         yield {**defaults, **spec}
 
 
-def _csv_rows(lines: Iterable[str], defaults: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def _csv_rows(lines: Iterable[str], start: int, defaults: Mapping[str, Any]) -> Iterator[
+        dict[str, Any]]:
     reader = csv.reader(lines)
-    header = [h.strip() for h in next(reader)]
-    if not all(header) or len(set(header)) != len(header):
-        message = f"line 1: the CSV header must name each column once, got {','.join(header)}"
-        raise InvalidInput(message)
-    for number, row in enumerate(reader, 2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            message = f"line {number}: {len(row)} values for {len(header)} columns"
-            raise InvalidInput(message)
-        spec = {**defaults}
-        for key, value in zip(header, row, strict=True):
-            if key == "parents":
-                spec[key] = [int(p) if p.isdigit() else p
-                             for p in re.split(r"[\s;]+", value.strip()) if p]
-            elif value != "" or key not in defaults:
-                spec[key] = value
-        yield spec
+    header: list[str] | None = None
+    for row in _csv_records(reader, start):
+        if header is None:
+            header = [h.strip() for h in row]
+            _check_header(header, start)
+        elif row:
+            number = start + reader.line_num - 1
+            if len(row) != len(header):
+                message = f"line {number}: {len(row)} values for {len(header)} columns"
+                raise InvalidInput(message)
+            spec = {**defaults}
+            for key, value in zip(header, row, strict=True):
+                if key == "parents":
+                    spec[key] = [int(p) if p.isdigit() else p
+                                 for p in re.split(r"[\s;]+", value.strip()) if p]
+                elif value != "" or key not in defaults:
+                    spec[key] = value
+            yield spec
 
+
+def _csv_records(reader: Any, start: int) -> Iterator[list[str]]:
+    """The records of a CSV reader, its errors (a field too large) naming their line."""
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            message = f"line {start + reader.line_num - 1}: {exc} (or give JSON lines)"
+            raise InvalidInput(message) from None
+        if row is None:
+            return
+        yield row
+
+
+def _check_header(header: list[str], number: int) -> None:
+    """Refuse a CSV header that does not name task fields, each once (even with no row)."""
+    if not all(header) or len(set(header)) != len(header):
+        message = (f"line {number}: the CSV header must name each column once, got "
+                   f"{','.join(header)}")
+        raise InvalidInput(message)
+    for key in header:
+        try:
+            bulk.check_field(key)
+        except InvalidInput as exc:
+            message = f"line {number}: CSV header: {exc}"
+            raise InvalidInput(message) from None

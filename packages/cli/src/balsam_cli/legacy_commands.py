@@ -8,6 +8,7 @@ import click
 
 from balsam import api
 from balsam.errors import AlreadyExists, InvalidInput, NotFound
+from balsam_cli.job_commands import MAX_VALUES
 
 #: The app ``make_dummies`` uses, made on first use (legacy's: ``echo hello``).
 DUMMY_APP = ("dummy", "echo")
@@ -46,10 +47,11 @@ def mkchild(ctx: click.Context, parents: tuple[int, ...], workflow: str | None) 
 
 
 @click.command("make_dummies")
-@click.argument("num", type=click.IntRange(min=1))
+@click.argument("num", type=click.IntRange(min=1, max=MAX_VALUES))
 @click.option("--workflow", "--wf", "workflow", default="dummy", show_default=True)
 def make_dummies(num: int, workflow: str) -> None:
-    """Add NUM no-op tasks (app 'dummy': echo hello), to try launchers with."""
+    """Add NUM no-op tasks (app 'dummy': echo hello), to try launchers with (at most as many
+    as one --sweep may make)."""
     name, executable = DUMMY_APP
     try:
         api.get_app(name)
@@ -58,9 +60,10 @@ def make_dummies(num: int, workflow: str) -> None:
             api.add_app(name, executable, description="no-op tasks of balsam make_dummies")
         except AlreadyExists:
             pass  # someone else made it meanwhile
-    ids = api.add_tasks([{"app": name, "name": f"dummy{i}", "workflow": workflow,
-                          "args": "hello", "node_packing_count": 64,
-                          "description": "Added by balsam make_dummies"} for i in range(num)])
+    # a generator: the tasks are streamed in blocks, never all in memory
+    ids = api.add_tasks({"app": name, "name": f"dummy{i}", "workflow": workflow,
+                         "args": "hello", "node_packing_count": 64,
+                         "description": "Added by balsam make_dummies"} for i in range(num))
     click.echo(f"Added {num} dummy tasks (ids {ids[0]}-{ids[-1]}) in workflow {workflow}")
 
 

@@ -35,6 +35,9 @@ _JSON = frozenset({"data", "environ_vars"})
 _APP_KEYS = ("app", "application", "app_id")
 #: Rows per block: one COPY each, while the next block is built.
 BLOCK = 10_000
+#: Most characters of COPY text per block: rows with large data end a block sooner, so that
+#: memory holds a few blocks of bounded size, whatever the rows hold.
+BLOCK_CHARS = 32 << 20
 #: Most distinct (field, value) pairs whose COPY text a builder remembers.
 MEMO = 10_000
 _SCALARS = frozenset({str, int, bool})
@@ -132,6 +135,13 @@ class Builder:
         return found
 
 
+def check_field(name: str) -> None:
+    """Refuse a key no task specification may have (InvalidInput): a CSV header is checked
+    before its rows, even when it has none."""
+    if name not in _APP_KEYS and name != "parents":
+        _column(name)
+
+
 def _parent_ids(refs: Any) -> list[int]:
     if isinstance(refs, int | Task):
         refs = [refs]
@@ -173,6 +183,15 @@ def insert_tasks(conn: Connection, specs: Iterable[Mapping[str, Any]], *,
     return ids
 
 
+def check_tasks(conn: Connection, specs: Iterable[Mapping[str, Any]], *,
+                where: Callable[[int], str] | None = None) -> int:
+    """What :func:`insert_tasks` does, rolled back: a dry run that passes means the real one
+    would, with the same errors. Returns how many tasks it checked. (The ids it drew from the
+    sequence are not given back: the tasks added next skip them.)"""
+    with wrap_db_errors(), conn.transaction(force_rollback=True):
+        return len(insert_tasks(conn, specs, where=where))
+
+
 def _insert_one(conn: Connection, builder: Builder, spec: Mapping[str, Any]) -> int:
     cells = builder.row(spec).rstrip("\n").split("\t")
     params = {c: None if v == "\\N" else _UNESCAPE.sub(lambda m: _UNESCAPED[m.group()], v)
@@ -212,16 +231,21 @@ def _new_ids(conn: Connection, count: int) -> list[int]:
 
 def _blocks(builder: Builder, specs: Iterable[Mapping[str, Any]],
             where: Callable[[int], str] | None) -> Iterator[list[str]]:
-    """COPY lines (without ids) of ``BLOCK`` tasks at a time, the last block shorter."""
+    """COPY lines (without ids) of ``BLOCK`` tasks at a time (fewer if they reach
+    ``BLOCK_CHARS``), the last block shorter."""
     block: list[str] = []
+    size = 0
     for spec in specs:
         try:
-            block.append(builder.row(spec))
+            row = builder.row(spec)
         except BalsamError as exc:
             raise _located(exc, builder.count, where) from None
-        if len(block) >= BLOCK:
+        block.append(row)
+        size += len(row)
+        if len(block) >= BLOCK or size >= BLOCK_CHARS:
             yield block
             block = []
+            size = 0
     if block:
         yield block
 
