@@ -52,8 +52,11 @@ def test_mkchild_inside_a_task_or_with_a_parent(balsam, monkeypatch):
     assert api.get_task(kid).workflow == "wf"  # the parent's, unless given
     error = balsam("mkchild", "--name", "orphan", "--app", "sim", ok=False)
     assert error.strip().splitlines()[-1] == (
-        "Error: mkchild makes a child of the task it runs in (BALSAM_TASK_ID is not set): give "
-        "its parent with --parent ID")
+        "Error: not inside a balsam task (BALSAM_TASK_ID is not set): mkchild makes a child of "
+        "the task it runs in; give its parent with --parent ID")
+    monkeypatch.setenv("BALSAM_TASK_ID", "abc")
+    error = balsam("mkchild", "--name", "orphan", "--app", "sim", ok=False)
+    assert "(BALSAM_TASK_ID is 'abc', not a task id)" in error.strip().splitlines()[-1]
     monkeypatch.setenv("BALSAM_TASK_ID", str(parent.id))
     balsam("mkchild", "--name", "kid2", "--workflow", "other", "--app", "sim",
            "--wall-minutes", "5", "--num-nodes", "2", "--yes")

@@ -83,3 +83,10 @@ def test_a_project_under_a_file_is_refused_naming_the_file(tmp_path):
     code, err = run(["init", str(tmp_path / "file" / "p")], stdout=subprocess.PIPE)
     assert (code, err) == (1, [f"Error: parent directory {tmp_path / 'file'} is not a "
                                "directory"])
+
+
+@pytest.mark.parametrize("option", ["--dsn", "--group"])
+def test_an_empty_init_option_is_refused_not_taken_for_the_default(tmp_path, option):
+    code, err = run(["init", str(tmp_path / "p"), option, ""], stdout=subprocess.PIPE)
+    assert code == 2 and f"{option} is empty: give a value, or leave {option} out" in err[0]
+    assert list(tmp_path.iterdir()) == []

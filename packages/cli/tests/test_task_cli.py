@@ -273,6 +273,9 @@ def test_rm_keeps_waiting_children_unless_recursive(balsam):
     (["ls", "launchers", "--tree"], "--tree is an option of the task listing"),
     (["ls", "wf", "--by-cause"], "--by-cause is an option of the task listing"),
     (["ls", "--json", "-o", "tsv"], "--json and --output tsv ask for two formats: give one"),
+    (["queue", "--now"], "--now says how to cancel: give the jobs with --kill ID"),
+    (["log", "--list", "--launcher", "5"], "--list lists the logs: --launcher goes with showing"),
+    (["server", "--add-user", "bob", "--drop-user", "bob"], "bob is both added and dropped"),
 ])
 def test_options_that_contradict_each_other_are_refused(balsam, args, said):
     result = balsam(*args)

@@ -134,6 +134,22 @@ def test_json_too_deep_to_parse_is_refused_not_crashed(db, task):
         api.add_task("sim", data=text, conn=db)
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("name", "run\u202eexe.txt"), ("workflow", "wf\x9b31m"), ("cpu_affinity", "core\u2066"),
+    ("user_workdir", "runs/a\nb"), ("user_workdir", "runs/\x1b[8mhidden")])
+def test_names_and_paths_hold_no_control_or_reordering_characters(field, value):
+    with pytest.raises(InvalidInput, match=f"^{field} .* may not contain control characters$"):
+        coerce_task_field(field, value)
+
+
+def test_json_with_a_lone_surrogate_is_refused_before_the_database(db, task):
+    said = r"data is not valid Unicode text: it holds a lone surrogate \(\\ud800-\\udfff\)"
+    for text in ('{"a": "\\ud800"}', '{"\\udfff": 1}'):
+        with pytest.raises(InvalidInput, match=said):
+            api.modify_task(task, "data", text, conn=db)
+    assert api.modify_task(task, "data", '{"a": "\\ud83d\\ude00"}', conn=db).data == {"a": "😀"}
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("'", "args \"'\" cannot be split into arguments (No closing quotation): check its quotes"),
     ('say "hi', "args 'say \"hi' cannot be split into arguments (No closing quotation): check "

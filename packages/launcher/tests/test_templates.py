@@ -105,8 +105,10 @@ def test_missing_named_template(project):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"num_nodes": 0}, "--nodes must be at least 1"),
-    ({"wall_time_minutes": 0}, "--time-minutes must be at least 1"),
+    ({"num_nodes": 0}, "--nodes must be between 1 and 100,000 (got 0)"),
+    ({"num_nodes": 10**30}, "--nodes must be between 1 and 100,000 (got 1000000000000"),
+    ({"wall_time_minutes": 0}, "--time-minutes must be between 1 and 525,600 (a year; got 0)"),
+    ({"wall_time_minutes": 525_601}, "--time-minutes must be between 1 and 525,600"),
     ({"job_mode": "threads"}, "--job-mode must be mpi or serial"),
     ({"queue": "debug\n#SBATCH --uid=0"}, "--queue"),
     ({"project": "a b"}, "--project"),

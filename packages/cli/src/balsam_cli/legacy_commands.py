@@ -26,9 +26,9 @@ def mkchild(ctx: click.Context, parents: tuple[int, ...], workflow: str | None) 
     if not parents:
         try:
             parents = (api.current_task().id,)  # type: ignore[assignment]
-        except InvalidInput:
-            message = ("mkchild makes a child of the task it runs in (BALSAM_TASK_ID is not set): "
-                       "give its parent with --parent ID")
+        except InvalidInput as exc:
+            message = (f"{exc}: mkchild makes a child of the task it runs in; give its parent "
+                       "with --parent ID")
             raise InvalidInput(message) from None
     if workflow is None:
         workflow = api.get_task(parents[0]).workflow

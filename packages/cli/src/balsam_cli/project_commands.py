@@ -25,6 +25,10 @@ from balsam_cli import listings
 @pass_plugin_manager
 def init(pm: pluggy.PluginManager, path: Path, dsn: str | None, group: str | None) -> None:
     """Create a project directory with its own PostgreSQL cluster."""
+    for option, value in (("--dsn", dsn), ("--group", group)):
+        if value is not None and not value.strip():
+            message = f"{option} is empty: give a value, or leave {option} out for the default"
+            raise click.UsageError(message)
     if dsn is not None:
         check_dsn(dsn)
     project = init_project(path, InitOptions(dsn=dsn, group=group), pm)

@@ -219,7 +219,9 @@ def current_task(*, conn: Connection | None = None) -> Task:
     """The task this process runs as (``BALSAM_TASK_ID``, exported by the launcher)."""
     value = os.environ.get("BALSAM_TASK_ID", "")
     if not value.strip().isdigit():
-        message = "not inside a balsam task (BALSAM_TASK_ID is not set)"
+        why = f"BALSAM_TASK_ID is {value!r}, not a task id" if value.strip() else \
+            "BALSAM_TASK_ID is not set"
+        message = f"not inside a balsam task ({why})"
         raise InvalidInput(message)
     return get_task(int(value), conn=conn)
 

@@ -226,7 +226,9 @@ _USER_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: An environment variable's name (used with ``fullmatch``).
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LEGACY_ENV_SPLIT = re.compile(r":(?=[A-Za-z_][A-Za-z0-9_]*=)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What a name or path may not hold: control characters (C0, DEL, C1) and the bidirectional
+#: marks and overrides that make text show other than it reads.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
 
@@ -316,6 +318,9 @@ def _text(name: str, value: Any, kind: str) -> str:
         if size > limit:
             message = f"{name} is {size:,} bytes long; the limit is {limit:,}"
             raise InvalidInput(message)
+        if kind == "path" and _CONTROL.search(value):
+            message = f"{name} {_shown(value)} may not contain control characters"
+            raise InvalidInput(message)
     if kind == "name" and ("/" in value or value in (".", "..")):
         message = (f"{name} {_shown(value)} may not contain '/' or be '.' or '..' (it names a "
                    f"directory)")
@@ -396,7 +401,11 @@ def _json_object(name: str, value: Any) -> dict[str, Any]:
     if "\\u0000" in text:
         message = f"{name} cannot be stored: it contains a NUL character"
         raise InvalidInput(message)
-    size = len(text.encode(errors="surrogatepass"))
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800"): PostgreSQL's JSON refuses it
+        message = f"{name} is not valid Unicode text: it holds a lone surrogate (\\ud800-\\udfff)"
+        raise InvalidInput(message) from None
     if size > JSON_MAX_BYTES:
         message = f"{name} is {size:,} bytes as JSON; the limit is {JSON_MAX_BYTES:,} (1 MiB)"
         raise InvalidInput(message)

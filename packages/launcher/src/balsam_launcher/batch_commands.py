@@ -81,6 +81,9 @@ def submit_launch(pm: pluggy.PluginManager, account: str, queue: str, time_minut
 def queue(pm: pluggy.PluginManager, show_all: bool, kill: Sequence[int], force: bool,
           no_sync: bool, out: Output) -> None:
     """List the project's batch jobs (synced with the scheduler), or cancel some."""
+    if force and not kill:
+        message = "--now says how to cancel: give the jobs with --kill ID"
+        raise click.UsageError(message)
     project = Project.from_env()
     with connect(project) as conn:
         if kill:

@@ -143,6 +143,11 @@ def log(task_id: int | None, launcher_id: int | None, lines: int | None, follow:
     output is followed until the task reaches a final state, a launcher's log until the
     launcher has ended.
     """
+    given = [o for o, v in (("TASK_ID", task_id), ("--launcher", launcher_id), ("-n", lines),
+                            ("--follow", follow)) if v]
+    if list_logs and given:
+        message = f"--list lists the logs: {given[0]} goes with showing one"
+        raise click.UsageError(message)
     project = Project.from_env()
     if list_logs:
         for lid, path in logs.launcher_logs(project).items():

@@ -43,6 +43,7 @@ from balsam.project import Project, balsam_home
 from balsam.scheduler import Scheduler
 from balsam.zones import Guard, home_guard, write_new
 from balsam_launcher import batch_jobs, submitted
+from balsam_launcher.options import MAX_NODES
 from balsam_launcher.schedulers import get_scheduler
 
 #: Account, queue and filter names go into scheduler directives: keep them to plain words.
@@ -52,6 +53,10 @@ JOB_MODES = ("mpi", "serial")
 
 class TemplateError(BalsamError):
     """The job template could not be rendered."""
+
+
+#: The longest batch job asked for, in minutes (as a task's wall time: a year).
+MAX_WALL_MINUTES = 525_600
 
 
 @dataclass(frozen=True)
@@ -67,11 +72,12 @@ class JobRequest:
 
     def validate(self) -> None:
         """Refuse bad input before anything is written (one clear line)."""
-        if self.num_nodes < 1:
-            message = f"--nodes must be at least 1 (got {self.num_nodes})"
+        if not 1 <= self.num_nodes <= MAX_NODES:
+            message = f"--nodes must be between 1 and {MAX_NODES:,} (got {self.num_nodes})"
             raise InvalidInput(message)
-        if self.wall_time_minutes < 1:
-            message = f"--time-minutes must be at least 1 (got {self.wall_time_minutes})"
+        if not 1 <= self.wall_time_minutes <= MAX_WALL_MINUTES:
+            message = (f"--time-minutes must be between 1 and {MAX_WALL_MINUTES:,} (a year; got "
+                       f"{self.wall_time_minutes})")
             raise InvalidInput(message)
         if self.job_mode not in JOB_MODES:
             message = f"--job-mode must be mpi or serial (got {self.job_mode!r})"

@@ -54,6 +54,10 @@ def server(pm: pluggy.PluginManager, ctx: click.Context, add_users: tuple[str, .
         ctx.invoke({"start": start, "stop": stop, "connections": connections}[legacy])
         return
     managing = bool(add_users or drop_users or list_users)
+    both = sorted(set(add_users) & set(drop_users))
+    if both:
+        message = f"{both[0]} is both added and dropped: choose one"
+        raise click.UsageError(message)
     if role and not add_users:
         message = "--role goes with --add-user"
         raise click.UsageError(message)
