@@ -137,8 +137,8 @@ def test_kill_refusals(cli, db):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-t", "5", "-n", "0"], "--nodes must be at least 1"),
-    (["-t", "0", "-n", "1"], "--time-minutes must be at least 1"),
+    (["-t", "5", "-n", "0"], "--nodes must be between 1 and 100,000 (got 0)"),
+    (["-t", "0", "-n", "1"], "--time-minutes must be between 1 and 525,600"),
     (["-t", "5", "-n", "1", "-q", "a;b"], "--queue 'a;b' has characters"),
     (["-t", "5", "-n", "1", "--scheduler", "lsf"], "unknown scheduler 'lsf'"),
     (["-t", "5", "-n", "1", "--template", "missing.sh"], "job template 'missing.sh' not found"),
