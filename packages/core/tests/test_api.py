@@ -345,6 +345,10 @@ def test_default_connection_is_the_active_project(project, monkeypatch):
     monkeypatch.delenv("BALSAM_TASK_ID")
     with pytest.raises(InvalidInput, match="not inside a balsam task"):
         api.current_task()
+    first = api.connection()
+    api.disconnect()
+    assert first.closed and api.connection() is not first
+    assert [t.id for t in api.get_tasks()] == [parent.id, child.id]
 
 
 def test_a_running_task_adds_tasks_from_its_own_process(project):

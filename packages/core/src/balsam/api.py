@@ -87,6 +87,15 @@ def connection() -> Connection:
     return conn
 
 
+def disconnect() -> None:
+    """Close the process's connection, if this process opened one (the next call that needs
+    it opens another): a script or a test done with a project lets its server go."""
+    global _cached
+    if _cached is not None and _cached[0][0] == os.getpid():
+        _cached[2].close()
+    _cached = None
+
+
 def _conn(conn: Connection | None) -> Connection:
     return conn if conn is not None else connection()
 

@@ -30,6 +30,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import tuple_row
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from balsam import api
 from balsam.contracts import InitOptions
 from balsam.db import Connection, connect
 from balsam.lifecycle import init_project
@@ -209,13 +210,15 @@ def db(db_dsn: str) -> Iterator[Connection]:
 
 @pytest.fixture
 def project(tmp_path_factory: pytest.TempPathFactory, db_dsn: str,
-            monkeypatch: pytest.MonkeyPatch) -> Project:
-    """An activated project on the per-test database (external-DSN mode, no embedded cluster)."""
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    """An activated project on the per-test database (external-DSN mode, no embedded cluster);
+    the API's connection to it is closed afterwards."""
     root = tmp_path_factory.mktemp("proj") / "project"
     proj = init_project(root, InitOptions(dsn=db_dsn), get_plugin_manager())
     monkeypatch.setenv("BALSAM_DB_PATH", str(proj.root))
     monkeypatch.setenv("BALSAM_HOME", str(root.parent / "home"))
-    return proj
+    yield proj
+    api.disconnect()
 
 
 # --- helpers for multi-user tests (``run_as`` is the root conftest's fixture) ---------------------
