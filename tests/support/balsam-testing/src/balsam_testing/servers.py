@@ -9,6 +9,8 @@ import time
 import warnings
 from pathlib import Path
 
+from balsam_testing.launchers import alive
+
 
 def stop_servers_under(path: Path) -> None:
     """Stop every embedded cluster below ``path`` as its owner (test clean-up). A postmaster
@@ -63,12 +65,5 @@ def _end(pid: int, grace: float = 10) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + grace
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
